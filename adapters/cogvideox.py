@@ -1,0 +1,197 @@
+"""CogVideoX adapter (5B with 3D RoPE; 2B without RoPE works too: its Q/K are RoPE-free already).
+
+Token layout: one joint sequence per layer, text first (``encoder_hidden_states.size(1)``
+tokens, 226 in the released models), then video tokens ordered (frame, row, column).
+Flat layer index i is ``transformer.transformer_blocks[i].attn1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, CogVideoXAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from torch import nn
+
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
+from vwarper_hooks.hookspecs import hookimpl
+
+logger = logging.getLogger(__name__)
+
+
+class VwarperCogVideoXProcessor:
+    """Stock `CogVideoXAttnProcessor2_0` arithmetic, with the core's router in the middle.
+
+    When the router does not want the layer, the original processor runs untouched.
+    """
+
+    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
+        self.original = original
+        self.layer = layer
+        self.router = router
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.router.wants(self.layer):
+            return self.original(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask=attention_mask,
+                image_rotary_emb=image_rotary_emb,
+            )
+        text_len = encoder_hidden_states.size(1)
+        joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        batch, seq_len, _ = joint.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+
+        query, key, value = attn.to_q(joint), attn.to_k(joint), attn.to_v(joint)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        def rope(x: torch.Tensor) -> torch.Tensor:
+            return x if image_rotary_emb is None else apply_rotary_emb(x, image_rotary_emb)
+
+        def rotate_(q: torch.Tensor, k: torch.Tensor) -> None:
+            # In place, exactly as the stock processor does.
+            if image_rotary_emb is not None:
+                q[:, :, text_len:] = apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)
+                if not attn.is_cross_attention:
+                    k[:, :, text_len:] = apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+
+        call = AttentionCall(
+            layer=self.layer,
+            query=query,
+            key=key,
+            value=value,
+            text=slice(0, text_len),
+            video=slice(text_len, seq_len),
+            rotate_=rotate_,
+            rope=rope,
+            attend=attend,
+        )
+        out = self.router.process(call)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](out))
+        text_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
+        return video_out, text_out
+
+
+class CogVideoXAdapter(Adapter):
+    """Adapter for `CogVideoXTransformer3DModel` (THUDM/CogVideoX-2b, -5b, 1.5)."""
+
+    name = "cogvideox"
+    latent_layout = "BFCHW"
+
+    def matches(self, transformer: nn.Module) -> bool:
+        return type(transformer).__name__ == "CogVideoXTransformer3DModel"
+
+    def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
+        return [block.attn1 for block in transformer.transformer_blocks]
+
+    def problems(self, transformer: nn.Module) -> list[str]:
+        problems = []
+        for i, attn in enumerate(self.attention_layers(transformer)):
+            processor = attn.processor
+            if getattr(attn, "fused_projections", False):
+                problems.append(
+                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
+                    "Call transformer.unfuse_qkv_projections() before inject()."
+                )
+                break
+            if isinstance(processor, VwarperCogVideoXProcessor):
+                continue  # reported as an active injection by inject()
+            if type(processor) is not CogVideoXAttnProcessor2_0:
+                problems.append(
+                    f"Expected CogVideoXAttnProcessor2_0 on every layer, but layer {i} uses "
+                    f"{type(processor).__name__}. Call transformer.set_attn_processor("
+                    "CogVideoXAttnProcessor2_0()) or remove the custom processor."
+                )
+                break
+        if not transformer.config.use_rotary_positional_embeddings:
+            logger.info("CogVideoX without RoPE (2B): raw and RoPE-free Q/K coincide")
+        return problems
+
+    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
+        layers = self.attention_layers(transformer)
+        originals = [attn.processor for attn in layers]
+        for i, attn in enumerate(layers):
+            attn.set_processor(VwarperCogVideoXProcessor(originals[i], i, router))
+
+        def uninstall() -> None:
+            for attn, original in zip(layers, originals, strict=True):
+                attn.set_processor(original)
+
+        return uninstall
+
+    def is_installed(self, transformer: nn.Module) -> int:
+        return sum(isinstance(a.processor, VwarperCogVideoXProcessor) for a in self.attention_layers(transformer))
+
+    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["timestep"] if "timestep" in kwargs else args[2]
+
+    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
+        frames, height, width = latents.shape[1], latents.shape[3], latents.shape[4]
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        if p_t:
+            frames = (frames + p_t - 1) // p_t
+        return frames, height // p, width // p
+
+    def reference_kwargs(
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text_embeds: torch.Tensor, timestep: torch.Tensor
+    ) -> dict[str, Any]:
+        ref = dict(kwargs)
+        ref.update(hidden_states=latents, encoder_hidden_states=text_embeds, timestep=timestep, return_dict=False)
+        if ref.get("ofs") is not None:
+            ref["ofs"] = ref["ofs"][: latents.shape[0]]
+        return ref
+
+    def encode_text(self, pipe: Any, prompt: str, max_sequence_length: int) -> torch.Tensor:
+        embeds, _ = pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=max_sequence_length,
+            device=pipe.transformer.device,
+            dtype=pipe.transformer.dtype,
+        )
+        return embeds
+
+    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
+        latents = latents * vae.config.scaling_factor
+        return latents.permute(0, 2, 1, 3, 4).to(pipe.transformer.dtype)  # (B, F, C, H, W)
+
+    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
+        frames = (latents.shape[1] - 1) * pipe.vae_scale_factor_temporal + 1
+        return frames, latents.shape[3] * pipe.vae_scale_factor_spatial, latents.shape[4] * pipe.vae_scale_factor_spatial
+
+
+@hookimpl
+def register_adapters(register: Callable[[Adapter], None]) -> None:
+    register(CogVideoXAdapter())

@@ -1,0 +1,114 @@
+"""The Adapter protocol: what the architecture-free core needs to know about one model family.
+
+An adapter replaces the attention processor of each attention layer with one that, when the
+core's router asks for it, hands over an `AttentionCall` (RoPE-free Q/K, values, where text and
+video tokens sit, how to rotate, how to attend). When the router does not want a layer, the
+adapter's processor calls the stock processor unchanged, so outputs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttentionCall:
+    """One attention computation of one layer, as the core sees it.
+
+    Tensors are laid out (batch, heads, tokens, head_dim). `query` and `key` are RoPE-free
+    (after QK-norm, before rotary); call `rotate_` before attending.
+    """
+
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    text: slice
+    video: slice
+    rotate_: Callable[[torch.Tensor, torch.Tensor], None]
+    rope: Callable[[torch.Tensor], torch.Tensor]
+    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def default(self) -> torch.Tensor:
+        """The stock computation: rotate in place, then attend."""
+        self.rotate_(self.query, self.key)
+        return self.attend(self.query, self.key, self.value)
+
+
+class LayerRouter(Protocol):
+    """What an adapter's processor talks to (implemented by the core's session)."""
+
+    def wants(self, layer: int) -> bool:
+        """True when the core needs this layer's call now (False: run the stock processor)."""
+
+    def process(self, call: AttentionCall) -> torch.Tensor:
+        """Return the attention output (batch, heads, tokens, head_dim) for `call`."""
+
+
+class Adapter(ABC):
+    """Tells the core where things are in one transformer family. Stateless; one per family."""
+
+    #: unique registry name, e.g. ``"cogvideox"``
+    name: str = ""
+    #: diffusers pipeline argument order of the latent tensor, for documentation and checks
+    latent_layout: str = "BFCHW"
+
+    @abstractmethod
+    def matches(self, transformer: nn.Module) -> bool:
+        """True when this adapter understands `transformer`."""
+
+    @abstractmethod
+    def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
+        """The attention modules in flat-index order (index = the layer number users name)."""
+
+    def problems(self, transformer: nn.Module) -> list[str]:
+        """Reasons this model cannot be injected as configured (fused QKV, ...). Empty: fine."""
+        return []
+
+    @abstractmethod
+    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
+        """Route every attention layer through `router`; return a function that undoes it."""
+
+    @abstractmethod
+    def is_installed(self, transformer: nn.Module) -> int:
+        """How many of our processors/hooks are on `transformer` (0 after cleanup)."""
+
+    @abstractmethod
+    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The `timestep` argument of one transformer forward call."""
+
+    @abstractmethod
+    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The video latent argument of one transformer forward call."""
+
+    @abstractmethod
+    def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, height, width) of the video-token grid for latents in the transformer layout."""
+
+    @abstractmethod
+    def reference_kwargs(
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text_embeds: torch.Tensor, timestep: torch.Tensor
+    ) -> dict[str, Any]:
+        """Forward kwargs for a reference-branch call derived from a generation call's kwargs."""
+
+    @abstractmethod
+    def encode_text(self, pipe: Any, prompt: str, max_sequence_length: int) -> torch.Tensor:
+        """Prompt embeddings (1, tokens, dim) as the pipeline would compute them, without CFG."""
+
+    @abstractmethod
+    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        """VAE-encode pixels (1, 3, frames, H, W) in [-1, 1] to latents in the transformer layout."""
+
+    @abstractmethod
+    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
+        """(num_frames, height, width) in pixels that produce latents of this shape."""
+
+    def text_length(self, kwargs: dict[str, Any]) -> int:
+        """Number of text tokens in a forward call (used for the subject-token positions)."""
+        return int(kwargs["encoder_hidden_states"].shape[1])

@@ -1,0 +1,82 @@
+"""`WarpConfig`: the fine-stage settings, with the paper's defaults (appendix A)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+LayerRange = tuple[int, int]
+StepRange = tuple[int, int]
+
+
+class WarpConfig(BaseModel):
+    """Settings of V-Warper's fine appearance injection.
+
+    Layer indices are the adapter's flat attention-layer index (0-based); step indices are the
+    0-based position in the pipeline's denoising loop. Ranges are inclusive at both ends.
+
+    Ablations of the paper's table 2: ``warp=False`` is "coarse only" (LoRA + token, no
+    reference branch), ``mask=False`` is "+ value warping" without masks, defaults are "full".
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match_layer: int = Field(12, ge=0, description="layer whose RoPE-free Q/K give correspondences")
+    warp_layers: LayerRange = Field((20, 29), description="layers whose video values are warped")
+    warp_steps: StepRange = Field((3, 19), description="denoising steps in which warping happens")
+    tau_fg: float = Field(0.3, ge=0.0, description="foreground threshold on min-max normalised V->T attention")
+    tau_cc: float = Field(0.1, ge=0.0, description="cycle-consistency threshold (eq. 5)")
+    warp: bool = Field(True, description="False: coarse stage only, no reference branch")
+    mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
+    injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
+    fg_layers: LayerRange | None = Field(
+        None, description="layers averaged for the foreground mask; None: every layer"
+    )
+    per_frame_matching: bool = Field(
+        True, description="match generation frame f against reference frame f (False: global)"
+    )
+    match_chunk: int = Field(1024, ge=1, description="rows per chunk of the streamed correlation")
+    inversion_prompt: str | None = Field(None, description="prompt for DDIM inversion; None: subject prompt")
+    keep_diagnostics: bool = Field(True, description="keep per-step flows and masks on CPU")
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(
+                [f"{'.'.join(map(str, e['loc'])) or 'WarpConfig'}: {e['msg']}" for e in exc.errors()]
+            ) from None
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> WarpConfig:
+        problems = []
+        for name in ("warp_layers", "warp_steps", "fg_layers"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            lo, hi = value
+            if lo < 0 or hi < lo:
+                problems.append(
+                    f"Expected {name} as (first, last) with 0 <= first <= last, but got {value}. "
+                    f"Swap or fix the bounds."
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def layer_problems(self, depth: int) -> list[str]:
+        """Every layer index that does not exist in a model of `depth` attention layers."""
+        problems = []
+        checks = {"match_layer": (self.match_layer,), "warp_layers": self.warp_layers}
+        if self.fg_layers is not None:
+            checks["fg_layers"] = self.fg_layers
+        for name, values in checks.items():
+            bad = [v for v in values if v >= depth]
+            if bad:
+                problems.append(
+                    f"Expected {name} within 0..{depth - 1} (the model has {depth} attention layers), "
+                    f"but got {getattr(self, name)}. Pick layers below {depth}."
+                )
+        return problems
+

@@ -1,0 +1,36 @@
+"""Errors raised by vwarper_hooks. Messages read "Expected ..., but got .... Do ..."."""
+
+from __future__ import annotations
+
+
+class VwarperError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class AdapterNotFoundError(VwarperError, LookupError):
+    """No registered adapter claims the given transformer."""
+
+
+class DuplicateAdapterError(VwarperError, ValueError):
+    """Two plugins registered adapters under the same name."""
+
+
+class ConfigError(VwarperError, ValueError):
+    """A configuration does not fit the model or the pipeline; lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) found, nothing was changed:\n{lines}")
+
+
+class InjectionActiveError(VwarperError, RuntimeError):
+    """`inject` was entered twice on the same pipeline."""
+
+
+class SubjectTokenError(VwarperError, ValueError):
+    """The prompt does not contain the subject token the foreground mask needs."""
+
+
+class SubjectError(VwarperError, ValueError):
+    """A subject artifact is missing, malformed, tampered with or made for another model."""

@@ -1,0 +1,108 @@
+"""`inject(pipe, subject, config)`: the context manager that puts V-Warper on a pipeline.
+
+Everything is validated before the model is touched and all problems are reported at once.
+Installation goes through an ExitStack; on exit (normal or by exception) everything is removed
+and the pipeline computes exactly what it computed before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from .adapter import Adapter
+from .config import WarpConfig
+from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
+from .plugins import get_plugin_manager
+from .registry import get_adapter
+from .session import Session
+from .warping import Injector
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_PARTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
+
+_active: set[int] = set()  # id() of transformers with an active injection
+
+
+def is_active(pipe: Any) -> bool:
+    """True while an `inject` block is open on this pipeline."""
+    return id(getattr(pipe, "transformer", None)) in _active
+
+
+def _check_pipeline(pipe: Any) -> None:
+    missing = [p for p in PIPELINE_PARTS if getattr(pipe, p, None) is None]
+    if missing or not callable(pipe):
+        raise VwarperError(
+            f"Expected a diffusers video pipeline with {', '.join(PIPELINE_PARTS)}, but got "
+            f"{type(pipe).__name__} (missing: {', '.join(missing) or 'a __call__'}). "
+            "Pass the pipeline itself, e.g. CogVideoXPipeline.from_pretrained('THUDM/CogVideoX-5b')."
+        )
+
+
+def _make_injector(config: WarpConfig) -> tuple[Injector | None, list[str]]:
+    pm = get_plugin_manager()
+    injector = pm.hook.make_injector(name=config.injector, config=config)
+    if injector is not None:
+        return injector, []
+    names = sorted({n for names in pm.hook.injector_names() for n in names})
+    return None, [f"Expected WarpConfig.injector to be one of {names}, but got {config.injector!r}."]
+
+
+def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Injector]:
+    """Check everything `inject` needs; raise one error listing every problem."""
+    _check_pipeline(pipe)
+    if is_active(pipe):
+        raise InjectionActiveError(
+            "Expected no active injection on this pipeline, but an inject() block is already open. "
+            "Leave it before entering another."
+        )
+    adapter = get_adapter(pipe.transformer)
+    depth = len(adapter.attention_layers(pipe.transformer))
+    problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
+    injector, injector_problems = _make_injector(config)
+    problems += injector_problems
+    if subject is None or not hasattr(subject, "token"):
+        problems.append(f"Expected a vwarper.Subject, but got {type(subject).__name__}.")
+    else:
+        try:
+            subject.check()
+        except SubjectError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems)
+    return adapter, injector
+
+
+@contextmanager
+def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterator[Session]:
+    """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
+
+    Example::
+
+        with vwarper.inject(pipe, subject) as session:
+            video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
+    """
+    config = config or WarpConfig()
+    adapter, injector = validate(pipe, subject, config)
+    transformer = pipe.transformer
+    with ExitStack() as stack:
+        _active.add(id(transformer))
+        stack.callback(_active.discard, id(transformer))
+        if subject.has_coarse:
+            from .coarse.activate import activate_subject
+
+            stack.enter_context(activate_subject(pipe, subject))
+        session = Session(pipe, adapter, subject, config, injector)
+        stack.callback(session.close)
+        # Capture goes in after the LoRA so the processors see the LoRA-wrapped projections.
+        stack.callback(adapter.install(transformer, session))
+        stack.callback(transformer.register_forward_pre_hook(session.before_forward, with_kwargs=True).remove)
+        stack.callback(
+            transformer.register_forward_hook(session.after_forward, with_kwargs=True, always_call=True).remove
+        )
+        stack.callback(pipe.text_encoder.register_forward_pre_hook(session.on_text_encoder, with_kwargs=True).remove)
+        logger.info("V-Warper active on %s (%s)", type(transformer).__name__, adapter.name)
+        yield session

@@ -1,0 +1,82 @@
+"""Injection masks: foreground (subject-token attention) and cycle consistency (paper eq. 5-6).
+
+Foreground: for every video query (post-RoPE) of the conditional sample, softmax over the text
+keys (the video->text block of the joint attention), take the probability mass on the subject
+token(s), average over heads, and accumulate over the configured layers and the steps so far.
+The softmax runs over text keys only: that is the V->T block the paper names, and it costs
+O(N x text) instead of a second full attention. The running mean is min-max normalised over all
+video tokens and thresholded at tau_fg.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .matching import token_coords
+
+_FG_CHUNK = 4096
+
+
+class ForegroundAccumulator:
+    """Running mean of video->subject-token attention over layers and steps."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
+
+    @torch.no_grad()
+    def add(self, query_video: torch.Tensor, key_text: torch.Tensor, subject_positions: torch.Tensor) -> None:
+        """Add one layer's scores.
+
+        :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
+        :param key_text: (heads, T, d) text keys of the same sample.
+        :param subject_positions: (k,) long positions of the subject token(s) in the text.
+        """
+        scale = 1.0 / math.sqrt(query_video.shape[-1])
+        scores = torch.empty(query_video.shape[1], dtype=torch.float32, device=query_video.device)
+        for start in range(0, query_video.shape[1], _FG_CHUNK):
+            block = query_video[:, start : start + _FG_CHUNK] @ key_text.transpose(-1, -2) * scale
+            probs = block.float().softmax(dim=-1)[..., subject_positions].sum(-1)  # (heads, c)
+            scores[start : start + _FG_CHUNK] = probs.mean(0)
+        self.total = scores if self.total is None else self.total + scores
+        self.count += 1
+
+    def normalised(self) -> torch.Tensor | None:
+        """Min-max normalised mean score per video token, or None before the first `add`."""
+        if self.total is None:
+            return None
+        mean = self.total / self.count
+        lo, hi = mean.min(), mean.max()
+        return (mean - lo) / (hi - lo).clamp_min(1e-12)
+
+    def mask(self, tau_fg: float) -> torch.Tensor | None:
+        scores = self.normalised()
+        return None if scores is None else scores > tau_fg
+
+
+def cycle_error(flow_g2r: torch.Tensor, flow_r2g: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """|p - F_ref->gen(F_gen->ref(p))| in token units on the (row, column) grid; inf across frames."""
+    start = torch.arange(flow_g2r.numel(), device=flow_g2r.device)
+    back = flow_r2g[flow_g2r]
+    a, b = token_coords(start, grid), token_coords(back, grid)
+    err = (a[:, 1:] - b[:, 1:]).norm(dim=-1)
+    return torch.where(a[:, 0] == b[:, 0], err, torch.full_like(err, float("inf")))
+
+
+def cycle_mask(
+    flow_g2r: torch.Tensor,
+    flow_r2g: torch.Tensor,
+    grid: tuple[int, int, int],
+    fg_mask: torch.Tensor,
+    tau_cc: float,
+) -> torch.Tensor:
+    """Eq. 5: error < tau_cc * H * (sum M_fg / (H * W)), the foreground ratio taken per frame."""
+    frames, height, width = grid
+    ratio = fg_mask.reshape(frames, height * width).float().mean(dim=1)  # (F,)
+    threshold = (tau_cc * height * ratio).repeat_interleave(height * width)
+    return cycle_error(flow_g2r, flow_r2g, grid) < threshold

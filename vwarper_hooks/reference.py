@@ -1,0 +1,141 @@
+"""The reference branch: the reference image repeated over time, VAE-encoded and DDIM-inverted.
+
+Inversion follows the pipeline's own timesteps (v-prediction or epsilon, from the scheduler
+config) with the deterministic DDIM update. `trajectory[i]` is the reference latent at
+``pipe.scheduler.timesteps[i]``, so at step i the reference branch reads the inverted latent of
+that very timestep (no drift from re-denoising). Results are cached by everything they depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import SubjectError
+
+logger = logging.getLogger(__name__)
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_image(image: Image.Image, what: str = "reference image") -> Image.Image:
+    """Refuse non-RGB inputs with a clear error (RGBA / palette / grey are not guessed at)."""
+    if not isinstance(image, Image.Image):
+        raise SubjectError(f"Expected a PIL.Image.Image as {what}, but got {type(image).__name__}. Open it with PIL.")
+    if image.mode != "RGB":
+        raise SubjectError(
+            f"Expected an RGB {what}, but got mode {image.mode!r}. Convert it with image.convert('RGB')."
+        )
+    return image
+
+
+def image_digest(image: Image.Image) -> str:
+    return hashlib.sha256(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()[:16]
+
+
+def resize_center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Scale to cover (height, width), then crop the centre; logs when the size changes."""
+    check_image(image)
+    if image.size == (width, height):
+        return image
+    logger.info("reference image %sx%s resized and cropped to %sx%s", *image.size, width, height)
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def image_to_video(image: Image.Image, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """(1, 3, frames, H, W) in [-1, 1]: the image repeated along time."""
+    pixels = np.asarray(resize_center_crop(image, height, width), dtype=np.float32) / 127.5 - 1.0
+    frame = torch.from_numpy(pixels).permute(2, 0, 1)
+    return frame[None, :, None].expand(1, 3, num_frames, height, width).contiguous()
+
+
+def ddim_invert(
+    denoise: Denoiser,
+    clean: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    final_alpha_cumprod: float,
+    prediction_type: str,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion; returns (steps, *clean.shape) aligned with `timesteps` (descending).
+
+    Walks the timesteps upwards: the model is evaluated at the next (noisier) timestep on the
+    current latent, the usual DDIM-inversion approximation.
+    """
+    if prediction_type not in ("v_prediction", "epsilon"):
+        raise SubjectError(f"Expected a v_prediction or epsilon scheduler, but got {prediction_type!r}.")
+    ascending = list(reversed(timesteps.tolist()))
+    latent = clean.float()
+    alpha_in = torch.tensor(float(final_alpha_cumprod), dtype=torch.float64)
+    out = []
+    for i, t in enumerate(ascending):
+        alpha_out = alphas_cumprod[int(t)].double()
+        model = denoise(latent.to(clean.dtype), torch.tensor([t], device=clean.device)).float()
+        a, b = alpha_in.sqrt().float(), (1 - alpha_in).sqrt().float()
+        if prediction_type == "v_prediction":
+            x0, eps = a * latent - b * model, a * model + b * latent
+        else:
+            x0, eps = (latent - b * model) / a, model
+        latent = alpha_out.sqrt().float() * x0 + (1 - alpha_out).sqrt().float() * eps
+        out.append(latent.to(clean.dtype))
+        alpha_in = alpha_out
+        if progress is not None:
+            progress(i)
+    return torch.stack(out[::-1])
+
+
+@dataclass
+class ReferenceState:
+    """Everything the reference branch needs for one generation setting."""
+
+    text_embeds: torch.Tensor  # (1, T, D)
+    clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
+    trajectory: torch.Tensor  # (steps, 1, *latent)
+
+    def latents_at(self, step: int) -> torch.Tensor:
+        return self.trajectory[step]
+
+
+class ReferenceCache:
+    """In-memory cache of `ReferenceState`, keyed by what the state depends on."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple, ReferenceState] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState]) -> ReferenceState:
+        if key in self._states:
+            self.hits += 1
+            return self._states[key]
+        self.misses += 1
+        state = make()
+        self._states[key] = state
+        return state
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def cache_key(
+    image: Image.Image, prompt: str, latent_shape: tuple[int, ...], timesteps: torch.Tensor,
+    dtype: torch.dtype, device: torch.device, text_len: int, model_id: int,
+) -> tuple:
+    return (
+        image_digest(image), prompt, tuple(latent_shape), tuple(timesteps.tolist()),
+        str(dtype), str(device), text_len, model_id,
+    )

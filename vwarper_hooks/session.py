@@ -1,0 +1,284 @@
+"""The injection session: routes attention calls, runs the reference branch, keeps diagnostics.
+
+A `Session` is the `LayerRouter` the adapter's processors talk to. Around every transformer
+call of the pipeline's denoising loop it works out the step index, prepares the reference
+branch lazily at the first step, computes the step's flow and mask from the previous step's
+match-layer features, runs the reference forward (only the layers needed, then stops), and
+finally lets the generation forward through with warping at the configured layers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .adapter import Adapter, AttentionCall
+from .config import WarpConfig
+from .errors import SubjectTokenError, VwarperError
+from .masks import ForegroundAccumulator, cycle_mask
+from .matching import match_flows
+from .reference import ReferenceState, cache_key, ddim_invert, image_to_video
+from .steps import StepPlan, step_index
+from .warping import Injector, ReferenceFeatures, WarpPlan
+
+logger = logging.getLogger(__name__)
+
+GENERATION, REFERENCE, INTERNAL = "generation", "reference", "internal"
+
+
+def _as_kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
+    """A forward call's arguments as keywords (the pipelines pass keywords; tolerate positionals)."""
+    if not args:
+        return kwargs
+    return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
+
+
+class _StopReference(Exception):
+    """Raised after the deepest layer the reference branch needs (early exit)."""
+
+
+@dataclass
+class StepDiagnostics:
+    """Flow and masks of one warp step, on CPU, on the (frames, height, width) token grid."""
+
+    step: int
+    grid: tuple[int, int, int]
+    flow: torch.Tensor  # (F, h, w) int32: reference token index read by each generation token
+    fg_score: torch.Tensor | None  # (F, h, w) float16 min-max normalised foreground score
+    fg_mask: torch.Tensor | None  # (F, h, w) bool
+    cc_mask: torch.Tensor | None  # (F, h, w) bool
+    mask: torch.Tensor  # (F, h, w) bool: final injection mask
+
+
+class Session:
+    """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics`."""
+
+    def __init__(self, pipe: Any, adapter: Adapter, subject: Any, config: WarpConfig, injector: Injector) -> None:
+        self.pipe, self.adapter, self.subject, self.config, self.injector = pipe, adapter, subject, config, injector
+        self.transformer = pipe.transformer
+        self.depth = len(adapter.attention_layers(self.transformer))
+        self.diagnostics: dict[int, StepDiagnostics] = {}
+        #: (branch, step, layer) -> number of routed attention calls; "warp" entries count injections
+        self.calls: Counter[tuple[str, int, int]] = Counter()
+        self.branch: str | None = None
+        self.step: int | None = None
+        self.plan: StepPlan | None = None
+        self._wanted: frozenset[int] = frozenset()
+        self._deepest = -1
+        self._last_step: int | None = None
+        self._subject_ids = self._token_ids(subject.token) if subject is not None else []
+        self._positions: torch.Tensor | None = None
+        self._fresh_positions: list[torch.Tensor | None] | None = None
+        self._fg = ForegroundAccumulator()
+        self._gen_match: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ref_match: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ref_feats: dict[int, ReferenceFeatures] = {}
+        self._warp: WarpPlan | None = None
+        self._reference: ReferenceState | None = None
+
+    # ----------------------------------------------------------------- router (adapter side)
+    def wants(self, layer: int) -> bool:
+        return layer in self._wanted
+
+    def process(self, call: AttentionCall) -> torch.Tensor:
+        self.calls[(self.branch or "", self.step if self.step is not None else -1, call.layer)] += 1
+        if self.branch == REFERENCE:
+            return self._reference_call(call)
+        return self._generation_call(call)
+
+    def _generation_call(self, call: AttentionCall) -> torch.Tensor:
+        plan, step, layer = self.plan, self.step, call.layer
+        cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]
+        if layer == plan.match_layer and step in plan.match_steps:
+            self._gen_match = (call.query[cond, :, call.video].clone(), call.key[cond, :, call.video].clone())
+        if step in plan.fg_steps and layer in plan.fg_layers and self._positions is not None:
+            query = call.rope(call.query[cond : cond + 1, :, call.video])[0]
+            self._fg.add(query, call.key[cond, :, call.text], self._positions)
+        if step in plan.warp_steps and layer in plan.warp_layers and self._warp is not None:
+            self.calls[("warp", step, layer)] += 1
+            return self.injector.attend(call, self._ref_feats[layer], self._warp)
+        return call.default()
+
+    def _reference_call(self, call: AttentionCall) -> torch.Tensor:
+        plan, step, layer = self.plan, self.step, call.layer
+        if layer == plan.match_layer and step in plan.match_steps:
+            self._ref_match = (call.query[0, :, call.video].clone(), call.key[0, :, call.video].clone())
+        call.rotate_(call.query, call.key)
+        if step in plan.warp_steps and layer in plan.warp_layers:
+            key = call.key[:, :, call.video] if self.injector.needs_reference_keys else None
+            self._ref_feats[layer] = ReferenceFeatures(value=call.value[:, :, call.video], key=key)
+        if layer >= self._deepest:
+            raise _StopReference
+        return call.attend(call.query, call.key, call.value)
+
+    # ----------------------------------------------------------------- model hooks (core side)
+    def before_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self.branch is not None:
+            return None  # our own reference / inversion call
+        step = step_index(self.adapter.timestep(args, kwargs), getattr(self.pipe.scheduler, "timesteps", None))
+        self.step = step
+        if step is None:
+            self._wanted = frozenset()
+            return None
+        if self._last_step is None or step <= self._last_step:
+            self._start_run((), _as_kwargs(module, args, kwargs))
+        self._last_step = step
+        self._prepare_step(step, (), _as_kwargs(module, args, kwargs))
+        self.branch, self.step = GENERATION, step
+        self._wanted = self.plan.generation_layers(step)
+        return None
+
+    def after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.branch == GENERATION:
+            self.branch, self._wanted = None, frozenset()
+        return None
+
+    def on_text_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Record where the subject token sits in each prompt the pipeline encodes."""
+        if self.branch is not None or not self._subject_ids:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return None
+        found = [self._find_subject(row) for row in ids.detach().cpu()]
+        hit = next((p for p in found if p is not None), None)
+        if self._fresh_positions is None:
+            self._fresh_positions = []
+        self._fresh_positions.append(hit)
+        return None
+
+    # ----------------------------------------------------------------- per run / per step
+    def _start_run(self, args: tuple, kwargs: dict) -> None:
+        num_steps = len(self.pipe.scheduler.timesteps)
+        self.plan = StepPlan.build(self.config, num_steps, self.depth)
+        self.diagnostics.clear()
+        self._fg.reset()
+        self._gen_match = self._ref_match = self._warp = None
+        if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
+            self._positions = next((p for p in self._fresh_positions if p is not None), None)
+            self._fresh_positions = None
+        if not self.plan.warp_steps:
+            return
+        latents = self.adapter.latents(args, kwargs)
+        if latents.shape[0] not in (1, 2):
+            raise VwarperError(
+                f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {latents.shape[0]}. "
+                "Use num_videos_per_prompt=1 and one prompt with inject()."
+            )
+        if self.config.mask and self._positions is None:
+            raise SubjectTokenError(
+                f"Expected the prompt to contain the subject token {self.subject.token!r}, but it does not "
+                "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "
+                f"the prompt, e.g. 'a {self.subject.token} {self.subject.class_word} on the beach', or use "
+                "WarpConfig(mask=False)."
+            )
+        self._reference = self._reference_state(latents, kwargs)
+
+    def _prepare_step(self, step: int, args: tuple, kwargs: dict) -> None:
+        plan = self.plan
+        self._warp = None
+        if step in plan.warp_steps and self._gen_match is not None and self._ref_match is not None:
+            grid = self.adapter.token_grid(self.transformer, self.adapter.latents(args, kwargs))
+            self._warp = self._make_warp_plan(step, grid)
+        ref_layers = plan.reference_layers(step)
+        if not ref_layers:
+            return
+        timestep = self.adapter.timestep(args, kwargs).reshape(-1)[:1]
+        ref_kwargs = self.adapter.reference_kwargs(
+            kwargs, self._reference.latents_at(step), self._reference.text_embeds, timestep
+        )
+        self._ref_feats = {}
+        self.branch, self.step, self._wanted, self._deepest = REFERENCE, step, ref_layers, max(ref_layers)
+        try:
+            self.transformer(**ref_kwargs)
+        except _StopReference:
+            pass
+        finally:
+            self.branch, self._wanted = None, frozenset()
+
+    def _make_warp_plan(self, step: int, grid: tuple[int, int, int]) -> WarpPlan:
+        cfg = self.config
+        (qg, kg), (qr, kr) = self._gen_match, self._ref_match
+        flow, back = match_flows(qg, kg, qr, kr, frames=grid[0], per_frame=cfg.per_frame_matching, chunk=cfg.match_chunk)
+        fg = cc = score = None
+        if cfg.mask:
+            score = self._fg.normalised()
+            fg = score > cfg.tau_fg
+            cc = cycle_mask(flow, back, grid, fg, cfg.tau_cc)
+            mask = fg & cc
+        else:
+            mask = torch.ones_like(flow, dtype=torch.bool)
+        ref_mask = torch.zeros_like(mask)
+        ref_mask[flow[mask]] = True
+        if cfg.keep_diagnostics:
+            def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+                return None if x is None else x.detach().to("cpu", dtype).reshape(grid)
+
+            self.diagnostics[step] = StepDiagnostics(
+                step, grid, cpu(flow, torch.int32), cpu(score, torch.float16), cpu(fg, torch.bool),
+                cpu(cc, torch.bool), cpu(mask, torch.bool),
+            )
+        return WarpPlan(flow=flow, mask=mask, ref_mask=ref_mask)
+
+    def _reference_state(self, latents: torch.Tensor, kwargs: dict) -> ReferenceState:
+        pipe, adapter = self.pipe, self.adapter
+        prompt = self.config.inversion_prompt or self.subject.prompt
+        text_len = adapter.text_length(kwargs)
+        timesteps = pipe.scheduler.timesteps
+        image = self.subject.images[0]
+        key = cache_key(image, prompt, latents.shape[1:], timesteps, latents.dtype, latents.device, text_len,
+                        id(self.transformer))
+
+        def make() -> ReferenceState:
+            frames, height, width = adapter.video_shape(pipe, latents)
+            previous, self.branch = self.branch, INTERNAL
+            try:
+                text = adapter.encode_text(pipe, prompt, text_len)
+                video = image_to_video(image, frames, height, width)
+                clean = adapter.encode_video(pipe, video).to(latents.dtype)
+
+                def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
+                    return self.transformer(**ref)[0]
+
+                logger.info("DDIM-inverting the reference over %d steps", len(timesteps))
+                scheduler = pipe.scheduler
+                with pipe.progress_bar(total=len(timesteps)) as bar:
+                    trajectory = ddim_invert(
+                        denoise, clean, timesteps, scheduler.alphas_cumprod,
+                        float(getattr(scheduler, "final_alpha_cumprod", 1.0)),
+                        scheduler.config.prediction_type, progress=lambda _: bar.update(),
+                    )
+            finally:
+                self.branch = previous
+            return ReferenceState(text_embeds=text, clean=clean, trajectory=trajectory)
+
+        return self.subject.reference_cache.get_or_make(key, make)
+
+    def _token_ids(self, token: str) -> list[int]:
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is None:
+            return []
+        ids = tokenizer(token, add_special_tokens=False).input_ids
+        space = tokenizer.convert_tokens_to_ids("▁")
+        return [i for i in ids if i != space] or ids
+
+    def _find_subject(self, row: torch.Tensor) -> torch.Tensor | None:
+        ids = torch.as_tensor(self._subject_ids)
+        k = len(ids)
+        for start in range(0, row.numel() - k + 1):
+            if torch.equal(row[start : start + k], ids):
+                return torch.arange(start, start + k)
+        return None
+
+    def close(self) -> None:
+        """Drop every tensor this session holds (the cache on the subject stays)."""
+        self._gen_match = self._ref_match = self._warp = self._reference = None
+        self._ref_feats = {}
+        self._fg.reset()
+        self.branch, self._wanted = None, frozenset()

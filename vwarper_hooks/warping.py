@@ -1,0 +1,128 @@
+"""Appearance injectors: masked value warping (the paper's method) and the appendix B.2 baselines.
+
+Each injector turns one generation-branch `AttentionCall` plus the reference branch's features
+of the same layer and step into the attention output. They are built through the
+`make_injector` hook, so plugins can add more; `WarpConfig.injector` picks one by name.
+
+CFG: the flow and mask come from the conditional sample and the same warped reference values are
+used for both halves of the batch (each half keeps its own values outside the mask). Warping only
+the conditional half would make guidance amplify the difference between warped and unwarped
+values, i.e. exaggerate the reference appearance by the guidance scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .adapter import AttentionCall
+from .config import WarpConfig
+from .hookspecs import hookimpl
+
+
+@dataclass
+class ReferenceFeatures:
+    """Reference-branch video features of one layer at one step, (1, heads, N, d)."""
+
+    value: torch.Tensor
+    key: torch.Tensor | None = None  # post-RoPE; kept only for injectors that need keys
+
+
+@dataclass
+class WarpPlan:
+    """Where each generation video token reads from, and which tokens are injected."""
+
+    flow: torch.Tensor  # (N,) long: generation token -> reference token
+    mask: torch.Tensor  # (N,) bool: final injection mask M_t
+    ref_mask: torch.Tensor  # (N,) bool: reference tokens that some masked generation token reads
+
+
+class Injector(Protocol):
+    name: str
+    needs_reference_keys: bool
+
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+        """Attention output (B, heads, tokens, d) with reference appearance injected."""
+
+
+class ValueWarp:
+    """Eq. 7-9: video values become M * V_ref[flow] + (1 - M) * V_gen; text values untouched."""
+
+    name = "value_warp"
+    needs_reference_keys = False
+
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+        value = call.value
+        if bool(plan.mask.any()):
+            video = value[:, :, call.video]
+            warped = ref.value[:, :, plan.flow].to(video.dtype)
+            blended = torch.where(plan.mask[None, None, :, None], warped, video)
+            value = value.clone()
+            value[:, :, call.video] = blended
+        call.rotate_(call.query, call.key)
+        return call.attend(call.query, call.key, value)
+
+
+def _key_mask(call: AttentionCall, video_keep: torch.Tensor) -> torch.Tensor:
+    """Boolean key mask (1, 1, 1, tokens): all text keys plus the kept video keys."""
+    keep = torch.ones(call.key.shape[2], dtype=torch.bool, device=call.key.device)
+    keep[call.video] = video_keep
+    return keep[None, None, None, :]
+
+
+class KeyValueReplace:
+    """Appendix B.2 eq. 10-12: reference-conditioned attention inside the mask, generation outside."""
+
+    name = "kv_replace"
+    needs_reference_keys = True
+
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+        call.rotate_(call.query, call.key)
+        q, k, v = call.query, call.key, call.value
+        stock = call.attend(q, k, v)
+        if not bool(plan.mask.any()):
+            return stock
+        batch = q.shape[0]
+        k_ref, v_ref = k.clone(), v.clone()
+        k_ref[:, :, call.video] = ref.key.to(k.dtype).expand(batch, -1, -1, -1)
+        v_ref[:, :, call.video] = ref.value.to(v.dtype).expand(batch, -1, -1, -1)
+        f_ref = _masked_attend(q, k_ref, v_ref, _key_mask(call, plan.ref_mask))
+        f_gen = _masked_attend(q, k, v, _key_mask(call, ~plan.mask))
+        rows = plan.mask[None, None, :, None]
+        out = stock.clone()
+        out[:, :, call.video] = torch.where(rows, f_ref[:, :, call.video], f_gen[:, :, call.video])
+        return out
+
+
+def _masked_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
+class TokenConcat:
+    """Appendix B.2: reference video tokens appended to the keys/values, original positions kept."""
+
+    name = "concat"
+    needs_reference_keys = True
+
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+        call.rotate_(call.query, call.key)
+        batch = call.query.shape[0]
+        k = torch.cat([call.key, ref.key.to(call.key.dtype).expand(batch, -1, -1, -1)], dim=2)
+        v = torch.cat([call.value, ref.value.to(call.value.dtype).expand(batch, -1, -1, -1)], dim=2)
+        return torch.nn.functional.scaled_dot_product_attention(call.query, k, v)
+
+
+BUILTIN_INJECTORS: dict[str, type] = {cls.name: cls for cls in (ValueWarp, KeyValueReplace, TokenConcat)}
+
+
+@hookimpl
+def make_injector(name: str, config: WarpConfig) -> Injector | None:
+    cls = BUILTIN_INJECTORS.get(name)
+    return None if cls is None else cls()
+
+
+@hookimpl
+def injector_names() -> list[str]:
+    return sorted(BUILTIN_INJECTORS)
