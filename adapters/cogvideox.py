@@ -189,7 +189,11 @@ class CogVideoXAdapter(Adapter):
 
     def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
         frames = (latents.shape[1] - 1) * pipe.vae_scale_factor_temporal + 1
-        return frames, latents.shape[3] * pipe.vae_scale_factor_spatial, latents.shape[4] * pipe.vae_scale_factor_spatial
+        return (
+            frames,
+            latents.shape[3] * pipe.vae_scale_factor_spatial,
+            latents.shape[4] * pipe.vae_scale_factor_spatial,
+        )
 
 
 @hookimpl

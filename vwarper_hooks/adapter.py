@@ -50,6 +50,12 @@ class LayerRouter(Protocol):
     def process(self, call: AttentionCall) -> torch.Tensor:
         """Return the attention output (batch, heads, tokens, head_dim) for `call`."""
 
+    def wants_text(self, layer: int) -> bool:
+        """True when video->text scores of `layer` are needed (models with a separate text attention)."""
+
+    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+        """Receive (B, heads, N, d) video queries and (B, heads, T, d) text keys of a text attention."""
+
 
 class Adapter(ABC):
     """Tells the core where things are in one transformer family. Stateless; one per family."""

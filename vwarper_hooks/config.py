@@ -30,14 +30,15 @@ class WarpConfig(BaseModel):
     warp: bool = Field(True, description="False: coarse stage only, no reference branch")
     mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
     injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
-    fg_layers: LayerRange | None = Field(
-        None, description="layers averaged for the foreground mask; None: every layer"
-    )
+    fg_layers: LayerRange | None = Field(None, description="layers averaged for the foreground mask; None: every layer")
     per_frame_matching: bool = Field(
         True, description="match generation frame f against reference frame f (False: global)"
     )
     match_chunk: int = Field(1024, ge=1, description="rows per chunk of the streamed correlation")
     inversion_prompt: str | None = Field(None, description="prompt for DDIM inversion; None: subject prompt")
+    inversion_refine: int = Field(
+        0, ge=0, description="fixed-point refinements per DDIM inversion step (0: plain DDIM, as the paper)"
+    )
     keep_diagnostics: bool = Field(True, description="keep per-step flows and masks on CPU")
 
     def __init__(self, **data: object) -> None:
@@ -79,4 +80,3 @@ class WarpConfig(BaseModel):
                     f"but got {getattr(self, name)}. Pick layers below {depth}."
                 )
         return problems
-

@@ -103,7 +103,9 @@ def dense_flows(
     qg = _scale(_grouped(q_gen, frames, per_frame), heads, head_dim)
     qr = _scale(_grouped(q_ref, frames, per_frame), heads, head_dim)
     kg, kr = _grouped(k_gen, frames, per_frame), _grouped(k_ref, frames, per_frame)
-    sym = 0.5 * (torch.softmax(qg @ kr.transpose(1, 2), -1) + torch.softmax(qr @ kg.transpose(1, 2), -1).transpose(1, 2))
+    sym = 0.5 * (
+        torch.softmax(qg @ kr.transpose(1, 2), -1) + torch.softmax(qr @ kg.transpose(1, 2), -1).transpose(1, 2)
+    )
     groups, n, _ = sym.shape
     offsets = (torch.arange(groups) * n)[:, None]
     return (sym.argmax(-1) + offsets).reshape(-1), (sym.argmax(-2) + offsets).reshape(-1)
@@ -116,8 +118,13 @@ def token_coords(index: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tenso
     return torch.stack([frame, rest // width, rest % width], dim=-1).float()
 
 
-def pck(flow: torch.Tensor, target: torch.Tensor, grid: tuple[int, int, int], alpha: float = 0.05,
-        valid: torch.Tensor | None = None) -> float:
+def pck(
+    flow: torch.Tensor,
+    target: torch.Tensor,
+    grid: tuple[int, int, int],
+    alpha: float = 0.05,
+    valid: torch.Tensor | None = None,
+) -> float:
     """Percentage of correct keypoints: flow within alpha x max(h, w) tokens of target (same frame)."""
     got, want = token_coords(flow, grid), token_coords(target, grid)
     dist = (got[:, 1:] - want[:, 1:]).norm(dim=-1)

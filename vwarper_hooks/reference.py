@@ -66,33 +66,64 @@ def ddim_invert(
     alphas_cumprod: torch.Tensor,
     final_alpha_cumprod: float,
     prediction_type: str,
+    refine: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM inversion; returns (steps, *clean.shape) aligned with `timesteps` (descending).
 
-    Walks the timesteps upwards: the model is evaluated at the next (noisier) timestep on the
-    current latent, the usual DDIM-inversion approximation.
+    Walks the timesteps upwards. Plain DDIM inversion (``refine=0``, the paper's) evaluates the
+    model at the next, noisier timestep on the current latent. ``refine=k`` then runs k
+    fixed-point iterations that re-evaluate the model on the new latent itself and solve the DDIM
+    step for it, so regenerating from the result retraces the trajectory almost exactly.
     """
     if prediction_type not in ("v_prediction", "epsilon"):
         raise SubjectError(f"Expected a v_prediction or epsilon scheduler, but got {prediction_type!r}.")
     ascending = list(reversed(timesteps.tolist()))
     latent = clean.float()
-    alpha_in = torch.tensor(float(final_alpha_cumprod), dtype=torch.float64)
+    alpha_in = float(final_alpha_cumprod)
     out = []
     for i, t in enumerate(ascending):
-        alpha_out = alphas_cumprod[int(t)].double()
-        model = denoise(latent.to(clean.dtype), torch.tensor([t], device=clean.device)).float()
-        a, b = alpha_in.sqrt().float(), (1 - alpha_in).sqrt().float()
-        if prediction_type == "v_prediction":
-            x0, eps = a * latent - b * model, a * model + b * latent
-        else:
-            x0, eps = (latent - b * model) / a, model
-        latent = alpha_out.sqrt().float() * x0 + (1 - alpha_out).sqrt().float() * eps
+        alpha_out = float(alphas_cumprod[int(t)])
+        t_batch = torch.tensor([t], device=clean.device)
+        model = denoise(latent.to(clean.dtype), t_batch).float()
+        x0, eps = _split(latent, model, alpha_in, prediction_type)
+        target = _ddim_step(x0, eps, alpha_out)
+        for _ in range(refine):
+            # Solve  latent = step_down(target, model(target, t))  for target, with model held fixed.
+            model = denoise(target.to(clean.dtype), t_batch).float()
+            target = _solve_step_up(latent, model, alpha_out, alpha_in, prediction_type)
+        latent = target
         out.append(latent.to(clean.dtype))
         alpha_in = alpha_out
         if progress is not None:
             progress(i)
     return torch.stack(out[::-1])
+
+
+def _split(
+    x: torch.Tensor, model: torch.Tensor, alpha: float, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted x0, predicted noise) of latent `x` at noise level `alpha`."""
+    a, b = alpha**0.5, (1 - alpha) ** 0.5
+    if prediction_type == "v_prediction":
+        return a * x - b * model, a * model + b * x
+    return (x - b * model) / a, model
+
+
+def _ddim_step(x0: torch.Tensor, eps: torch.Tensor, alpha: float) -> torch.Tensor:
+    return alpha**0.5 * x0 + (1 - alpha) ** 0.5 * eps
+
+
+def _solve_step_up(
+    lower: torch.Tensor, model: torch.Tensor, alpha_up: float, alpha_low: float, prediction_type: str
+) -> torch.Tensor:
+    """The latent x at `alpha_up` whose DDIM step down (with this model output) lands on `lower`."""
+    a, b = alpha_up**0.5, (1 - alpha_up) ** 0.5
+    c, d = alpha_low**0.5, (1 - alpha_low) ** 0.5
+    if prediction_type == "v_prediction":  # lower = (c a + d b) x + (d a - c b) model
+        return (lower - (d * a - c * b) * model) / (c * a + d * b)
+    # epsilon: lower = c (x - b m) / a + d m
+    return (lower - (d - c * b / a) * model) * a / c
 
 
 @dataclass
@@ -132,10 +163,22 @@ class ReferenceCache:
 
 
 def cache_key(
-    image: Image.Image, prompt: str, latent_shape: tuple[int, ...], timesteps: torch.Tensor,
-    dtype: torch.dtype, device: torch.device, text_len: int, model_id: int,
+    image: Image.Image,
+    prompt: str,
+    latent_shape: tuple[int, ...],
+    timesteps: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    text_len: int,
+    model_id: int,
 ) -> tuple:
     return (
-        image_digest(image), prompt, tuple(latent_shape), tuple(timesteps.tolist()),
-        str(dtype), str(device), text_len, model_id,
+        image_digest(image),
+        prompt,
+        tuple(latent_shape),
+        tuple(timesteps.tolist()),
+        str(dtype),
+        str(device),
+        text_len,
+        model_id,
     )

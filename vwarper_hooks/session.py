@@ -91,14 +91,37 @@ class Session:
             return self._reference_call(call)
         return self._generation_call(call)
 
+    def wants_text(self, layer: int) -> bool:
+        """True when video->text scores of `layer` feed the foreground mask at this step."""
+        plan = self.plan
+        return (
+            self.branch == GENERATION
+            and self._positions is not None
+            and plan is not None
+            and self.step in plan.fg_steps
+            and layer in plan.fg_layers
+        )
+
+    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+        """Accumulate the subject token's share of video->text attention.
+
+        For models whose text sits in a separate cross-attention (Wan), the adapter calls this
+        from that attention; joint-attention models get it from `process`.
+
+        :param query_video: (B, heads, N, d) video queries as the attention sees them (post-RoPE);
+            the last sample of the batch is the conditional one.
+        :param key_text: (B, heads, T, d) text keys.
+        """
+        self._fg.add(query_video[-1], key_text[-1], self._positions)
+
     def _generation_call(self, call: AttentionCall) -> torch.Tensor:
         plan, step, layer = self.plan, self.step, call.layer
         cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]
         if layer == plan.match_layer and step in plan.match_steps:
             self._gen_match = (call.query[cond, :, call.video].clone(), call.key[cond, :, call.video].clone())
-        if step in plan.fg_steps and layer in plan.fg_layers and self._positions is not None:
-            query = call.rope(call.query[cond : cond + 1, :, call.video])[0]
-            self._fg.add(query, call.key[cond, :, call.text], self._positions)
+        if call.text.stop > call.text.start and self.wants_text(layer):
+            query = call.rope(call.query[cond : cond + 1, :, call.video])
+            self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text])
         if step in plan.warp_steps and layer in plan.warp_layers and self._warp is not None:
             self.calls[("warp", step, layer)] += 1
             return self.injector.attend(call, self._ref_feats[layer], self._warp)
@@ -204,7 +227,9 @@ class Session:
     def _make_warp_plan(self, step: int, grid: tuple[int, int, int]) -> WarpPlan:
         cfg = self.config
         (qg, kg), (qr, kr) = self._gen_match, self._ref_match
-        flow, back = match_flows(qg, kg, qr, kr, frames=grid[0], per_frame=cfg.per_frame_matching, chunk=cfg.match_chunk)
+        flow, back = match_flows(
+            qg, kg, qr, kr, frames=grid[0], per_frame=cfg.per_frame_matching, chunk=cfg.match_chunk
+        )
         fg = cc = score = None
         if cfg.mask:
             score = self._fg.normalised()
@@ -216,12 +241,18 @@ class Session:
         ref_mask = torch.zeros_like(mask)
         ref_mask[flow[mask]] = True
         if cfg.keep_diagnostics:
+
             def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
                 return None if x is None else x.detach().to("cpu", dtype).reshape(grid)
 
             self.diagnostics[step] = StepDiagnostics(
-                step, grid, cpu(flow, torch.int32), cpu(score, torch.float16), cpu(fg, torch.bool),
-                cpu(cc, torch.bool), cpu(mask, torch.bool),
+                step,
+                grid,
+                cpu(flow, torch.int32),
+                cpu(score, torch.float16),
+                cpu(fg, torch.bool),
+                cpu(cc, torch.bool),
+                cpu(mask, torch.bool),
             )
         return WarpPlan(flow=flow, mask=mask, ref_mask=ref_mask)
 
@@ -231,8 +262,9 @@ class Session:
         text_len = adapter.text_length(kwargs)
         timesteps = pipe.scheduler.timesteps
         image = self.subject.images[0]
-        key = cache_key(image, prompt, latents.shape[1:], timesteps, latents.dtype, latents.device, text_len,
-                        id(self.transformer))
+        key = cache_key(
+            image, prompt, latents.shape[1:], timesteps, latents.dtype, latents.device, text_len, id(self.transformer)
+        ) + (self.config.inversion_refine,)
 
         def make() -> ReferenceState:
             frames, height, width = adapter.video_shape(pipe, latents)
@@ -250,9 +282,14 @@ class Session:
                 scheduler = pipe.scheduler
                 with pipe.progress_bar(total=len(timesteps)) as bar:
                     trajectory = ddim_invert(
-                        denoise, clean, timesteps, scheduler.alphas_cumprod,
+                        denoise,
+                        clean,
+                        timesteps,
+                        scheduler.alphas_cumprod,
                         float(getattr(scheduler, "final_alpha_cumprod", 1.0)),
-                        scheduler.config.prediction_type, progress=lambda _: bar.update(),
+                        scheduler.config.prediction_type,
+                        refine=self.config.inversion_refine,
+                        progress=lambda _: bar.update(),
                     )
             finally:
                 self.branch = previous
