@@ -162,24 +162,26 @@ class CogVideoXAdapter(Adapter):
         return frames, height // p, width // p
 
     def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text_embeds: torch.Tensor, timestep: torch.Tensor
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
     ) -> dict[str, Any]:
         ref = dict(kwargs)
-        ref.update(hidden_states=latents, encoder_hidden_states=text_embeds, timestep=timestep, return_dict=False)
+        ref.update(text)
+        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
         if ref.get("ofs") is not None:
             ref["ofs"] = ref["ofs"][: latents.shape[0]]
         return ref
 
-    def encode_text(self, pipe: Any, prompt: str, max_sequence_length: int) -> torch.Tensor:
+    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        generation = kwargs["encoder_hidden_states"]
         embeds, _ = pipe.encode_prompt(
             prompt,
             do_classifier_free_guidance=False,
             num_videos_per_prompt=1,
-            max_sequence_length=max_sequence_length,
-            device=pipe.transformer.device,
-            dtype=pipe.transformer.dtype,
+            max_sequence_length=generation.shape[1],
+            device=generation.device,
+            dtype=generation.dtype,
         )
-        return embeds
+        return {"encoder_hidden_states": embeds}
 
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
         vae = pipe.vae

@@ -122,7 +122,7 @@ def _invert_and_regenerate(pipe, image, steps, refine):
     pipe.scheduler.set_timesteps(steps)
     with torch.no_grad():
         clean = adapter.encode_video(pipe, image_to_video(image, 5, 32, 32))
-        text = adapter.encode_text(pipe, "a <clock> clock", 16)
+        text = adapter.encode_text(pipe, "a <clock> clock", {"encoder_hidden_states": torch.zeros(1, 16, 32)})["encoder_hidden_states"]
         rope = pipe._prepare_rotary_positional_embeddings(32, 32, clean.shape[1], torch.device("cpu"))
 
         def denoise(x, t):

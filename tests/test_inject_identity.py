@@ -20,6 +20,7 @@ def test_inject_off_and_after_exit_is_bit_identical(pipe, subject):
         assert torch.equal(run(pipe), stock)  # a step window that never fires in 2 steps
         assert not session.diagnostics
     assert hook_count(pipe) == before == 0
+    assert "set_timesteps" not in vars(pipe.scheduler)  # our wrapper is gone
     assert torch.equal(run(pipe), stock)
 
 

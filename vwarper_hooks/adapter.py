@@ -99,13 +99,19 @@ class Adapter(ABC):
 
     @abstractmethod
     def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text_embeds: torch.Tensor, timestep: torch.Tensor
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
     ) -> dict[str, Any]:
-        """Forward kwargs for a reference-branch call derived from a generation call's kwargs."""
+        """Forward kwargs for a reference-branch call (batch 1) derived from a generation call's kwargs.
+
+        :param text: the text conditioning from `encode_text`, merged over the generation's.
+        """
 
     @abstractmethod
-    def encode_text(self, pipe: Any, prompt: str, max_sequence_length: int) -> torch.Tensor:
-        """Prompt embeddings (1, tokens, dim) as the pipeline would compute them, without CFG."""
+    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Text conditioning of `prompt` as transformer forward kwargs (batch 1, no CFG).
+
+        :param kwargs: a generation forward call's kwargs (to match its text length, dtype, device).
+        """
 
     @abstractmethod
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
@@ -115,6 +121,3 @@ class Adapter(ABC):
     def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
         """(num_frames, height, width) in pixels that produce latents of this shape."""
 
-    def text_length(self, kwargs: dict[str, Any]) -> int:
-        """Number of text tokens in a forward call (used for the subject-token positions)."""
-        return int(kwargs["encoder_hidden_states"].shape[1])

@@ -8,7 +8,7 @@ and the pipeline computes exactly what it computed before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -77,6 +77,22 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
 
 
 @contextmanager
+def _wrap_set_timesteps(scheduler: Any, notify: Callable[[], None]) -> Iterator[None]:
+    """Tell the session when the pipeline (re)sets its timesteps, i.e. when a new call begins."""
+    original = scheduler.set_timesteps
+
+    def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+        notify()
+        return original(*args, **kwargs)
+
+    scheduler.set_timesteps = set_timesteps
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps  # the instance attribute goes; the class method shows again
+
+
+@contextmanager
 def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterator[Session]:
     """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
 
@@ -104,5 +120,6 @@ def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterato
             transformer.register_forward_hook(session.after_forward, with_kwargs=True, always_call=True).remove
         )
         stack.callback(pipe.text_encoder.register_forward_pre_hook(session.on_text_encoder, with_kwargs=True).remove)
+        stack.enter_context(_wrap_set_timesteps(pipe.scheduler, session.on_set_timesteps))
         logger.info("V-Warper active on %s (%s)", type(transformer).__name__, adapter.name)
         yield session

@@ -130,7 +130,7 @@ def _solve_step_up(
 class ReferenceState:
     """Everything the reference branch needs for one generation setting."""
 
-    text_embeds: torch.Tensor  # (1, T, D)
+    text: dict[str, torch.Tensor]  # text conditioning as forward kwargs (batch 1)
     clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
     trajectory: torch.Tensor  # (steps, 1, *latent)
 
@@ -165,20 +165,16 @@ class ReferenceCache:
 def cache_key(
     image: Image.Image,
     prompt: str,
-    latent_shape: tuple[int, ...],
     timesteps: torch.Tensor,
-    dtype: torch.dtype,
-    device: torch.device,
-    text_len: int,
-    model_id: int,
+    call_kwargs: dict,
+    model: torch.nn.Module,
+    extra: tuple = (),
 ) -> tuple:
-    return (
-        image_digest(image),
-        prompt,
-        tuple(latent_shape),
-        tuple(timesteps.tolist()),
-        str(dtype),
-        str(device),
-        text_len,
-        model_id,
+    """What a reference state depends on: image, prompt, timesteps, the generation call's tensor
+    shapes (latent size, text length), dtypes and devices, the model object, and `extra`."""
+    shapes = tuple(
+        sorted(
+            (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
+        )
     )
+    return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, id(model), *extra)

@@ -71,6 +71,8 @@ class Session:
         self._wanted: frozenset[int] = frozenset()
         self._deepest = -1
         self._last_step: int | None = None
+        self._new_run = False
+        self._pass = 0  # index of the transformer call within the current step
         self._subject_ids = self._token_ids(subject.token) if subject is not None else []
         self._positions: torch.Tensor | None = None
         self._fresh_positions: list[torch.Tensor | None] | None = None
@@ -96,6 +98,7 @@ class Session:
         plan = self.plan
         return (
             self.branch == GENERATION
+            and self._pass == 0
             and self._positions is not None
             and plan is not None
             and self.step in plan.fg_steps
@@ -116,8 +119,8 @@ class Session:
 
     def _generation_call(self, call: AttentionCall) -> torch.Tensor:
         plan, step, layer = self.plan, self.step, call.layer
-        cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]
-        if layer == plan.match_layer and step in plan.match_steps:
+        cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]; separate passes: cond first
+        if self._pass == 0 and layer == plan.match_layer and step in plan.match_steps:
             self._gen_match = (call.query[cond, :, call.video].clone(), call.key[cond, :, call.video].clone())
         if call.text.stop > call.text.start and self.wants_text(layer):
             query = call.rope(call.query[cond : cond + 1, :, call.video])
@@ -148,10 +151,17 @@ class Session:
         if step is None:
             self._wanted = frozenset()
             return None
-        if self._last_step is None or step <= self._last_step:
-            self._start_run((), _as_kwargs(module, args, kwargs))
+        call_kwargs = _as_kwargs(module, args, kwargs)
+        if self._new_run or self._last_step is None or step < self._last_step:
+            self._new_run, self._pass = False, 0
+            self._start_run((), call_kwargs)
+        elif step == self._last_step:
+            self._pass += 1  # another call in the same step: a separate CFG pass (Wan, true-CFG Hunyuan)
+        else:
+            self._pass = 0
         self._last_step = step
-        self._prepare_step(step, (), _as_kwargs(module, args, kwargs))
+        if self._pass == 0:
+            self._prepare_step(step, (), call_kwargs)
         self.branch, self.step = GENERATION, step
         self._wanted = self.plan.generation_layers(step)
         return None
@@ -160,6 +170,10 @@ class Session:
         if self.branch == GENERATION:
             self.branch, self._wanted = None, frozenset()
         return None
+
+    def on_set_timesteps(self) -> None:
+        """The pipeline set its timesteps: the next denoising call starts a new run."""
+        self._new_run = True
 
     def on_text_encoder(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Record where the subject token sits in each prompt the pipeline encodes."""
@@ -213,7 +227,7 @@ class Session:
             return
         timestep = self.adapter.timestep(args, kwargs).reshape(-1)[:1]
         ref_kwargs = self.adapter.reference_kwargs(
-            kwargs, self._reference.latents_at(step), self._reference.text_embeds, timestep
+            kwargs, self._reference.latents_at(step), self._reference.text, timestep
         )
         self._ref_feats = {}
         self.branch, self.step, self._wanted, self._deepest = REFERENCE, step, ref_layers, max(ref_layers)
@@ -259,18 +273,15 @@ class Session:
     def _reference_state(self, latents: torch.Tensor, kwargs: dict) -> ReferenceState:
         pipe, adapter = self.pipe, self.adapter
         prompt = self.config.inversion_prompt or self.subject.prompt
-        text_len = adapter.text_length(kwargs)
         timesteps = pipe.scheduler.timesteps
         image = self.subject.images[0]
-        key = cache_key(
-            image, prompt, latents.shape[1:], timesteps, latents.dtype, latents.device, text_len, id(self.transformer)
-        ) + (self.config.inversion_refine,)
+        key = cache_key(image, prompt, timesteps, kwargs, self.transformer, extra=(self.config.inversion_refine,))
 
         def make() -> ReferenceState:
             frames, height, width = adapter.video_shape(pipe, latents)
             previous, self.branch = self.branch, INTERNAL
             try:
-                text = adapter.encode_text(pipe, prompt, text_len)
+                text = adapter.encode_text(pipe, prompt, kwargs)
                 video = image_to_video(image, frames, height, width)
                 clean = adapter.encode_video(pipe, video).to(latents.dtype)
 
@@ -293,7 +304,7 @@ class Session:
                     )
             finally:
                 self.branch = previous
-            return ReferenceState(text_embeds=text, clean=clean, trajectory=trajectory)
+            return ReferenceState(text=text, clean=clean, trajectory=trajectory)
 
         return self.subject.reference_cache.get_or_make(key, make)
 
