@@ -122,7 +122,8 @@ def _invert_and_regenerate(pipe, image, steps, refine):
     pipe.scheduler.set_timesteps(steps)
     with torch.no_grad():
         clean = adapter.encode_video(pipe, image_to_video(image, 5, 32, 32))
-        text = adapter.encode_text(pipe, "a <clock> clock", {"encoder_hidden_states": torch.zeros(1, 16, 32)})["encoder_hidden_states"]
+        kwargs = {"encoder_hidden_states": torch.zeros(1, 16, 32)}
+        text = adapter.encode_text(pipe, "a <clock> clock", kwargs)["encoder_hidden_states"]
         rope = pipe._prepare_rotary_positional_embeddings(32, 32, clean.shape[1], torch.device("cpu"))
 
         def denoise(x, t):
@@ -204,3 +205,27 @@ def test_bad_reference_inputs(pipe, clock_image, caplog):
         subject = vwarper.Subject.from_images([big], "<clock>", "clock")
         generate(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 1), mask=False))
     assert "resized" in caplog.text and "96x64" in caplog.text
+
+
+def test_inversion_cache_on_disk_is_opt_in_and_checked(pipe, clock_image, tmp_path):
+    from vwarper_hooks.reference_cache import ReferenceCache
+
+    config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
+    first = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
+    first.reference_cache = ReferenceCache(tmp_path / "inversions")
+    out_first, _ = generate(pipe, first, config)
+    files = list((tmp_path / "inversions").glob("*.safetensors"))
+    assert len(files) == 1 and first.reference_cache.misses == 1
+
+    second = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
+    second.reference_cache = ReferenceCache(tmp_path / "inversions")
+    out_second, _ = generate(pipe, second, config)
+    assert (second.reference_cache.disk_hits, second.reference_cache.misses) == (1, 0)
+    assert torch.equal(out_first, out_second)
+
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated: recomputed, not trusted
+    third = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
+    third.reference_cache = ReferenceCache(tmp_path / "inversions")
+    out_third, _ = generate(pipe, third, config)
+    assert (third.reference_cache.disk_hits, third.reference_cache.misses) == (0, 1)
+    assert torch.equal(out_first, out_third)

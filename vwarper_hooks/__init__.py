@@ -1,6 +1,7 @@
 """V-Warper for diffusers video transformers. Use as ``import vwarper_hooks as vwarper``."""
 
 from .adapter import Adapter, AttentionCall
+from .coarse import CoarseConfig, SubjectIntegrityError, SubjectMismatchError, train_subject
 from .config import WarpConfig
 from .errors import (
     AdapterNotFoundError,
@@ -22,10 +23,13 @@ __all__ = [
     "Adapter",
     "AdapterNotFoundError",
     "AttentionCall",
+    "CoarseConfig",
     "ConfigError",
     "DuplicateAdapterError",
     "InjectionActiveError",
     "SubjectError",
+    "SubjectIntegrityError",
+    "SubjectMismatchError",
     "SubjectTokenError",
     "VwarperError",
     "WarpConfig",
@@ -35,4 +39,5 @@ __all__ = [
     "get_adapter",
     "inject",
     "list_adapters",
+    "train_subject",
 ]

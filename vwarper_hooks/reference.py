@@ -8,10 +8,8 @@ that very timestep (no drift from re-denoising). Results are cached by everythin
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +31,6 @@ def check_image(image: Image.Image, what: str = "reference image") -> Image.Imag
             f"Expected an RGB {what}, but got mode {image.mode!r}. Convert it with image.convert('RGB')."
         )
     return image
-
-
-def image_digest(image: Image.Image) -> str:
-    return hashlib.sha256(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()[:16]
 
 
 def resize_center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
@@ -124,57 +118,3 @@ def _solve_step_up(
         return (lower - (d * a - c * b) * model) / (c * a + d * b)
     # epsilon: lower = c (x - b m) / a + d m
     return (lower - (d - c * b / a) * model) * a / c
-
-
-@dataclass
-class ReferenceState:
-    """Everything the reference branch needs for one generation setting."""
-
-    text: dict[str, torch.Tensor]  # text conditioning as forward kwargs (batch 1)
-    clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
-    trajectory: torch.Tensor  # (steps, 1, *latent)
-
-    def latents_at(self, step: int) -> torch.Tensor:
-        return self.trajectory[step]
-
-
-class ReferenceCache:
-    """In-memory cache of `ReferenceState`, keyed by what the state depends on."""
-
-    def __init__(self) -> None:
-        self._states: dict[tuple, ReferenceState] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState]) -> ReferenceState:
-        if key in self._states:
-            self.hits += 1
-            return self._states[key]
-        self.misses += 1
-        state = make()
-        self._states[key] = state
-        return state
-
-    def clear(self) -> None:
-        self._states.clear()
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-
-def cache_key(
-    image: Image.Image,
-    prompt: str,
-    timesteps: torch.Tensor,
-    call_kwargs: dict,
-    model: torch.nn.Module,
-    extra: tuple = (),
-) -> tuple:
-    """What a reference state depends on: image, prompt, timesteps, the generation call's tensor
-    shapes (latent size, text length), dtypes and devices, the model object, and `extra`."""
-    shapes = tuple(
-        sorted(
-            (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
-        )
-    )
-    return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, id(model), *extra)

@@ -22,7 +22,8 @@ from .config import WarpConfig
 from .errors import SubjectTokenError, VwarperError
 from .masks import ForegroundAccumulator, cycle_mask
 from .matching import match_flows
-from .reference import ReferenceState, cache_key, ddim_invert, image_to_video
+from .reference import ddim_invert, image_to_video
+from .reference_cache import ReferenceState, cache_key
 from .steps import StepPlan, step_index
 from .warping import Injector, ReferenceFeatures, WarpPlan
 
@@ -252,8 +253,8 @@ class Session:
             mask = fg & cc
         else:
             mask = torch.ones_like(flow, dtype=torch.bool)
-        ref_mask = torch.zeros_like(mask)
-        ref_mask[flow[mask]] = True
+        # Reference tokens read by some masked generation token (no boolean indexing: no host sync).
+        ref_mask = torch.zeros(mask.shape, device=mask.device).index_add_(0, flow, mask.float()) > 0
         if cfg.keep_diagnostics:
 
             def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

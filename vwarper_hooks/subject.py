@@ -7,15 +7,18 @@ inversions, so a second generation with the same size and steps skips the invers
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from .errors import SubjectError
-from .reference import ReferenceCache, check_image
+from .reference import check_image
+from .reference_cache import ReferenceCache
 
 
 @dataclass
@@ -38,6 +41,19 @@ class Subject:
         subject = cls(token=token, class_word=class_word, images=list(images))
         subject.check()
         return subject
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write this subject as a directory (atomic; see `vwarper_hooks.coarse.artifact`)."""
+        from .coarse.artifact import save_subject
+
+        return save_subject(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, pipe: Any = None) -> Subject:
+        """Read a subject directory, checking file hashes; with `pipe`, also that it fits that model."""
+        from .coarse.artifact import load_subject
+
+        return load_subject(path, pipe=pipe)
 
     @property
     def prompt(self) -> str:

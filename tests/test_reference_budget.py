@@ -1,0 +1,49 @@
+"""The reference branch costs only what V-Warper uses: needed steps, layers up to the deepest needed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from conftest import run
+
+import vwarper_hooks as vwarper
+
+
+def test_reference_forward_runs_only_needed_steps_and_layers(pipe, subject):
+    config = vwarper.WarpConfig(warp_steps=(3, 5), warp_layers=(20, 29), match_layer=12, mask=False)
+    counts: Counter[tuple[str, int | None, int]] = Counter()
+    with vwarper.inject(pipe, subject, config) as session:
+        handles = [
+            block.attn1.register_forward_pre_hook(
+                lambda module, args, i=i: counts.update([(session.branch or "other", session.step, i)])
+            )
+            for i, block in enumerate(pipe.transformer.transformer_blocks)
+        ]
+        try:
+            run(pipe, num_inference_steps=8)
+        finally:
+            for handle in handles:
+                handle.remove()
+    reference = {(step, layer) for (branch, step, layer) in counts if branch == "reference"}
+    # match features at steps 2..4 (t-1 for t in 3..5), values at 3..5
+    assert {step for step, _ in reference} == {2, 3, 4, 5}
+    assert max(layer for step, layer in reference if step == 2) == 12  # only the match layer needed
+    assert max(layer for _, layer in reference) == 29  # layers 30-41 never run for the reference
+    assert all(n == 1 for (branch, _, _), n in counts.items() if branch == "reference")
+    generation = Counter(step for (branch, step, _) in counts if branch == "generation")
+    assert generation == {step: 42 for step in range(8)}
+    # inversion (8 steps x 42 layers, full depth) ran once, before the first step
+    assert sum(n for (branch, _, _), n in counts.items() if branch == "internal") == 8 * 42
+
+
+def test_no_reference_branch_without_warping(pipe, subject):
+    seen = []
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)) as session:
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.branch))
+        try:
+            out = run(pipe, num_inference_steps=4)
+        finally:
+            handle.remove()
+    assert seen == ["generation"] * 4 and torch.isfinite(out).all()  # no reference or inversion pass
+    assert subject.reference_cache.misses == 0

@@ -1,0 +1,150 @@
+"""Cache of reference-branch states (text conditioning, clean latent, inversion trajectory).
+
+In memory by default. Opt-in on disk (`ReferenceCache(directory=...)`, e.g. inside a subject's
+directory): one safetensors file per key, with the key stored in the file's metadata and checked
+on load. The disk key names the model by class, config hash and `_name_or_path`, not by its
+weights: point the cache at one directory per base model and subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+
+def image_digest(image: Image.Image) -> str:
+    return hashlib.sha256(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Class, config hash and source of a diffusers model (stable across processes)."""
+    config = dict(getattr(model, "config", {}))
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return f"{type(model).__name__}:{hashlib.sha256(blob).hexdigest()[:16]}:{config.get('_name_or_path', '')}"
+
+
+@dataclass
+class ReferenceState:
+    """Everything the reference branch needs for one generation setting."""
+
+    text: dict[str, torch.Tensor]  # text conditioning as forward kwargs (batch 1)
+    clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
+    trajectory: torch.Tensor  # (steps, 1, *latent)
+
+    def latents_at(self, step: int) -> torch.Tensor:
+        return self.trajectory[step]
+
+
+class ReferenceCache:
+    """Cache of `ReferenceState`, keyed by what the state depends on (see `cache_key`).
+
+    The last element of a key is the model's `id()`: memory-only; the disk key leaves it out.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self._states: dict[tuple, ReferenceState] = {}
+        self.directory = Path(directory) if directory is not None else None
+        self.hits = 0
+        self.disk_hits = 0
+        self.misses = 0
+
+    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState]) -> ReferenceState:
+        if key in self._states:
+            self.hits += 1
+            return self._states[key]
+        state = self._load(key)
+        if state is not None:
+            self.disk_hits += 1
+        else:
+            self.misses += 1
+            state = make()
+            self._save(key, state)
+        self._states[key] = state
+        return state
+
+    def _path(self, key: tuple) -> tuple[Path, str] | None:
+        if self.directory is None:
+            return None
+        text = repr(key[:-1])
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.safetensors", text
+
+    def _load(self, key: tuple) -> ReferenceState | None:
+        where = self._path(key)
+        if where is None or not where[0].is_file():
+            return None
+        path, text = where
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != text:
+                    return None
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as exc:  # a damaged cache file is recomputed, never trusted
+            logger.warning("ignoring unreadable inversion cache %s (%s)", path, exc)
+            return None
+        device = key_device(key)
+        text_kwargs = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("text.")}
+        return ReferenceState(text_kwargs, tensors["clean"].to(device), tensors["trajectory"].to(device))
+
+    def _save(self, key: tuple, state: ReferenceState) -> None:
+        where = self._path(key)
+        if where is None:
+            return
+        path, text = where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"text.{k}": v.detach().cpu().contiguous() for k, v in state.text.items()}
+        tensors.update(
+            clean=state.clean.detach().cpu().contiguous(), trajectory=state.trajectory.detach().cpu().contiguous()
+        )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"key": text})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        logger.info("inversion cached on disk: %s", path)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def cache_key(
+    image: Image.Image,
+    prompt: str,
+    timesteps: torch.Tensor,
+    call_kwargs: dict,
+    model: torch.nn.Module,
+    extra: tuple = (),
+) -> tuple:
+    """What a reference state depends on: image, prompt, timesteps, the generation call's tensor
+    shapes (latent size, text length), dtypes and devices, the model object, and `extra`."""
+    shapes = tuple(
+        sorted(
+            (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
+        )
+    )
+    return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, *extra, model_fingerprint(model), id(model))
+
+
+def key_device(key: tuple) -> str:
+    """The device of the generation latents recorded in a cache key."""
+    for _, _, _, device in key[3]:
+        return device
+    return "cpu"
