@@ -49,11 +49,18 @@ class Subject:
         return save_subject(self, path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, pipe: Any = None) -> Subject:
-        """Read a subject directory, checking file hashes; with `pipe`, also that it fits that model."""
+    def load(cls, path: str | os.PathLike, pipe: Any = None, cache_inversions: bool = False) -> Subject:
+        """Read a subject directory, checking file hashes; with `pipe`, also that it fits that model.
+
+        :param cache_inversions: keep DDIM inversion trajectories on disk in ``<path>/inversions``
+            (safetensors), so a later process generating at the same size and steps skips the inversion.
+        """
         from .coarse.artifact import load_subject
 
-        return load_subject(path, pipe=pipe)
+        subject = load_subject(path, pipe=pipe)
+        if cache_inversions:
+            subject.reference_cache = ReferenceCache(Path(path) / "inversions")
+        return subject
 
     @property
     def prompt(self) -> str:
