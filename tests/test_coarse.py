@@ -154,3 +154,42 @@ def test_resume_after_interruption_matches_uninterrupted_run(pipe, tmp_path):
     other = ckpt.model_copy(update={"seed": 1})
     with pytest.raises(vwarper.SubjectIntegrityError, match="another run"):
         vwarper.train_subject(pipe, clock_paths(), "<sks-a>", "clock", other, resume=True, progress=False)
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+import vwarper_hooks as vwarper
+from vwarper_hooks.testing import tiny_cogvideox_pipeline
+images = sorted(Path(sys.argv[1]).glob("*.jpg"))
+config = vwarper.CoarseConfig(steps=6, checkpoint_every=2, checkpoint_dir=sys.argv[2], rank=4, lora_lr=1e-3,
+                              token_lr=5e-3, mixed_precision="no", gradient_checkpointing=False)
+def slow_after_first_checkpoint(step, loss):
+    if step >= 2:
+        print("checkpointed", flush=True)
+        time.sleep(60)  # the parent kills us here
+vwarper.train_subject(tiny_cogvideox_pipeline(), images, "<sks-a>", "clock", config, progress=False,
+                      callback=slow_after_first_checkpoint)
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(pipe, tmp_path):
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "ckpt"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(DATA / "clock"), str(ckpt)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "checkpointed"
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -9 and (ckpt / "latest.json").is_file()
+    config = vwarper.CoarseConfig(steps=6, checkpoint_every=2, checkpoint_dir=ckpt, **FAST)
+    resumed = vwarper.train_subject(pipe, clock_paths(), "<sks-a>", "clock", config, resume=True, progress=False)
+    whole = vwarper.train_subject(pipe, clock_paths(), "<sks-a>", "clock", config.model_copy(
+        update={"checkpoint_dir": None}), progress=False)
+    assert resumed.info["losses"] == whole.info["losses"]
+    assert all(torch.equal(whole.lora[k], resumed.lora[k]) for k in whole.lora)
+    assert torch.equal(whole.token_embedding, resumed.token_embedding)
