@@ -12,6 +12,16 @@ from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline
 DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "images"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on shared 2-core runners the thread
+    pool contends with itself (a 75 s suite took 14 min). One thread keeps timings stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_cogvideox_pipeline()

@@ -41,6 +41,31 @@ class AttentionCall:
         return self.attend(self.query, self.key, self.value)
 
 
+@dataclass(frozen=True)
+class LayerDefaults:
+    """An adapter's default match layer and warp layers (flat indices, inclusive range)."""
+
+    match_layer: int
+    warp_layers: tuple[int, int]
+
+
+#: The paper's choice on CogVideoX-5B (42 layers): match at 12, warp 20-29.
+PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS = 42, 12, (20, 29)
+
+
+def proportional_layers(depth: int) -> LayerDefaults:
+    """The paper's layers scaled to a model of `depth` attention layers (42 -> 12 and 20-29).
+
+    A heuristic for architectures the paper did not study: the same relative depth, rounded.
+    """
+
+    def scale(i: int) -> int:
+        return min(depth - 1, max(0, round(i * depth / PAPER_DEPTH)))
+
+    lo, hi = (scale(i) for i in PAPER_WARP_LAYERS)
+    return LayerDefaults(scale(PAPER_MATCH_LAYER), (lo, max(lo, hi)))
+
+
 class LayerRouter(Protocol):
     """What an adapter's processor talks to (implemented by the core's session)."""
 
@@ -72,6 +97,23 @@ class Adapter(ABC):
     @abstractmethod
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         """The attention modules in flat-index order (index = the layer number users name)."""
+
+    def default_layers(self, depth: int) -> LayerDefaults | None:
+        """Match / warp layers used when the user's `WarpConfig` does not set them.
+
+        None (the default): `WarpConfig`'s own defaults, the paper's 12 and 20-29 (CogVideoX).
+        """
+        return None
+
+    def text_positions(self, positions: torch.Tensor, ids_length: int, kwargs: dict[str, Any]) -> torch.Tensor:
+        """Map subject-token positions in the text encoder's input ids to the transformer's text tokens.
+
+        :param positions: (k,) positions found in the ``input_ids`` the pipeline gave its text encoder.
+        :param ids_length: length of that ``input_ids`` row.
+        :param kwargs: a generation forward call's kwargs.
+        Default: the same positions (the pipeline feeds every encoder output position to the transformer).
+        """
+        return positions
 
     def problems(self, transformer: nn.Module) -> list[str]:
         """Reasons this model cannot be injected as configured (fused QKV, ...). Empty: fine."""

@@ -66,6 +66,18 @@ class WarpConfig(BaseModel):
             raise ValueError("; ".join(problems))
         return self
 
+    def for_adapter(self, adapter: object, depth: int) -> WarpConfig:
+        """This config with the adapter's default layers where the user set none (see `Adapter.default_layers`)."""
+        defaults = adapter.default_layers(depth) if hasattr(adapter, "default_layers") else None
+        if defaults is None:
+            return self
+        update: dict[str, object] = {}
+        if "match_layer" not in self.model_fields_set:
+            update["match_layer"] = defaults.match_layer
+        if "warp_layers" not in self.model_fields_set:
+            update["warp_layers"] = tuple(defaults.warp_layers)
+        return self.model_copy(update=update) if update else self
+
     def layer_problems(self, depth: int) -> list[str]:
         """Every layer index that does not exist in a model of `depth` attention layers."""
         problems = []

@@ -7,6 +7,7 @@ and the pipeline computes exactly what it computed before.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -61,7 +62,8 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
         )
     adapter = get_adapter(pipe.transformer)
     depth = len(adapter.attention_layers(pipe.transformer))
-    problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
+    # Adapters of other families may default to other layers (Adapter.default_layers).
+    problems = config.for_adapter(adapter, depth).layer_problems(depth) + adapter.problems(pipe.transformer)
     injector, injector_problems = _make_injector(config)
     problems += injector_problems
     if subject is None or not hasattr(subject, "token"):
@@ -71,6 +73,10 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
             subject.check()
         except SubjectError as exc:
             problems.append(str(exc))
+        if getattr(subject, "has_coarse", False):
+            from .coarse.activate import fit_problems
+
+            problems += fit_problems(pipe, subject)
     if problems:
         raise ConfigError(problems)
     return adapter, injector
@@ -81,6 +87,7 @@ def _wrap_set_timesteps(scheduler: Any, notify: Callable[[], None]) -> Iterator[
     """Tell the session when the pipeline (re)sets its timesteps, i.e. when a new call begins."""
     original = scheduler.set_timesteps
 
+    @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
         notify()
         return original(*args, **kwargs)

@@ -15,7 +15,12 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 # Loaded from the entry points declared in our own pyproject; imported directly only when the
 # package runs from a source tree that was never installed (no entry-point metadata).
-BUILTIN_PLUGINS = {"cogvideox": "vwarper_adapters.cogvideox", "injectors": "vwarper_hooks.warping"}
+BUILTIN_PLUGINS = {
+    "cogvideox": "vwarper_adapters.cogvideox",
+    "hunyuan_video": "vwarper_adapters.hunyuan_video",
+    "wan": "vwarper_adapters.wan",
+    "injectors": "vwarper_hooks.warping",
+}
 
 _pm: pluggy.PluginManager | None = None
 

@@ -20,9 +20,10 @@ import torch
 from .adapter import Adapter, AttentionCall
 from .config import WarpConfig
 from .errors import SubjectTokenError, VwarperError
+from .inversion_flow import invert_reference
 from .masks import ForegroundAccumulator, cycle_mask
 from .matching import match_flows
-from .reference import ddim_invert, image_to_video
+from .reference import image_to_video
 from .reference_cache import ReferenceState, cache_key
 from .steps import StepPlan, step_index
 from .warping import Injector, ReferenceFeatures, WarpPlan
@@ -63,6 +64,7 @@ class Session:
         self.pipe, self.adapter, self.subject, self.config, self.injector = pipe, adapter, subject, config, injector
         self.transformer = pipe.transformer
         self.depth = len(adapter.attention_layers(self.transformer))
+        self.config = config.for_adapter(adapter, self.depth)  # the adapter's default layers if unset
         self.diagnostics: dict[int, StepDiagnostics] = {}
         #: (branch, step, layer) -> number of routed attention calls; "warp" entries count injections
         self.calls: Counter[tuple[str, int, int]] = Counter()
@@ -75,8 +77,10 @@ class Session:
         self._new_run = False
         self._pass = 0  # index of the transformer call within the current step
         self._subject_ids = self._token_ids(subject.token) if subject is not None else []
+        self._subject_variants = self._variants() if self._subject_ids else []
         self._positions: torch.Tensor | None = None
-        self._fresh_positions: list[torch.Tensor | None] | None = None
+        #: (positions in input_ids, input_ids length) of each prompt encoded since the last run
+        self._fresh_positions: list[tuple[torch.Tensor, int] | None] | None = None
         self._fg = ForegroundAccumulator()
         self._gen_match: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ref_match: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -184,7 +188,7 @@ class Session:
         if ids is None:
             return None
         found = [self._find_subject(row) for row in ids.detach().cpu()]
-        hit = next((p for p in found if p is not None), None)
+        hit = next(((p, ids.shape[-1]) for p in found if p is not None), None)
         if self._fresh_positions is None:
             self._fresh_positions = []
         self._fresh_positions.append(hit)
@@ -198,7 +202,9 @@ class Session:
         self._fg.reset()
         self._gen_match = self._ref_match = self._warp = None
         if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
-            self._positions = next((p for p in self._fresh_positions if p is not None), None)
+            hit = next((p for p in self._fresh_positions if p is not None), None)
+            # e.g. HunyuanVideo crops its prompt template off the encoder output: shift positions
+            self._positions = None if hit is None else self.adapter.text_positions(hit[0], hit[1], kwargs)
             self._fresh_positions = None
         if not self.plan.warp_steps:
             return
@@ -290,16 +296,12 @@ class Session:
                     ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
                     return self.transformer(**ref)[0]
 
-                logger.info("DDIM-inverting the reference over %d steps", len(timesteps))
-                scheduler = pipe.scheduler
+                logger.info("inverting the reference over %d steps", len(timesteps))
                 with pipe.progress_bar(total=len(timesteps)) as bar:
-                    trajectory = ddim_invert(
+                    trajectory = invert_reference(
+                        pipe.scheduler,
                         denoise,
                         clean,
-                        timesteps,
-                        scheduler.alphas_cumprod,
-                        float(getattr(scheduler, "final_alpha_cumprod", 1.0)),
-                        scheduler.config.prediction_type,
                         refine=self.config.inversion_refine,
                         progress=lambda _: bar.update(),
                     )
@@ -317,12 +319,23 @@ class Session:
         space = tokenizer.convert_tokens_to_ids("▁")
         return [i for i in ids if i != space] or ids
 
+    def _variants(self) -> list[list[int]]:
+        """Id sequences the subject token may appear as (BPE tokenizers spell " <t>" apart from "<t>")."""
+        variants = [self._subject_ids]
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is not None:
+            spaced = self._token_ids(" " + self.subject.token)
+            if spaced and spaced != self._subject_ids:
+                variants.append(spaced)
+        return variants
+
     def _find_subject(self, row: torch.Tensor) -> torch.Tensor | None:
-        ids = torch.as_tensor(self._subject_ids)
-        k = len(ids)
-        for start in range(0, row.numel() - k + 1):
-            if torch.equal(row[start : start + k], ids):
-                return torch.arange(start, start + k)
+        for variant in self._subject_variants:
+            ids = torch.as_tensor(variant)
+            k = len(ids)
+            for start in range(0, row.numel() - k + 1):
+                if torch.equal(row[start : start + k], ids):
+                    return torch.arange(start, start + k)
         return None
 
     def close(self) -> None:

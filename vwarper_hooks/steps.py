@@ -19,6 +19,9 @@ def step_index(timestep: torch.Tensor | float | int, timesteps: torch.Tensor | N
         return None
     t = timestep.reshape(-1)[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
     hits = (timesteps.to(t.device).to(torch.float64) == t.to(torch.float64)).nonzero()
+    if not len(hits) and t.is_floating_point() and torch.finfo(t.dtype).bits < 32:
+        # HunyuanVideo casts the timestep to the latent dtype (bf16 / fp16): compare at that precision.
+        hits = (timesteps.to(t.device).to(t.dtype) == t).nonzero()
     return int(hits[0, 0]) if len(hits) else None
 
 

@@ -3,6 +3,9 @@
 `tiny_cogvideox_pipeline()` builds a CogVideoX pipeline with 42 transformer layers (so the
 paper's layer indices 12 and 20-29 exist), 2 heads x 16 dims, a T5 tokenizer made from a word
 list, a tiny T5 encoder, a tiny VAE and `CogVideoXDDIMScheduler` with v-prediction.
+`tiny_hunyuan_video_pipeline()` and `tiny_wan_pipeline()` (in `vwarper_hooks.tiny_models`) do the
+same for HunyuanVideo and Wan (flow matching). The adapter conformance kit
+(`vwarper_hooks.conformance`) is re-exported here.
 """
 
 from __future__ import annotations
@@ -98,9 +101,10 @@ def tie_query_key(transformer: Any) -> None:
     In a random model the query of a token and the key of the same content are unrelated, so
     Q/K matching finds nothing; trained attention scores like content highest. Tying mimics it.
     """
+    from .registry import get_adapter
+
     with torch.no_grad():
-        for block in transformer.transformer_blocks:
-            attn = block.attn1
+        for attn in get_adapter(transformer).attention_layers(transformer):
             attn.to_k.weight.copy_(attn.to_q.weight)
             if attn.to_k.bias is not None and attn.to_q.bias is not None:
                 attn.to_k.bias.copy_(attn.to_q.bias)
@@ -144,3 +148,39 @@ def tiny_call_kwargs(**overrides: Any) -> dict[str, Any]:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+from .conformance import (  # noqa: E402
+    AdapterConformance,
+    ConformanceCase,
+    ConformanceReport,
+    case_from_pipeline,
+    check_adapter,
+    forward_inputs,
+)
+from .tiny_models import (  # noqa: E402
+    tiny_hunyuan_video_pipeline,
+    tiny_hunyuan_video_transformer,
+    tiny_pipeline,
+    tiny_wan_pipeline,
+    tiny_wan_transformer,
+)
+
+__all__ = [
+    "AdapterConformance",
+    "ConformanceCase",
+    "ConformanceReport",
+    "case_from_pipeline",
+    "check_adapter",
+    "forward_inputs",
+    "tie_query_key",
+    "tiny_call_kwargs",
+    "tiny_cogvideox_pipeline",
+    "tiny_cogvideox_transformer",
+    "tiny_hunyuan_video_pipeline",
+    "tiny_hunyuan_video_transformer",
+    "tiny_pipeline",
+    "tiny_tokenizer",
+    "tiny_wan_pipeline",
+    "tiny_wan_transformer",
+]

@@ -1,0 +1,233 @@
+"""HunyuanVideo adapter (`HunyuanVideoTransformer3DModel`, hunyuanvideo-community/HunyuanVideo).
+
+Flat layer index: the dual-stream blocks first, then the single-stream blocks::
+
+    i <  num_layers:  transformer.transformer_blocks[i].attn                       (20 in the release)
+    i >= num_layers:  transformer.single_transformer_blocks[i - num_layers].attn   (40 in the release)
+
+Token layout: one joint sequence per layer, video tokens first (ordered frame, row, column), then
+the text tokens (``encoder_hidden_states.size(1)``, the prompt after the template is cropped).
+Dual-stream blocks project text with their own ``add_q/k/v_proj`` and ``norm_added_q/k``;
+single-stream blocks project the concatenation with ``to_q/k/v``. RoPE rotates video tokens only.
+RoPE-free Q/K are taken after the RMS QK-norm, before rotary. Values handed to the core are the
+joint values; only their video part is ever warped.
+
+Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (60 layers: match 17, warp
+29-41). NOT validated on real weights: a heuristic starting point; check with real weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+from torch import nn
+
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.hookspecs import hookimpl
+
+try:  # diffusers >= 0.35; a plugin module must import cleanly everywhere (a failure stops every adapter)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
+    import torch.nn.functional as F
+
+    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
+        )
+        return out.transpose(1, 2)
+
+
+logger = logging.getLogger(__name__)
+
+STOCK_PROCESSOR = "HunyuanVideoAttnProcessor2_0"
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(2, (heads, -1))  # (B, N, H, D)
+
+
+class VwarperHunyuanVideoProcessor:
+    """Stock HunyuanVideo attention arithmetic with the core's router in the middle."""
+
+    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
+        self.original = original
+        self.layer = layer
+        self.router = router
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Any:
+        if encoder_hidden_states is None or not self.router.wants(self.layer):
+            return self.original(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask=attention_mask,
+                image_rotary_emb=image_rotary_emb,
+            )
+        n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        dual = attn.add_q_proj is not None
+        stream = hidden_states if dual else torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        q, k, v = (_heads(proj(stream), attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if dual:
+            text = encoder_hidden_states
+            tq, tk, tv = (_heads(p(text), attn.heads) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                tq = attn.norm_added_q(tq)
+            if attn.norm_added_k is not None:
+                tk = attn.norm_added_k(tk)
+            q, k, v = torch.cat([q, tq], dim=1), torch.cat([k, tk], dim=1), torch.cat([v, tv], dim=1)
+        dtype = q.dtype
+        video = slice(0, n_video)
+
+        def rope(x: torch.Tensor) -> torch.Tensor:
+            return x if image_rotary_emb is None else apply_rotary_emb(x, image_rotary_emb, sequence_dim=2)
+
+        def rotate_(qh: torch.Tensor, kh: torch.Tensor) -> None:
+            if image_rotary_emb is not None:
+                qh[:, :, video] = rope(qh[:, :, video])
+                kh[:, :, video] = rope(kh[:, :, video])
+
+        def attend(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+            out = dispatch_attention_fn(
+                qh.transpose(1, 2),
+                kh.transpose(1, 2),
+                vh.transpose(1, 2),
+                attn_mask=attention_mask,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=getattr(self.original, "_attention_backend", None),
+            )
+            return out.transpose(1, 2)
+
+        call = AttentionCall(
+            layer=self.layer,
+            query=q.transpose(1, 2),
+            key=k.transpose(1, 2),
+            value=v.transpose(1, 2),
+            text=slice(n_video, n_video + n_text),
+            video=video,
+            rotate_=rotate_,
+            rope=rope,
+            attend=attend,
+        )
+        out = self.router.process(call).transpose(1, 2).flatten(2, 3).to(dtype)
+        video_out, text_out = out[:, :n_video], out[:, n_video:]
+        if getattr(attn, "to_out", None) is not None:
+            video_out = attn.to_out[1](attn.to_out[0](video_out))
+        if getattr(attn, "to_add_out", None) is not None:
+            text_out = attn.to_add_out(text_out)
+        return video_out, text_out
+
+
+class HunyuanVideoAdapter(Adapter):
+    """Adapter for `HunyuanVideoTransformer3DModel` (text-to-video and the I2V variants)."""
+
+    name = "hunyuan_video"
+    latent_layout = "BCFHW"
+
+    def matches(self, transformer: nn.Module) -> bool:
+        return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
+
+    def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
+        dual = [block.attn for block in transformer.transformer_blocks]
+        return dual + [block.attn for block in transformer.single_transformer_blocks]
+
+    def default_layers(self, depth: int) -> LayerDefaults:
+        """The paper's layers scaled to the depth; not validated on real HunyuanVideo weights."""
+        return proportional_layers(depth)
+
+    def problems(self, transformer: nn.Module) -> list[str]:
+        for i, attn in enumerate(self.attention_layers(transformer)):
+            if getattr(attn, "fused_projections", False):
+                return [
+                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
+                    "Call transformer.unfuse_qkv_projections() before inject()."
+                ]
+            processor = attn.processor
+            if not isinstance(processor, VwarperHunyuanVideoProcessor) and type(processor).__name__ != STOCK_PROCESSOR:
+                return [
+                    f"Expected {STOCK_PROCESSOR} on every layer, but layer {i} uses {type(processor).__name__}. "
+                    "Remove the custom processor (transformer.set_default_attn_processor() or reload)."
+                ]
+        return []
+
+    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
+        layers = self.attention_layers(transformer)
+        originals = [attn.processor for attn in layers]
+        for i, attn in enumerate(layers):
+            attn.set_processor(VwarperHunyuanVideoProcessor(originals[i], i, router))
+
+        def uninstall() -> None:
+            for attn, original in zip(layers, originals, strict=True):
+                attn.set_processor(original)
+
+        return uninstall
+
+    def is_installed(self, transformer: nn.Module) -> int:
+        layers = self.attention_layers(transformer)
+        return sum(isinstance(a.processor, VwarperHunyuanVideoProcessor) for a in layers)
+
+    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["timestep"] if "timestep" in kwargs else args[1]
+
+    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
+        p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+        return latents.shape[2] // p_t, latents.shape[3] // p, latents.shape[4] // p
+
+    def text_positions(self, positions: torch.Tensor, ids_length: int, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The pipeline drops the prompt template's first ``crop_start`` ids: shift by what was cropped."""
+        cropped = ids_length - kwargs["encoder_hidden_states"].shape[1]
+        return positions - max(cropped, 0)
+
+    def reference_kwargs(
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
+    ) -> dict[str, Any]:
+        ref = dict(kwargs)
+        ref.update(text)
+        ref.update(hidden_states=latents, timestep=timestep.to(kwargs["timestep"].dtype), return_dict=False)
+        if ref.get("guidance") is not None:
+            ref["guidance"] = ref["guidance"][: latents.shape[0]]
+        return ref
+
+    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        generation = kwargs["encoder_hidden_states"]
+        embeds, pooled, mask = pipe.encode_prompt(
+            prompt=prompt,
+            num_videos_per_prompt=1,
+            device=generation.device,
+            dtype=generation.dtype,
+            max_sequence_length=generation.shape[1],
+        )
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+
+    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
+        return (latents * vae.config.scaling_factor).to(pipe.transformer.dtype)  # (B, C, F, H, W)
+
+    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
+        frames = (latents.shape[2] - 1) * pipe.vae_scale_factor_temporal + 1
+        spatial = pipe.vae_scale_factor_spatial
+        return frames, latents.shape[3] * spatial, latents.shape[4] * spatial
+
+
+@hookimpl
+def register_adapters(register: Callable[[Adapter], None]) -> None:
+    register(HunyuanVideoAdapter())

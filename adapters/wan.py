@@ -1,0 +1,242 @@
+"""Wan adapter (`WanTransformer3DModel`, Wan-AI/Wan2.1-T2V-1.3B-Diffusers and -14B).
+
+Flat layer index i is ``transformer.blocks[i].attn1``: the self-attention, video tokens only
+(ordered frame, row, column), with 3D RoPE. Text enters through the cross-attention
+``blocks[i].attn2`` (queries: video, keys/values: text, no RoPE); that is where the foreground
+mask's video->text scores come from: when the core asks (`LayerRouter.wants_text(i)`), the
+``attn2`` processor hands the RoPE-free video queries and text keys of layer i to
+`LayerRouter.observe_text_attention` and then runs the stock cross-attention unchanged.
+
+RoPE-free Q/K are taken after the RMS norm (Wan normalises across all heads, before splitting
+heads), before rotary. Values are the self-attention values; ``AttentionCall.text`` is empty.
+
+Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (30 layers, 1.3B: match 9,
+warp 14-21; 40 layers, 14B: match 11, warp 19-28). NOT validated on real weights.
+Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed,
+and per-token timesteps (``expand_timesteps``, TI2V-5B) are not supported by the reference branch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.hookspecs import hookimpl
+
+try:  # diffusers >= 0.35; a plugin module must import cleanly everywhere (a failure stops every adapter)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
+    import torch.nn.functional as F
+
+    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
+        )
+        return out.transpose(1, 2)
+
+
+logger = logging.getLogger(__name__)
+
+STOCK_PROCESSOR = "WanAttnProcessor"
+TEXT_CONTEXT = 512  # Wan's fixed text length when image tokens are prepended (I2V)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on interleaved (even, odd) pairs of the last dim; same arithmetic as stock."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = even * c - odd * s
+    out[..., 1::2] = even * s + odd * c
+    return out
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(2, (heads, -1)).transpose(1, 2)  # (B, H, N, D) view
+
+
+class VwarperWanSelfAttnProcessor:
+    """Stock Wan self-attention (``attn1``) with the core's router in the middle."""
+
+    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
+        self.original, self.layer, self.router = original, layer, router
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or not self.router.wants(self.layer):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+        k = _heads(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
+        v = _heads(attn.to_v(hidden_states), attn.heads)
+        dtype = q.dtype
+        if rotary_emb is not None:
+            cos, sin = (f.transpose(1, 2) for f in rotary_emb)  # (1, N, 1, D) -> (1, 1, N, D)
+
+        def rope(x: torch.Tensor) -> torch.Tensor:
+            return x if rotary_emb is None else rotate_pairs(x, cos, sin)
+
+        def rotate_(qh: torch.Tensor, kh: torch.Tensor) -> None:
+            if rotary_emb is not None:
+                qh.copy_(rope(qh))
+                kh.copy_(rope(kh))
+
+        def attend(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+            out = dispatch_attention_fn(
+                qh.transpose(1, 2),
+                kh.transpose(1, 2),
+                vh.transpose(1, 2),
+                attn_mask=attention_mask,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=getattr(self.original, "_attention_backend", None),
+            )
+            return out.transpose(1, 2)
+
+        n = hidden_states.shape[1]
+        call = AttentionCall(self.layer, q, k, v, slice(0, 0), slice(0, n), rotate_, rope, attend)
+        out = self.router.process(call).transpose(1, 2).flatten(2, 3).to(dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class VwarperWanCrossAttnProcessor:
+    """Stock Wan cross-attention (``attn2``); shows the core video queries and text keys when asked."""
+
+    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
+        self.original, self.layer, self.router = original, layer, router
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None and self.router.wants_text(self.layer):
+            text = encoder_hidden_states
+            if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
+                text = text[:, text.shape[1] - TEXT_CONTEXT :]
+            with torch.no_grad():
+                q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+                k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
+            self.router.observe_text_attention(self.layer, q, k)
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+
+class WanAdapter(Adapter):
+    """Adapter for `WanTransformer3DModel` (Wan 2.1 text-to-video; I2V text path too)."""
+
+    name = "wan"
+    latent_layout = "BCFHW"
+
+    def matches(self, transformer: nn.Module) -> bool:
+        return type(transformer).__name__ == "WanTransformer3DModel"
+
+    def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
+        return [block.attn1 for block in transformer.blocks]
+
+    def text_attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
+        """The cross-attention of each layer (same flat index)."""
+        return [block.attn2 for block in transformer.blocks]
+
+    def default_layers(self, depth: int) -> LayerDefaults:
+        """The paper's layers scaled to the depth; not validated on real Wan weights."""
+        return proportional_layers(depth)
+
+    def problems(self, transformer: nn.Module) -> list[str]:
+        ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)
+        pairs = zip(self.attention_layers(transformer), self.text_attention_layers(transformer), strict=True)
+        for i, (attn1, attn2) in enumerate(pairs):
+            if getattr(attn1, "fused_projections", False) or getattr(attn2, "fused_projections", False):
+                return [
+                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
+                    "Call transformer.unfuse_qkv_projections() before inject()."
+                ]
+            for attn in (attn1, attn2):
+                processor = attn.processor
+                if not isinstance(processor, ours) and type(processor).__name__ != STOCK_PROCESSOR:
+                    return [
+                        f"Expected {STOCK_PROCESSOR} on every attention, but layer {i} uses "
+                        f"{type(processor).__name__}. Remove the custom processor (reload the transformer)."
+                    ]
+        return []
+
+    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
+        selfs, crosses = self.attention_layers(transformer), self.text_attention_layers(transformer)
+        originals = [(a.processor, c.processor) for a, c in zip(selfs, crosses, strict=True)]
+        for i, (attn1, attn2) in enumerate(zip(selfs, crosses, strict=True)):
+            attn1.set_processor(VwarperWanSelfAttnProcessor(originals[i][0], i, router))
+            attn2.set_processor(VwarperWanCrossAttnProcessor(originals[i][1], i, router))
+
+        def uninstall() -> None:
+            for attn1, attn2, (p1, p2) in zip(selfs, crosses, originals, strict=True):
+                attn1.set_processor(p1)
+                attn2.set_processor(p2)
+
+        return uninstall
+
+    def is_installed(self, transformer: nn.Module) -> int:
+        ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)
+        layers = self.attention_layers(transformer) + self.text_attention_layers(transformer)
+        return sum(isinstance(a.processor, ours) for a in layers)
+
+    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["timestep"] if "timestep" in kwargs else args[1]
+
+    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
+        p_t, p_h, p_w = transformer.config.patch_size
+        return latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
+
+    def reference_kwargs(
+        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
+    ) -> dict[str, Any]:
+        ref = dict(kwargs)
+        ref.update(text)
+        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
+        if ref.get("encoder_hidden_states_image") is not None:
+            ref["encoder_hidden_states_image"] = ref["encoder_hidden_states_image"][: latents.shape[0]]
+        return ref
+
+    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        generation = kwargs["encoder_hidden_states"]
+        embeds, _ = pipe.encode_prompt(
+            prompt=prompt,
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=generation.shape[1],
+            device=generation.device,
+            dtype=generation.dtype,
+        )
+        return {"encoder_hidden_states": embeds}
+
+    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
+        std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
+        return ((latents - mean) / std).to(pipe.transformer.dtype)  # (B, C, F, H, W), as the pipeline's latents
+
+    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
+        frames = (latents.shape[2] - 1) * pipe.vae_scale_factor_temporal + 1
+        spatial = pipe.vae_scale_factor_spatial
+        return frames, latents.shape[3] * spatial, latents.shape[4] * spatial
+
+
+@hookimpl
+def register_adapters(register: Callable[[Adapter], None]) -> None:
+    register(WanAdapter())

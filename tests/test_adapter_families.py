@@ -1,0 +1,130 @@
+"""HunyuanVideo and Wan run the whole V-Warper path on tiny random pipelines, with the identity guarantees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import hook_count
+
+import vwarper_hooks as vwarper
+from vwarper_hooks.adapter import proportional_layers
+from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
+
+FAMILIES = ["hunyuan_video", "wan"]
+STEPS = 5
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fpipe(request):
+    pipe = tiny_pipeline(request.param, tie_qk=True)
+    pipe(**tiny_call_kwargs())  # transformers adds permanent output-capturing hooks to Llama on first use
+    pipe.baseline_hooks = hook_count(pipe)
+    return pipe
+
+
+def run(pipe, **overrides) -> torch.Tensor:
+    return pipe(**tiny_call_kwargs(**overrides)).frames
+
+
+def generate(pipe, subject, config, **kw):
+    with vwarper.inject(pipe, subject, config) as session:
+        out = run(pipe, num_inference_steps=STEPS, **kw)
+    return out, session
+
+
+def test_adapter_is_found_and_depth_is_flat(fpipe):
+    adapter = vwarper.get_adapter(fpipe.transformer)
+    assert adapter.name in FAMILIES
+    assert len(adapter.attention_layers(fpipe.transformer)) == 6  # hunyuan: 2 dual + 4 single; wan: 6 blocks
+
+
+def test_inject_off_and_after_exit_is_bit_identical(fpipe, subject):
+    stock = run(fpipe)
+    with vwarper.inject(fpipe, subject, vwarper.WarpConfig(warp=False)):
+        assert hook_count(fpipe) > fpipe.baseline_hooks
+        assert torch.equal(run(fpipe), stock)
+    with vwarper.inject(fpipe, subject, vwarper.WarpConfig(warp_steps=(30, 40))) as session:
+        assert torch.equal(run(fpipe), stock)
+        assert not session.diagnostics
+    assert hook_count(fpipe) == fpipe.baseline_hooks
+    assert "set_timesteps" not in vars(fpipe.scheduler)
+    assert torch.equal(run(fpipe), stock)
+
+
+def test_exceptions_restore_the_pipe(fpipe, subject):
+    stock = run(fpipe)
+    with pytest.raises(RuntimeError, match="boom"):
+        with vwarper.inject(fpipe, subject, vwarper.WarpConfig(warp_steps=(1, 1), mask=False)):
+            run(fpipe, num_inference_steps=3)
+            raise RuntimeError("boom")
+    assert hook_count(fpipe) == fpipe.baseline_hooks and torch.equal(run(fpipe), stock)
+    with pytest.raises(vwarper.SubjectTokenError, match="<clock>"):
+        with vwarper.inject(fpipe, subject, vwarper.WarpConfig(warp_steps=(1, 1))):
+            run(fpipe, prompt="a photo of a dog on the beach")
+    assert hook_count(fpipe) == fpipe.baseline_hooks and torch.equal(run(fpipe), stock)
+
+
+def test_full_path_reference_matching_masks_warping(fpipe, subject):
+    adapter = vwarper.get_adapter(fpipe.transformer)
+    coarse, _ = generate(fpipe, subject, vwarper.WarpConfig(warp=False))
+    unmasked, _ = generate(fpipe, subject, vwarper.WarpConfig(warp_steps=(1, 4), mask=False))
+    full, session = generate(fpipe, subject, vwarper.WarpConfig(warp_steps=(1, 4)))
+    # adapter defaults: the paper's layers scaled to 6 layers
+    defaults = adapter.default_layers(6)
+    assert (session.config.match_layer, session.config.warp_layers) == (defaults.match_layer, defaults.warp_layers)
+    lo, hi = defaults.warp_layers
+    warps = {(s, layer) for (kind, s, layer) in session.calls if kind == "warp"}
+    assert warps == {(s, layer) for s in range(1, 5) for layer in range(lo, hi + 1)}
+    assert sorted(session.diagnostics) == [1, 2, 3, 4]
+    d = session.diagnostics[2]
+    assert d.grid == (2, 2, 2) and d.flow.shape == d.mask.shape == (2, 2, 2)
+    assert torch.equal(d.mask, d.fg_mask & d.cc_mask)
+    assert 0 < int(d.fg_mask.sum()) < 8  # min-max normalised video->subject-token scores
+    assert int(session._positions[0]) == 4  # "a photo of a <clock>": 5th prompt token (template cropped)
+    assert torch.isfinite(full).all()
+    assert not torch.equal(unmasked, coarse) and not torch.equal(full, unmasked)
+
+
+def test_explicit_layers_win_over_adapter_defaults(fpipe, subject):
+    config = vwarper.WarpConfig(match_layer=0, warp_layers=(1, 2), warp_steps=(1, 2), mask=False)
+    _, session = generate(fpipe, subject, config)
+    assert {layer for (kind, _, layer) in session.calls if kind == "warp"} == {1, 2}
+    with pytest.raises(vwarper.ConfigError, match="6 attention layers"):
+        with vwarper.inject(fpipe, subject, vwarper.WarpConfig(warp_layers=(4, 9))):
+            pass
+    assert hook_count(fpipe) == fpipe.baseline_hooks
+
+
+def test_proportional_defaults_keep_the_paper_at_42_layers():
+    assert proportional_layers(42) == proportional_layers(42)
+    assert (proportional_layers(42).match_layer, proportional_layers(42).warp_layers) == (12, (20, 29))
+    assert (proportional_layers(60).match_layer, proportional_layers(60).warp_layers) == (17, (29, 41))
+    assert (proportional_layers(30).match_layer, proportional_layers(30).warp_layers) == (9, (14, 21))
+    assert vwarper.WarpConfig().match_layer == 12 and vwarper.WarpConfig().warp_layers == (20, 29)
+    assert vwarper.get_adapter("cogvideox").default_layers(42) is None  # CogVideoX keeps WarpConfig's
+
+
+def test_rope_free_capture_matches_a_shifted_copy(fpipe):
+    """Tied Q/K (like trained attention): RoPE-free features of a latent shifted by one token column match it."""
+    from vwarper_hooks.conformance import case_from_pipeline
+    from vwarper_hooks.conformance_probes import _Recorder
+    from vwarper_hooks.matching import match_flows
+
+    case = case_from_pipeline(fpipe)
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    shifted = torch.roll(latents, shifts=2, dims=-1)  # 2 latent px = 1 token column (patch 2)
+    feats = []
+    for x in (latents, shifted):
+        rec = _Recorder({0})
+        uninstall = case.adapter.install(case.transformer, rec)
+        try:
+            case.forward(hidden_states=x, timestep=case.inputs["timestep"][:1])
+        finally:
+            uninstall()
+        call = rec.calls[0]
+        feats.append((call["q"][0, :, call["video"]], call["k"][0, :, call["video"]]))
+    (qg, kg), (qr, kr) = feats[1], feats[0]
+    flow, _ = match_flows(qg, kg, qr, kr, frames=2)
+    grid = torch.arange(2 * 4 * 4).reshape(2, 4, 4)
+    expected = torch.roll(grid, shifts=1, dims=-1).reshape(-1)  # generation token p reads reference p - 1 column
+    assert float((flow == expected).float().mean()) == 1.0

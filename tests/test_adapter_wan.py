@@ -1,0 +1,67 @@
+"""Wan specifics: video-only self-attention, foreground scores from the cross-attention, separate CFG passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vwarper_adapters.wan import WanAdapter, rotate_pairs
+
+import vwarper_hooks as vwarper
+from vwarper_hooks.inversion_flow import flow_sigmas, is_flow_matching
+from vwarper_hooks.testing import tiny_call_kwargs, tiny_wan_pipeline
+
+
+@pytest.fixture(scope="module")
+def wpipe():
+    return tiny_wan_pipeline(tie_qk=True)
+
+
+def test_layers_are_self_attentions_and_text_attentions_pair_with_them(wpipe):
+    t, adapter = wpipe.transformer, WanAdapter()
+    assert adapter.attention_layers(t) == [b.attn1 for b in t.blocks]
+    assert adapter.text_attention_layers(t) == [b.attn2 for b in t.blocks]
+    assert is_flow_matching(wpipe.scheduler)  # UniPC with flow sigmas, Wan's default
+
+
+def test_foreground_comes_from_the_cross_attention_of_the_conditional_pass(wpipe, subject):
+    seen = []
+    original = vwarper.Session.observe_text_attention
+
+    def spy(self, layer, query_video, key_text):
+        seen.append((self.step, self._pass, layer, tuple(query_video.shape), tuple(key_text.shape)))
+        return original(self, layer, query_video, key_text)
+
+    vwarper.Session.observe_text_attention = spy
+    try:
+        config = vwarper.WarpConfig(warp_steps=(1, 3), fg_layers=(1, 2))
+        with vwarper.inject(wpipe, subject, config) as session:
+            wpipe(**tiny_call_kwargs(num_inference_steps=4))
+    finally:
+        vwarper.Session.observe_text_attention = original
+    # fg accumulates at steps 0..2 (before the last warp step), layers 1-2, conditional pass only
+    assert {(s, p, layer) for s, p, layer, _, _ in seen} == {(s, 0, layer) for s in range(3) for layer in (1, 2)}
+    assert all(q == (1, 2, 8, 16) and k == (1, 2, 16, 16) for *_, q, k in seen)
+    # both CFG passes (conditional, then unconditional) are warped with the same plan
+    warps = [n for (kind, _, _), n in session.calls.items() if kind == "warp"]
+    assert warps and all(n == 2 for n in warps)
+    assert all(d.fg_mask is not None for d in session.diagnostics.values())
+
+
+def test_rotary_replica_matches_the_stock_arithmetic(wpipe):
+    rope = wpipe.transformer.rope(torch.zeros(1, 4, 2, 4, 4))
+    x = torch.randn(1, 8, 2, 16)  # (B, N, H, D), as the stock processor rotates it
+    cos, sin = rope
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    stock = torch.empty_like(x)
+    stock[..., 0::2] = x1 * cos[..., 0::2] - x2 * sin[..., 1::2]
+    stock[..., 1::2] = x1 * sin[..., 1::2] + x2 * cos[..., 0::2]
+    ours = rotate_pairs(x.transpose(1, 2), cos.transpose(1, 2), sin.transpose(1, 2)).transpose(1, 2)
+    assert torch.equal(ours, stock)
+
+
+def test_unipc_flow_sigmas_align_with_timesteps(wpipe):
+    wpipe.scheduler.set_timesteps(5)
+    sigmas = flow_sigmas(wpipe.scheduler)
+    assert sigmas.shape == (6,) and sigmas[-1] == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
+    ratio = wpipe.scheduler.timesteps.double() / sigmas[:-1] / 1000
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=2e-3)  # integer timesteps = sigma * 1000

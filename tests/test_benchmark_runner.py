@@ -1,0 +1,94 @@
+"""Benchmark runner: two accelerate processes share the jobs, a rerun skips finished videos, eval follows."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import vwarper_hooks as vwarper
+from vwarper_hooks.benchmark_runner import is_done, load_jobs
+from vwarper_hooks.errors import VwarperError
+
+SAMPLES = Path(vwarper.__file__).parent / "data" / "clock"
+TINY = ["--model", "tiny", "--frames", "5", "--steps", "3", "--height", "32", "--width", "32", "--device", "cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> Path:
+    """Two subjects (no coarse stage: the fine stage alone) x two prompt templates."""
+    root = tmp_path_factory.mktemp("bench")
+    images = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    vwarper.Subject.from_images(images[:2], token="<clock>", class_word="clock").save(root / "subjects" / "clock")
+    vwarper.Subject.from_images(images[2:], token="<dog>", class_word="dog").save(root / "subjects" / "dog")
+    spec = {"subjects": {"clock": "subjects/clock", "dog": "subjects/dog"},
+            "prompts": ["a {token} {class_word} on the beach", "a {token} {class_word} in the snow"]}
+    (root / "spec.json").write_text(json.dumps(spec))
+    return root / "spec.json"
+
+
+@pytest.fixture(scope="module")
+def eval_models(tmp_path_factory) -> list[str]:
+    from vwarper_hooks.evaluation import tiny_clip_embedder, tiny_dino_embedder
+
+    root = tmp_path_factory.mktemp("models")
+    for name, embedder in (("clip", tiny_clip_embedder()), ("dino", tiny_dino_embedder())):
+        embedder.model.save_pretrained(root / name)
+        embedder.processor.save_pretrained(root / name)
+    return ["--clip-model", str(root / "clip"), "--dino-model", str(root / "dino")]
+
+
+def test_jobs_from_spec(spec):
+    jobs = load_jobs(spec)
+    assert [(j.subject, j.name, j.prompt) for j in jobs] == [
+        ("clock", "00", "a <clock> clock on the beach"), ("clock", "01", "a <clock> clock in the snow"),
+        ("dog", "00", "a <dog> dog on the beach"), ("dog", "01", "a <dog> dog in the snow")]
+    with pytest.raises(VwarperError, match="Expected a readable JSON spec"):
+        load_jobs(spec.parent / "missing.json")
+
+
+def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
+    out = tmp_path / "run"
+    # --multi_gpu on a machine without GPUs: torchrun with 2 CPU processes (gloo)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
+              "--main_process_port", str(_free_port()),
+              "-m", "vwarper_hooks.benchmark_runner", "--spec", str(spec), "--out", str(out), *TINY, "--no-eval"]
+    first = subprocess.run(launch, capture_output=True, text=True, timeout=180, env=_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "process 0: generated 2, skipped 0" in first.stdout and "process 1: generated 2, skipped 0" in first.stdout
+    jobs = load_jobs(spec)
+    assert all(is_done(out, job) for job in jobs)
+    assert len(list((out / "references" / "dog").glob("*.png"))) == 1
+
+    # lose one video; the rerun (one plain process) makes only that one and then scores everything
+    lost = jobs[1]
+    for f in (out / "videos" / lost.subject).glob(f"{lost.name}.*"):
+        f.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "videos").rglob("*") if p.is_file()}
+    rerun = [sys.executable, "-m", "vwarper_hooks.benchmark_runner", "--spec", str(spec), "--out", str(out), *TINY,
+             *eval_models]
+    second = subprocess.run(rerun, capture_output=True, text=True, timeout=120, env=_env())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "process 0: generated 1, skipped 3" in second.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert is_done(out, lost)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["videos"]) == 4 and set(metrics["subjects"]) == {"clock", "dog"}
+    assert all(-1.0 <= v <= 1.0 for v in metrics["overall"].values())
