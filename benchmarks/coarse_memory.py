@@ -58,8 +58,9 @@ def main() -> None:
     vwarper.train_subject(pipe, IMAGES, "<sks-clock>", "clock", config, progress=False, callback=tick)
     device = torch.cuda.get_device_name() if cuda else "CPU"
     steady = times[1:] or times
+    size = f"{config.height}x{config.width}" if config.height else "pipe default"
     print(f"config={args.config} device={device} rank={config.rank} mixed_precision={config.mixed_precision} "
-          f"gradient_checkpointing={config.gradient_checkpointing} size={config.height}x{config.width}")
+          f"gradient_checkpointing={config.gradient_checkpointing} size={size}")
     print(f"seconds/step (after the first): {sum(steady) / len(steady):.3f}; first step {times[0]:.3f}")
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated, "

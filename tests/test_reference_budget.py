@@ -47,3 +47,21 @@ def test_no_reference_branch_without_warping(pipe, subject):
             handle.remove()
     assert seen == ["generation"] * 4 and torch.isfinite(out).all()  # no reference or inversion pass
     assert subject.reference_cache.misses == 0
+
+
+def test_diagnostics_leave_the_device_only_when_read(pipe, subject, monkeypatch):
+    """No device-to-host copy of flows or masks inside the denoising loop: copied when first read."""
+    from vwarper_hooks.session import StepDiagnostics
+
+    copies: list[int] = []
+    original = StepDiagnostics.to_cpu
+    monkeypatch.setattr(StepDiagnostics, "to_cpu", lambda self: copies.append(self.step) or original(self))
+    config = vwarper.WarpConfig(warp_steps=(1, 3))
+    with vwarper.inject(pipe, subject, config) as session:
+        run(pipe, num_inference_steps=5)
+        assert copies == []
+        first = session.diagnostics
+        assert sorted(copies) == [1, 2, 3] and all(d.flow.dtype == torch.int32 for d in first.values())
+        session.diagnostics  # noqa: B018 - a second read copies nothing again
+        assert sorted(copies) == [1, 2, 3]
+        assert first[2].mask.shape == first[2].grid

@@ -56,6 +56,22 @@ class StepDiagnostics:
     cc_mask: torch.Tensor | None  # (F, h, w) bool
     mask: torch.Tensor  # (F, h, w) bool: final injection mask
 
+    def to_cpu(self) -> StepDiagnostics:
+        """Compact CPU copy on the token grid (the session records device tensors during the run)."""
+
+        def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if x is None else x.detach().to("cpu", dtype).reshape(self.grid)
+
+        return StepDiagnostics(
+            self.step,
+            self.grid,
+            cpu(self.flow, torch.int32),
+            cpu(self.fg_score, torch.float16),
+            cpu(self.fg_mask, torch.bool),
+            cpu(self.cc_mask, torch.bool),
+            cpu(self.mask, torch.bool),
+        )
+
 
 class Session:
     """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics`."""
@@ -65,7 +81,9 @@ class Session:
         self.transformer = pipe.transformer
         self.depth = len(adapter.attention_layers(self.transformer))
         self.config = config.for_adapter(adapter, self.depth)  # the adapter's default layers if unset
-        self.diagnostics: dict[int, StepDiagnostics] = {}
+        #: warp step -> diagnostics still on the model's device; moved to CPU when first read, so the
+        #: denoising loop never waits on a device-to-host copy (see the `diagnostics` property)
+        self._diagnostics: dict[int, StepDiagnostics] = {}
         #: (branch, step, layer) -> number of routed attention calls; "warp" entries count injections
         self.calls: Counter[tuple[str, int, int]] = Counter()
         self.branch: str | None = None
@@ -198,7 +216,7 @@ class Session:
     def _start_run(self, args: tuple, kwargs: dict) -> None:
         num_steps = len(self.pipe.scheduler.timesteps)
         self.plan = StepPlan.build(self.config, num_steps, self.depth)
-        self.diagnostics.clear()
+        self._diagnostics.clear()
         self._fg.reset()
         self._gen_match = self._ref_match = self._warp = None
         if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
@@ -262,19 +280,7 @@ class Session:
         # Reference tokens read by some masked generation token (no boolean indexing: no host sync).
         ref_mask = torch.zeros(mask.shape, device=mask.device).index_add_(0, flow, mask.float()) > 0
         if cfg.keep_diagnostics:
-
-            def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-                return None if x is None else x.detach().to("cpu", dtype).reshape(grid)
-
-            self.diagnostics[step] = StepDiagnostics(
-                step,
-                grid,
-                cpu(flow, torch.int32),
-                cpu(score, torch.float16),
-                cpu(fg, torch.bool),
-                cpu(cc, torch.bool),
-                cpu(mask, torch.bool),
-            )
+            self._diagnostics[step] = StepDiagnostics(step, grid, flow, score, fg, cc, mask)
         return WarpPlan(flow=flow, mask=mask, ref_mask=ref_mask)
 
     def _reference_state(self, latents: torch.Tensor, kwargs: dict) -> ReferenceState:
@@ -337,6 +343,14 @@ class Session:
                 if torch.equal(row[start : start + k], ids):
                     return torch.arange(start, start + k)
         return None
+
+    @property
+    def diagnostics(self) -> dict[int, StepDiagnostics]:
+        """Per warp step flow and masks of the latest run, on CPU, on the (frames, height, width) grid."""
+        for step, d in self._diagnostics.items():
+            if d.flow.device.type != "cpu" or d.flow.dtype != torch.int32:
+                self._diagnostics[step] = d.to_cpu()
+        return self._diagnostics
 
     def close(self) -> None:
         """Drop every tensor this session holds (the cache on the subject stays)."""
