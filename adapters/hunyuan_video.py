@@ -10,7 +10,9 @@ the text tokens (``encoder_hidden_states.size(1)``, the prompt after the templat
 Dual-stream blocks project text with their own ``add_q/k/v_proj`` and ``norm_added_q/k``;
 single-stream blocks project the concatenation with ``to_q/k/v``. RoPE rotates video tokens only.
 RoPE-free Q/K are taken after the RMS QK-norm, before rotary. Values handed to the core are the
-joint values; only their video part is ever warped.
+joint values; only their video part is ever warped. The prompt is padded to a fixed length and
+the padding masked out of attention: ``AttentionCall.text_valid`` carries that mask so the
+foreground score ignores padded keys as the model does.
 
 Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (60 layers: match 17, warp
 29-41). NOT validated on real weights: a heuristic starting point; check with real weights.
@@ -48,6 +50,20 @@ STOCK_PROCESSOR = "HunyuanVideoAttnProcessor2_0"
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1))  # (B, N, H, D)
+
+
+def _text_valid(attention_mask: torch.Tensor | None, n_video: int, n_text: int) -> torch.Tensor | None:
+    """(B, n_text) bool of real text keys from the transformer's (B, 1, 1, video + text) key mask.
+
+    HunyuanVideo pads the prompt to a fixed length and masks the padding out of every attention;
+    the foreground score must ignore those keys too. None when there is no such mask.
+    """
+    if attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.shape[-1] != n_video + n_text:
+        return None
+    keys = attention_mask.reshape(attention_mask.shape[0], -1, attention_mask.shape[-1])
+    if keys.shape[1] != 1:  # a per-query mask: not the layout this adapter knows, keep every key
+        return None
+    return keys[:, 0, n_video:]
 
 
 class VwarperHunyuanVideoProcessor:
@@ -123,6 +139,7 @@ class VwarperHunyuanVideoProcessor:
             rotate_=rotate_,
             rope=rope,
             attend=attend,
+            text_valid=_text_valid(attention_mask, n_video, n_text),
         )
         out = self.router.process(call).transpose(1, 2).flatten(2, 3).to(dtype)
         video_out, text_out = out[:, :n_video], out[:, n_video:]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
 from vwarper_adapters.hunyuan_video import HunyuanVideoAdapter
 
 import vwarper_hooks as vwarper
@@ -14,7 +15,7 @@ from vwarper_hooks.conformance_probes import _Recorder
 from vwarper_hooks.inversion_flow import flow_invert, flow_sigmas, invert_reference, is_flow_matching
 from vwarper_hooks.reference import image_to_video
 from vwarper_hooks.steps import step_index
-from vwarper_hooks.testing import tiny_hunyuan_video_pipeline
+from vwarper_hooks.testing import tiny_call_kwargs, tiny_hunyuan_video_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,35 @@ def test_custom_processor_is_refused(hpipe, subject):
                 pass
     finally:
         attn.set_processor(original)
+
+
+def test_foreground_score_sees_only_the_unpadded_text_keys(hpipe):
+    """HunyuanVideo masks padded prompt tokens out of attention; the fg softmax must do the same."""
+    seen, masks = [], []
+    original = vwarper.Session.observe_text_attention
+
+    def spy(self, layer, query_video, key_text, text_valid=None):
+        seen.append(text_valid)
+        return original(self, layer, query_video, key_text, text_valid)
+
+    def keep_mask(module, args, kwargs):
+        if session.branch in (None, "generation"):  # not the inversion or the reference branch
+            masks.append(kwargs["encoder_attention_mask"])
+
+    subject = vwarper.Subject.from_images([Image.new("RGB", (32, 32), (200, 80, 40))], token="<clock>",
+                                          class_word="clock")
+    vwarper.Session.observe_text_attention = spy
+    try:
+        with vwarper.inject(hpipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
+            handle = hpipe.transformer.register_forward_pre_hook(keep_mask, with_kwargs=True)
+            try:
+                hpipe(**tiny_call_kwargs(num_inference_steps=3, max_sequence_length=24))
+            finally:
+                handle.remove()
+    finally:
+        vwarper.Session.observe_text_attention = original
+    assert len(masks) == 3 and all(torch.equal(m, masks[0]) for m in masks)  # one pass per step (no true CFG)
+    prompt_mask = masks[0][-1].bool()
+    assert seen and all(v is not None for v in seen)
+    assert 0 < int(prompt_mask.sum()) < prompt_mask.numel()  # the prompt really is padded
+    assert all(torch.equal(v[-1].cpu(), prompt_mask.cpu()) for v in seen)

@@ -100,3 +100,20 @@ def test_rope_free_matching_recovers_a_known_shift_and_beats_raw_qk():
         print(f"layer {layer}: PCK RoPE-free {scores['free']:.2f}, post-RoPE {scores['rotated']:.2f}")
         assert scores["free"] >= 0.9
         assert scores["free"] > scores["rotated"]
+
+
+def test_foreground_score_ignores_masked_padding_keys():
+    from vwarper_hooks.masks import ForegroundAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    query, key = torch.randn(2, 6, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    padded = torch.cat([key, 50 * query[:, :1].expand(2, 3, 8)], dim=1)  # 3 padding keys with huge logits
+    valid = torch.tensor([True] * 5 + [False] * 3)
+    subject = torch.tensor([1, 2])
+
+    real, masked, unmasked = ForegroundAccumulator(), ForegroundAccumulator(), ForegroundAccumulator()
+    real.add(query, key, subject)
+    masked.add(query, padded, subject, valid)
+    unmasked.add(query, padded, subject)
+    assert torch.allclose(masked.total, real.total, atol=1e-6)  # padding gets no share of the softmax
+    assert not torch.allclose(unmasked.total, real.total, atol=1e-3)  # ...which it would steal otherwise

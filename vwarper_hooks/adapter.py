@@ -22,7 +22,9 @@ class AttentionCall:
     """One attention computation of one layer, as the core sees it.
 
     Tensors are laid out (batch, heads, tokens, head_dim). `query` and `key` are RoPE-free
-    (after QK-norm, before rotary); call `rotate_` before attending.
+    (after QK-norm, before rotary); call `rotate_` before attending. `text_valid` (batch, text
+    tokens) bool marks real text keys where the model masks padding out of its attention
+    (HunyuanVideo); None: every text key is attended to (CogVideoX, which has no text mask).
     """
 
     layer: int
@@ -34,6 +36,7 @@ class AttentionCall:
     rotate_: Callable[[torch.Tensor, torch.Tensor], None]
     rope: Callable[[torch.Tensor], torch.Tensor]
     attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    text_valid: torch.Tensor | None = None
 
     def default(self) -> torch.Tensor:
         """The stock computation: rotate in place, then attend."""
@@ -78,8 +81,11 @@ class LayerRouter(Protocol):
     def wants_text(self, layer: int) -> bool:
         """True when video->text scores of `layer` are needed (models with a separate text attention)."""
 
-    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
-        """Receive (B, heads, N, d) video queries and (B, heads, T, d) text keys of a text attention."""
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
+        """Receive (B, heads, N, d) video queries and (B, heads, T, d) text keys of a text attention
+        (and optionally (B, T) bool `text_valid`, False for padding the model masks out)."""
 
 
 class Adapter(ABC):

@@ -52,7 +52,9 @@ class _Capture:
     def wants_text(self, layer: int) -> bool:
         return False
 
-    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
         return None
 
     def process(self, call: AttentionCall) -> torch.Tensor:

@@ -41,7 +41,9 @@ class _Recorder:
     def wants_text(self, layer: int) -> bool:
         return layer in self.layers
 
-    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
         if self.fail:
             raise _Boom(f"raised inside the text attention of layer {layer}")
         self.text.setdefault(layer, (query_video.clone(), key_text.clone()))
@@ -101,7 +103,9 @@ class _PassThrough(_Recorder):
     def wants_text(self, layer: int) -> bool:
         return True
 
-    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
         return None
 
 

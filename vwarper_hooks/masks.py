@@ -30,18 +30,30 @@ class ForegroundAccumulator:
         self.total, self.count = None, 0
 
     @torch.no_grad()
-    def add(self, query_video: torch.Tensor, key_text: torch.Tensor, subject_positions: torch.Tensor) -> None:
+    def add(
+        self,
+        query_video: torch.Tensor,
+        key_text: torch.Tensor,
+        subject_positions: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+    ) -> None:
         """Add one layer's scores.
 
         :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
         :param key_text: (heads, T, d) text keys of the same sample.
         :param subject_positions: (k,) long positions of the subject token(s) in the text.
+        :param key_valid: (T,) bool, False for padding the model masks out of its attention; those
+            keys then get no share of the softmax either. None: all keys count.
         """
         scale = 1.0 / math.sqrt(query_video.shape[-1])
+        bias = None if key_valid is None else torch.zeros(key_valid.shape, device=key_text.device).masked_fill(
+            ~key_valid.to(key_text.device), float("-inf")
+        )
         scores = torch.empty(query_video.shape[1], dtype=torch.float32, device=query_video.device)
         for start in range(0, query_video.shape[1], _FG_CHUNK):
             block = query_video[:, start : start + _FG_CHUNK] @ key_text.transpose(-1, -2) * scale
-            probs = block.float().softmax(dim=-1)[..., subject_positions].sum(-1)  # (heads, c)
+            block = block.float() if bias is None else block.float() + bias
+            probs = block.softmax(dim=-1)[..., subject_positions].sum(-1)  # (heads, c)
             scores[start : start + _FG_CHUNK] = probs.mean(0)
         self.total = scores if self.total is None else self.total + scores
         self.count += 1

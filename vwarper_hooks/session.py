@@ -128,7 +128,9 @@ class Session:
             and layer in plan.fg_layers
         )
 
-    def observe_text_attention(self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor) -> None:
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
         """Accumulate the subject token's share of video->text attention.
 
         For models whose text sits in a separate cross-attention (Wan), the adapter calls this
@@ -137,8 +139,10 @@ class Session:
         :param query_video: (B, heads, N, d) video queries as the attention sees them (post-RoPE);
             the last sample of the batch is the conditional one.
         :param key_text: (B, heads, T, d) text keys.
+        :param text_valid: (B, T) bool, False for padded text keys the model masks out; None: all real.
         """
-        self._fg.add(query_video[-1], key_text[-1], self._positions)
+        valid = None if text_valid is None else text_valid[-1]
+        self._fg.add(query_video[-1], key_text[-1], self._positions, valid)
 
     def _generation_call(self, call: AttentionCall) -> torch.Tensor:
         plan, step, layer = self.plan, self.step, call.layer
@@ -147,7 +151,8 @@ class Session:
             self._gen_match = (call.query[cond, :, call.video].clone(), call.key[cond, :, call.video].clone())
         if call.text.stop > call.text.start and self.wants_text(layer):
             query = call.rope(call.query[cond : cond + 1, :, call.video])
-            self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text])
+            valid = None if call.text_valid is None else call.text_valid[cond : cond + 1]
+            self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text], valid)
         if step in plan.warp_steps and layer in plan.warp_layers and self._warp is not None:
             self.calls[("warp", step, layer)] += 1
             return self.injector.attend(call, self._ref_feats[layer], self._warp)
