@@ -12,8 +12,8 @@ heads), before rotary. Values are the self-attention values; ``AttentionCall.tex
 
 Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (30 layers, 1.3B: match 9,
 warp 14-21; 40 layers, 14B: match 11, warp 19-28). NOT validated on real weights.
-Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed,
-and per-token timesteps (``expand_timesteps``, TI2V-5B) are not supported by the reference branch.
+Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed (inject refuses it),
+and per-token timesteps (``expand_timesteps``, TI2V-5B) are not supported by the reference branch (refused too).
 """
 
 from __future__ import annotations
@@ -153,6 +153,16 @@ class WanAdapter(Adapter):
     def default_layers(self, depth: int) -> LayerDefaults:
         """The paper's layers scaled to the depth; not validated on real Wan weights."""
         return proportional_layers(depth)
+
+    def pipeline_problems(self, pipe: Any) -> list[str]:
+        config = getattr(pipe, "config", None)
+        if config is not None and getattr(config, "expand_timesteps", False):
+            return [
+                "Expected a Wan pipeline with one timestep per step, but got expand_timesteps=True "
+                "(Wan 2.2 TI2V-5B per-token timesteps), which the reference branch does not support yet. "
+                "Use a Wan 2.1 T2V model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."
+            ]
+        return []
 
     def problems(self, transformer: nn.Module) -> list[str]:
         ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)

@@ -65,3 +65,28 @@ def test_unipc_flow_sigmas_align_with_timesteps(wpipe):
     assert sigmas.shape == (6,) and sigmas[-1] == 0 and bool((sigmas[:-1] > sigmas[1:]).all())
     ratio = wpipe.scheduler.timesteps.double() / sigmas[:-1] / 1000
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=2e-3)  # integer timesteps = sigma * 1000
+
+
+def test_two_expert_pipeline_is_refused_and_left_untouched(wpipe, subject):
+    """Wan 2.2 pipelines hand low-noise steps to `transformer_2`, which vwarper does not route."""
+    from conftest import hook_count
+
+    before = hook_count(wpipe)
+    wpipe.transformer_2 = wpipe.transformer  # stands in for the second expert
+    try:
+        with pytest.raises(vwarper.ConfigError, match="transformer_2"):
+            with vwarper.inject(wpipe, subject):
+                pass
+    finally:
+        wpipe.transformer_2 = None
+    assert hook_count(wpipe) == before
+
+
+def test_per_token_timesteps_are_refused(wpipe, subject):
+    wpipe.register_to_config(expand_timesteps=True)
+    try:
+        with pytest.raises(vwarper.ConfigError, match="expand_timesteps"):
+            with vwarper.inject(wpipe, subject):
+                pass
+    finally:
+        wpipe.register_to_config(expand_timesteps=False)

@@ -125,6 +125,10 @@ class Adapter(ABC):
         """Reasons this model cannot be injected as configured (fused QKV, ...). Empty: fine."""
         return []
 
+    def pipeline_problems(self, pipe: Any) -> list[str]:
+        """Reasons the pipeline around the model cannot be injected (pipeline-level modes). Empty: fine."""
+        return []
+
     @abstractmethod
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
         """Route every attention layer through `router`; return a function that undoes it."""

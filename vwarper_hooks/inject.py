@@ -64,6 +64,15 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
     depth = len(adapter.attention_layers(pipe.transformer))
     # Adapters of other families may default to other layers (Adapter.default_layers).
     problems = config.for_adapter(adapter, depth).layer_problems(depth) + adapter.problems(pipe.transformer)
+    problems += adapter.pipeline_problems(pipe)
+    if getattr(pipe, "transformer_2", None) is not None:
+        # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
+        # inversion would use the wrong expert for part of the trajectory, so we refuse for now.
+        problems.append(
+            "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
+            "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
+            "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
+        )
     injector, injector_problems = _make_injector(config)
     problems += injector_problems
     if subject is None or not hasattr(subject, "token"):
