@@ -103,6 +103,7 @@ class CogVideoXAdapter(Adapter):
 
     name = "cogvideox"
     latent_layout = "BFCHW"
+    batched_kwargs = ("ofs",)
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "CogVideoXTransformer3DModel"
@@ -160,16 +161,6 @@ class CogVideoXAdapter(Adapter):
         if p_t:
             frames = (frames + p_t - 1) // p_t
         return frames, height // p, width // p
-
-    def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
-    ) -> dict[str, Any]:
-        ref = dict(kwargs)
-        ref.update(text)
-        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
-        if ref.get("ofs") is not None:
-            ref["ofs"] = ref["ofs"][: latents.shape[0]]
-        return ref
 
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         generation = kwargs["encoder_hidden_states"]

@@ -28,20 +28,15 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.adapter import (
+    Adapter,
+    AttentionCall,
+    LayerDefaults,
+    LayerRouter,
+    dispatch_attention_fn,
+    proportional_layers,
+)
 from vwarper_hooks.hookspecs import hookimpl
-
-try:  # diffusers >= 0.35; a plugin module must import cleanly everywhere (a failure stops every adapter)
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
-    import torch.nn.functional as F
-
-    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-        )
-        return out.transpose(1, 2)
-
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +150,7 @@ class HunyuanVideoAdapter(Adapter):
 
     name = "hunyuan_video"
     latent_layout = "BCFHW"
+    batched_kwargs = ("guidance",)
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
@@ -212,16 +208,6 @@ class HunyuanVideoAdapter(Adapter):
         """The pipeline drops the prompt template's first ``crop_start`` ids: shift by what was cropped."""
         cropped = ids_length - kwargs["encoder_hidden_states"].shape[1]
         return positions - max(cropped, 0)
-
-    def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
-    ) -> dict[str, Any]:
-        ref = dict(kwargs)
-        ref.update(text)
-        ref.update(hidden_states=latents, timestep=timestep.to(kwargs["timestep"].dtype), return_dict=False)
-        if ref.get("guidance") is not None:
-            ref["guidance"] = ref["guidance"][: latents.shape[0]]
-        return ref
 
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         generation = kwargs["encoder_hidden_states"]

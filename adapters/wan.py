@@ -25,20 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.adapter import (
+    Adapter,
+    AttentionCall,
+    LayerDefaults,
+    LayerRouter,
+    dispatch_attention_fn,
+    proportional_layers,
+)
 from vwarper_hooks.hookspecs import hookimpl
-
-try:  # diffusers >= 0.35; a plugin module must import cleanly everywhere (a failure stops every adapter)
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
-    import torch.nn.functional as F
-
-    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-        )
-        return out.transpose(1, 2)
-
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +134,7 @@ class WanAdapter(Adapter):
 
     name = "wan"
     latent_layout = "BCFHW"
+    batched_kwargs = ("encoder_hidden_states_image",)
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "WanTransformer3DModel"
@@ -210,16 +206,6 @@ class WanAdapter(Adapter):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size
         return latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
-
-    def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
-    ) -> dict[str, Any]:
-        ref = dict(kwargs)
-        ref.update(text)
-        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
-        if ref.get("encoder_hidden_states_image") is not None:
-            ref["encoder_hidden_states_image"] = ref["encoder_hidden_states_image"][: latents.shape[0]]
-        return ref
 
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         generation = kwargs["encoder_hidden_states"]

@@ -128,3 +128,20 @@ def test_rope_free_capture_matches_a_shifted_copy(fpipe):
     grid = torch.arange(2 * 4 * 4).reshape(2, 4, 4)
     expected = torch.roll(grid, shifts=1, dims=-1).reshape(-1)  # generation token p reads reference p - 1 column
     assert float((flow == expected).float().mean()) == 1.0
+
+
+def test_reference_kwargs_cut_batched_inputs_and_keep_the_timestep_dtype():
+    from vwarper_adapters.hunyuan_video import HunyuanVideoAdapter
+
+    generation = {
+        "hidden_states": torch.zeros(2, 4, 2, 4, 4),
+        "timestep": torch.tensor([999, 999], dtype=torch.bfloat16),
+        "guidance": torch.tensor([6.0, 6.0]),
+        "encoder_hidden_states": torch.zeros(2, 16, 32),
+        "return_dict": True,
+    }
+    latents, text = torch.ones(1, 4, 2, 4, 4), {"encoder_hidden_states": torch.ones(1, 16, 32)}
+    ref = HunyuanVideoAdapter().reference_kwargs(generation, latents, text, torch.tensor([999.0]))
+    assert ref["hidden_states"] is latents and ref["encoder_hidden_states"] is text["encoder_hidden_states"]
+    assert ref["guidance"].shape == (1,) and ref["timestep"].dtype == torch.bfloat16
+    assert ref["return_dict"] is False and generation["guidance"].shape == (2,)  # the caller's kwargs untouched

@@ -16,6 +16,18 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+try:  # diffusers >= 0.35: the attention backend dispatcher stock processors use
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
+    import torch.nn.functional as F
+
+    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
+        """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
+        )
+        return out.transpose(1, 2)
+
 
 @dataclass
 class AttentionCall:
@@ -149,14 +161,28 @@ class Adapter(ABC):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""
 
-    @abstractmethod
+    #: forward kwargs that carry one row per generation sample (besides the text): the reference
+    #: branch keeps only its first rows (e.g. CogVideoX 1.5's ``ofs``, HunyuanVideo's ``guidance``)
+    batched_kwargs: tuple[str, ...] = ()
+
     def reference_kwargs(
         self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
     ) -> dict[str, Any]:
         """Forward kwargs for a reference-branch call (batch 1) derived from a generation call's kwargs.
 
         :param text: the text conditioning from `encode_text`, merged over the generation's.
+        Default: the generation's kwargs with the reference latents, timestep (in the generation
+        timestep's dtype) and text, and `batched_kwargs` cut to the reference's batch.
         """
+        ref = {**kwargs, **text}
+        generation_t = kwargs.get("timestep")
+        if isinstance(generation_t, torch.Tensor):
+            timestep = timestep.to(generation_t.dtype)
+        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
+        for name in self.batched_kwargs:
+            if ref.get(name) is not None:
+                ref[name] = ref[name][: latents.shape[0]]
+        return ref
 
     @abstractmethod
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -96,11 +96,6 @@ class ToyJointAdapter(Adapter):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         return latents.shape[2], latents.shape[3], latents.shape[4]
 
-    def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
-    ) -> dict[str, Any]:
-        return {**kwargs, **text, "hidden_states": latents, "timestep": timestep, "return_dict": False}
-
     # The toy has no pipeline (no text encoder, no VAE): the pipeline-level parts say so.
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise VwarperError("Expected a pipeline with a text encoder, but the toy model has none. Pass embeddings.")
