@@ -101,6 +101,9 @@ def test_save_refuses_existing_path_and_failed_save_leaves_nothing(saved, tmp_pa
     with pytest.raises(vwarper.SubjectError, match="exists"):
         subject.save(target)
     assert os.listdir(target) == ["mine.txt"]
+    with pytest.raises(vwarper.SubjectError, match="subject directory"):
+        subject.save(target, overwrite=True)  # overwrite replaces subject directories only, never user folders
+    assert os.listdir(target) == ["mine.txt"]
 
     import vwarper_hooks.coarse.artifact as artifact
 
@@ -112,6 +115,46 @@ def test_save_refuses_existing_path_and_failed_save_leaves_nothing(saved, tmp_pa
     with pytest.raises(OSError, match="disk full"):
         subject.save(tmp_path / "new")
     assert sorted(os.listdir(tmp_path)) == ["clock"]  # no target, no temp directory
+    import shutil
+
+    earlier = shutil.copytree(saved, tmp_path / "earlier")
+    files = snapshot(earlier)
     with pytest.raises(OSError, match="disk full"):
-        subject.save(target, overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["clock"] and os.listdir(target) == ["mine.txt"]
+        subject.save(earlier, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["clock", "earlier"] and snapshot(earlier) == files
+
+
+def test_saved_subject_follows_the_umask(saved, tmp_path):
+    old = os.umask(0o022)
+    try:
+        root = vwarper.Subject.load(saved).save(tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert root.stat().st_mode & 0o777 == 0o755
+
+
+def test_fresh_run_refuses_to_clobber_an_earlier_runs_checkpoints(pipe, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    config = vwarper.CoarseConfig(steps=2, checkpoint_dir=ckpt, checkpoint_every=1, **FAST)
+    vwarper.train_subject(pipe, IMAGES, "<sks-c>", "clock", config, progress=False)
+    files = snapshot(ckpt)
+    with pytest.raises(vwarper.SubjectError, match="holds a checkpoint"):
+        vwarper.train_subject(pipe, IMAGES, "<sks-c>", "clock", config, progress=False)
+    with pytest.raises(vwarper.SubjectError, match="steps=1"):  # resume with fewer steps than done
+        vwarper.train_subject(pipe, IMAGES, "<sks-c>", "clock", config.model_copy(update={"steps": 1}),
+                              resume=True, progress=False)
+    assert snapshot(ckpt) == files
+    (ckpt / "step-00000002" / "trainable.safetensors").unlink()
+    with pytest.raises(vwarper.SubjectIntegrityError, match="readable checkpoint"):
+        vwarper.train_subject(pipe, IMAGES, "<sks-c>", "clock", config, resume=True, progress=False)
+    assert lora_layer_count(pipe.transformer) == 0 and hook_count(pipe) == 0
+
+
+def test_training_another_family_is_refused_clearly():
+    from vwarper_hooks.testing import tiny_wan_pipeline
+
+    wan = tiny_wan_pipeline()
+    with pytest.raises(vwarper.ConfigError, match="Expected a CogVideoX pipeline"):
+        vwarper.train_subject(wan, IMAGES, "<sks-w>", "clock", vwarper.CoarseConfig(steps=1, **FAST),
+                              progress=False)
+    assert lora_layer_count(wan.transformer) == 0

@@ -94,6 +94,9 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temp directory next to `target`; rename it to `target` when the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should follow the user's umask
     try:
         yield tmp
         if target.exists():
@@ -113,6 +116,11 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _replaceable(target: Path) -> bool:
+    """Only an earlier subject directory or an empty directory may be replaced by `save_subject`."""
+    return target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))
+
+
 def save_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `subject` as a directory at `path` (atomically); refuses an existing path unless `overwrite`."""
     subject.check()
@@ -121,6 +129,11 @@ def save_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = Fa
         raise SubjectError(
             f"Expected a path that does not exist yet, but got {target}, which exists. "
             "Pass overwrite=True or choose another path."
+        )
+    if target.exists() and not _replaceable(target):
+        raise SubjectError(
+            f"Expected a subject directory (with {MANIFEST}) or an empty directory at {target} to overwrite, "
+            "but got something else; it was left as it is. Choose another path."
         )
     from .. import __version__
 
@@ -305,9 +318,17 @@ def load_checkpoint(directory: Path, parts: tuple[str, ...]) -> tuple[dict[str, 
     try:
         where = directory / json.loads(pointer.read_text())["dir"]
         state = json.loads((where / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise TypeError(f"state.json holds no integer 'step' ({type(state).__name__})")
+        blobs = {part: (where / f"{part}.safetensors").read_bytes() for part in parts}
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise SubjectIntegrityError(
             f"Expected a readable checkpoint in {directory}, but got: {exc}. Delete the directory or resume=False."
         ) from None
-    loaded = {part: _tensors((where / f"{part}.safetensors").read_bytes(), f"{where.name}/{part}") for part in parts}
+    loaded = {part: _tensors(blob, f"{where.name}/{part}") for part, blob in blobs.items()}
     return loaded, state
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a checkpoint pointer (a run `resume=True` would continue)."""
+    return (Path(directory) / CHECKPOINT_POINTER).is_file()

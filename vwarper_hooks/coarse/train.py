@@ -34,7 +34,7 @@ from ..reference import check_image, image_to_video
 from ..registry import get_adapter
 from ..subject import Subject
 from .activate import base_model_id, config_hash, lora_layer_count, lora_targets, peft_lora
-from .artifact import SubjectIntegrityError, load_checkpoint, pixel_sha256, save_checkpoint
+from .artifact import SubjectIntegrityError, has_checkpoint, load_checkpoint, pixel_sha256, save_checkpoint
 from .config import CoarseConfig
 from .token import class_word_embedding, input_embedding, subject_token, token_problems
 
@@ -191,6 +191,13 @@ def train_subject(
     images = load_images(images)
     transformer, text_encoder = pipe.transformer, pipe.text_encoder
     adapter = get_adapter(transformer)
+    if adapter.name != "cogvideox" or not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise ConfigError([
+            f"Expected a CogVideoX pipeline (the coarse trainer implements CogVideoX's DDPM objective), but got "
+            f"{type(pipe).__name__} ({adapter.name} adapter, {type(pipe.scheduler).__name__}). Train on CogVideoX, "
+            "or use the fine stage alone: vwarper.Subject.from_images(...) (with a LoRA from the model's own "
+            "training script loaded by pipe.load_lora_weights if you have one)."
+        ])
     height, width = training_size(pipe, config)
     problems = token_problems(pipe.tokenizer, token)
     if is_active(pipe):
@@ -200,6 +207,11 @@ def train_subject(
                         "Call pipe.unload_lora_weights() before train_subject().")
     if resume and config.checkpoint_dir is None:
         problems.append("Expected CoarseConfig.checkpoint_dir with resume=True, but got None. Set checkpoint_dir.")
+    if not resume and config.checkpoint_dir is not None and has_checkpoint(config.checkpoint_dir):
+        problems.append(
+            f"Expected an empty checkpoint_dir for a fresh run, but {config.checkpoint_dir} holds a checkpoint "
+            "(a fresh run would delete it). Pass resume=True to continue it, or choose another checkpoint_dir."
+        )
     if problems:
         raise SubjectError("\n".join(problems))
     targets = lora_targets(transformer)
@@ -305,6 +317,11 @@ def _resume(config: CoarseConfig, fingerprint: dict, named: list[tuple[str, nn.P
         logger.info("no checkpoint in %s; starting from step 0", config.checkpoint_dir)
         return 0, []
     parts, state = found
+    if state["step"] > config.steps:
+        raise SubjectError(
+            f"Expected steps >= the checkpoint's {state['step']} completed steps, but got steps={config.steps}. "
+            f"Raise steps to at least {state['step']}."
+        )
     if state.get("fingerprint") != fingerprint:
         raise SubjectIntegrityError(
             f"Expected a checkpoint of this very run (same images, token, model and settings), but got one "
