@@ -63,6 +63,19 @@ def test_jobs_from_spec(spec):
         load_jobs(spec.parent / "missing.json")
 
 
+@pytest.mark.parametrize(("content", "match"), [
+    ([1, 2], "Expected a JSON object"),
+    ({"subjects": {"clock": "subjects/clock"}, "prompts": ["a {token} {oops}"]}, "only {token} and {class_word}"),
+    ({"subjects": {"clock": "subjects/clock"}, "prompts": {"dog": ["a {token}"]}}, "prompts for subject 'clock'"),
+    ({"subjects": {"cat": "subjects/cat"}, "prompts": ["a {token}"]}, "subject directory for 'cat'"),
+])
+def test_bad_specs_say_what_is_wrong(spec, content, match):
+    bad = spec.parent / "bad.json"
+    bad.write_text(json.dumps(content))
+    with pytest.raises(VwarperError, match=match):
+        load_jobs(bad)
+
+
 def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
     out = tmp_path / "run"
     # --multi_gpu on a machine without GPUs: torchrun with 2 CPU processes (gloo)

@@ -131,6 +131,7 @@ def test_missing_subject_is_a_one_line_error_without_traceback(tmp_path):
     ["eval", "{tmp}/no-run"],
     ["eval", "{tmp}"],  # exists, but has no videos/
     ["analyze", "--reference", "{tmp}/missing.jpg"],
+    ["analyze", "--reference", "{demo}/demo.json"],  # exists, but is not an image
 ])
 def test_bad_paths_exit_3_with_one_line(capsys, tmp_path, demo, argv):
     argv = [a.format(tmp=tmp_path, demo=demo) for a in argv]
@@ -139,9 +140,11 @@ def test_bad_paths_exit_3_with_one_line(capsys, tmp_path, demo, argv):
     assert err.startswith("error: Expected") and len(err.splitlines()) == 1, err
 
 
-def test_prompt_without_the_subject_token_is_refused_before_loading_the_model(capsys, demo):
+@pytest.mark.parametrize("ablation", [[], ["--no-warp"], ["--no-mask"]])
+def test_prompt_without_the_subject_token_is_refused_before_loading_the_model(capsys, demo, ablation):
+    """The coarse stage's LoRA was trained on the token: without it the subject is silently lost."""
     argv = ["generate", "--model", "no/such-model", "--subject", str(demo / "subject"), "--prompt", "a clock"]
-    assert main(argv) == 3
+    assert main(argv + ablation) == 3
     assert "subject token '<my-clock>'" in capsys.readouterr().err
 
 
@@ -167,11 +170,11 @@ def test_train_then_generate_with_the_tiny_model(tmp_path, capsys):
     assert main(argv) == 3  # exists: refuses without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     for extra in ([], ["--no-mask"]):
-        out = tmp_path / f"video{len(extra)}.mp4"
+        out = tmp_path / f"video{len(extra)}.v1.mp4"  # a dotted name stays whole
         assert main(["generate", "--model", "tiny", "--subject", str(subject), "--prompt",
                      "a photo of a <vw-clock> clock on the beach", "--frames", "5", "--steps", "4", "--height", "32",
                      "--width", "32", "--out", str(out), "--panels", str(tmp_path / "panels"), *extra]) == 0
-        written = next(tmp_path.glob(f"video{len(extra)}.*"))
+        written = next(tmp_path.glob(f"video{len(extra)}.v1.*"))
         assert vis.read_video(written).shape == (5, 32, 32, 3)
     assert (tmp_path / "panels" / "figure5.png").is_file()
 
@@ -206,3 +209,16 @@ def test_inspect_renders_any_report_dict(monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "blocks.0.attn1" in text and "first" in text and seen["target"] == "some/model"
     assert main(["inspect"]) == 3
+
+
+def test_train_checks_settings_and_output_before_loading_the_model(capsys, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes((SAMPLES / sorted(p.name for p in SAMPLES.glob("*.jpg"))[0]).read_bytes())
+    base = ["train", "--model", "no/such-model", "--images", str(photos), "--token", "<t>", "--class-word", "dog"]
+    assert main([*base, "--out", str(photos), "--overwrite"]) == 3  # never replaces a folder of user files
+    assert "holds other files" in capsys.readouterr().err and [p.name for p in photos.iterdir()] == ["a.jpg"]
+    assert main([*base, "--out", str(tmp_path / "s"), "--steps", "0"]) == 3
+    assert "steps" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "s"), "--resume"]) == 3
+    assert "--checkpoint-dir" in capsys.readouterr().err

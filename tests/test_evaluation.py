@@ -92,7 +92,7 @@ def test_run_folder_scores_equal_hand_computation(run_dir):
     assert json.loads(json.dumps(report.to_dict()))["overall"] == report.overall
 
 
-def test_eval_command_writes_json_from_local_model_folders(run_dir, tmp_path):
+def test_eval_command_writes_json_from_local_model_folders(run_dir, tmp_path, capsys):
     from vwarper_hooks.cli import main
 
     clip, dino = tiny_clip_embedder(), tiny_dino_embedder()
@@ -102,9 +102,10 @@ def test_eval_command_writes_json_from_local_model_folders(run_dir, tmp_path):
     dino.processor.save_pretrained(tmp_path / "dino")
     out = tmp_path / "metrics.json"
     code = main(["eval", str(run_dir), "--clip-model", str(tmp_path / "clip"), "--dino-model",
-                 str(tmp_path / "dino"), "--out", str(out)])
+                 str(tmp_path / "dino"), "--out", str(out), "--json"])
     assert code == 0
     saved = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out)["overall"] == saved["overall"]  # progress went to stderr
     direct = evaluate(run_dir, clip=clip, dino=dino)
     assert saved["overall"] == pytest.approx(direct.overall, abs=1e-5)
 
@@ -115,4 +116,10 @@ def test_bad_run_folders_fail_with_a_message(tmp_path):
     (tmp_path / "videos" / "dog").mkdir(parents=True)
     write_video(_noise(0, (2, 16, 16, 3)), tmp_path / "videos" / "dog" / "a")
     with pytest.raises(VwarperError, match=r"Expected a\.json"):
+        find_videos(tmp_path)
+    (tmp_path / "videos" / "dog" / "a.json").write_text("{not json")
+    with pytest.raises(VwarperError, match="JSON object with a string"):
+        find_videos(tmp_path)
+    (tmp_path / "videos" / "dog" / "a.json").write_text('{"token": "<x>"}')
+    with pytest.raises(VwarperError, match="KeyError"):
         find_videos(tmp_path)

@@ -53,22 +53,42 @@ def load_jobs(spec_path: str | Path) -> list[Job]:
     except (OSError, json.JSONDecodeError) as exc:
         raise VwarperError(f"Expected a readable JSON spec, but got {spec_path} ({exc}). "
                            "See vwarper_hooks.benchmark_runner's docstring for the format.") from None
+    if not isinstance(spec, dict):
+        raise VwarperError(f"Expected a JSON object in {spec_path}, but got a {type(spec).__name__}. "
+                           'Write {"subjects": {...}, "prompts": [...]}.')
     subjects, prompts = spec.get("subjects"), spec.get("prompts")
     if not isinstance(subjects, dict) or not subjects or not prompts:
         raise VwarperError(f"Expected 'subjects' (name -> folder) and 'prompts' in {spec_path}, but got keys "
                            f"{sorted(spec)}. Add both.")
     jobs = []
     for name in sorted(subjects):
-        folder = (spec_path.parent / subjects[name]).resolve()
-        manifest = json.loads((folder / "subject.json").read_text()) if (folder / "subject.json").is_file() else None
-        if manifest is None:
-            raise VwarperError(f"Expected a subject directory for {name!r} at {folder}, but got none. "
-                               "Train it with `vwarper train ... --out DIR`.")
+        folder = (spec_path.parent / str(subjects[name])).resolve()
+        manifest = _manifest(folder, name)
+        if isinstance(prompts, dict) and name not in prompts:
+            raise VwarperError(f"Expected prompts for subject {name!r} in {spec_path}, but got prompts for "
+                               f"{sorted(prompts)} only. Add a list under 'prompts' -> {name!r}.")
         templates = prompts[name] if isinstance(prompts, dict) else prompts
         for j, template in enumerate(templates):
-            prompt = template.format(token=manifest["token"], class_word=manifest["class_word"])
+            try:
+                prompt = str(template).format(token=manifest["token"], class_word=manifest["class_word"])
+            except (KeyError, IndexError, ValueError) as exc:
+                raise VwarperError(f"Expected a prompt template using only {{token}} and {{class_word}}, but got "
+                                   f"{template!r} ({exc!r}). Double other braces: {{{{ }}}}.") from None
             jobs.append(Job(len(jobs), name, folder, f"{j:02d}", prompt))
     return jobs
+
+
+def _manifest(folder: Path, name: str) -> dict:
+    """token and class word of the subject directory `folder` (named `name` in the spec)."""
+    try:
+        manifest = json.loads((folder / "subject.json").read_text())
+        return {"token": manifest["token"], "class_word": manifest["class_word"]}
+    except FileNotFoundError:
+        raise VwarperError(f"Expected a subject directory for {name!r} at {folder}, but got none. "
+                           "Train it with `vwarper train ... --out DIR`.") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise VwarperError(f"Expected a readable subject.json in {folder}, but got: {exc!r}. "
+                           "Retrain the subject or restore the file.") from None
 
 
 def is_done(out: Path, job: Job) -> bool:

@@ -166,8 +166,15 @@ def find_videos(run: str | Path) -> list[VideoEntry]:
         if not meta_file.is_file():
             raise VwarperError(f"Expected {meta_file.name} with the prompt next to {path}, but got none. "
                                'Write {"prompt": "...", "token": "<x>"} there.')
-        meta = json.loads(meta_file.read_text())
-        entries.append(VideoEntry(path.parent.name, path.stem, path, meta["prompt"], meta.get("token")))
+        try:
+            meta = json.loads(meta_file.read_text())
+            prompt, token = meta["prompt"], meta.get("token")
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt is a {type(prompt).__name__}")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise VwarperError(f"Expected {meta_file} to hold a JSON object with a string \"prompt\", but got: "
+                               f"{exc!r}. Fix that file.") from None
+        entries.append(VideoEntry(path.parent.name, path.stem, path, prompt, token))
     if not entries:
         raise VwarperError(f"Expected videos ({', '.join(VIDEO_SUFFIXES)}) under {root}/<subject>/, but got none.")
     return entries
@@ -178,11 +185,9 @@ def reference_images(folder: Path) -> list[Image.Image]:
     if not files:
         raise VwarperError(f"Expected reference photos in {folder}, but got none. "
                            "Put the subject's photos there or pass --references DIR.")
-    images = []
-    for f in files:
-        with Image.open(f) as im:
-            images.append(im.convert("RGB"))
-    return images
+    from .coarse.train import load_images  # one-line errors for unreadable files
+
+    return load_images(files)
 
 
 def _mean(values: list[float]) -> float:

@@ -192,13 +192,13 @@ def write_video(frames: np.ndarray, stem: str | Path, fps: int = 8) -> Path:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401
 
-        path = stem.with_suffix(".mp4")
+        path = stem.with_name(stem.name + ".mp4")
         # macro_block_size=1: tiny sizes (not multiples of 16) are written as they are.
         imageio.mimwrite(path, list(frames), fps=fps, macro_block_size=1)
         return path
     except ImportError:
         logger.info("imageio-ffmpeg is not installed: writing a GIF instead of an mp4")
-    path = stem.with_suffix(".gif")
+    path = stem.with_name(stem.name + ".gif")
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path

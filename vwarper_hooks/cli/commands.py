@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .pipeline import DTYPES, EXIT_MISSING, CliError, load_pipeline, require_dir
-from .render import console, print_json, records_table, render_data, stage_progress
+from .render import console, err_console, print_json, records_table, render_data, stage_progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -35,7 +35,7 @@ def _memory_options(parser: argparse.ArgumentParser, offload: bool = True) -> No
 
 
 def _pipe(args: argparse.Namespace) -> Any:
-    with console.status(f"loading {args.model} ..."):
+    with err_console.status(f"loading {args.model} ..."):
         return load_pipeline(args.model, dtype=args.dtype, device=args.device,
                              cpu_offload=getattr(args, "cpu_offload", False),
                              vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
@@ -104,6 +104,8 @@ def register_train(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
                    help="training size in pixels (default: the model's)")
     p.add_argument("--checkpoint-dir", default=None, help="write resumable checkpoints here")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    p.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="faster steps, much more memory (checkpointing is on by default)")
     _memory_options(p, offload=False)
     p.set_defaults(handler=run_train)
 
@@ -124,13 +126,24 @@ def run_train(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise CliError(f"Expected a new subject directory, but got {str(out)!r}, which exists. "
                        "Pass --overwrite or another --out.")
+    if out.exists() and not (out / "subject.json").is_file() and any(out.iterdir()):
+        raise CliError(f"Expected a subject directory to overwrite, but {str(out)!r} holds other files. "
+                       "Choose another --out.")
+    height, width = args.resolution or (None, None)
+
+    def coarse_config(precision: str) -> CoarseConfig:
+        return CoarseConfig(steps=args.steps, rank=args.rank, lora_lr=args.lora_lr, token_lr=args.token_lr,
+                            mixed_precision=precision, height=height, width=width,
+                            gradient_checkpointing=not args.no_gradient_checkpointing,
+                            checkpoint_dir=args.checkpoint_dir)
+
+    coarse_config("no")  # settings errors now, not after loading a 5B model
+    if args.resume and not args.checkpoint_dir:
+        raise CliError("Expected --checkpoint-dir with --resume, but got none. Pass the folder of the run to resume.")
     pipe = _pipe(args)
     device = str(pipe._execution_device)
     precision = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if "cuda" in device else "no")
-    height, width = args.resolution or (None, None)
-    config = CoarseConfig(steps=args.steps, rank=args.rank, lora_lr=args.lora_lr, token_lr=args.token_lr,
-                          mixed_precision=precision, height=height, width=width,
-                          gradient_checkpointing=precision != "no", checkpoint_dir=args.checkpoint_dir)
+    config = coarse_config(precision)
     subject = train_subject(pipe, images, token=args.token, class_word=args.class_word, config=config,
                             resume=args.resume, progress=True)
     subject.save(out, overwrite=args.overwrite)
@@ -177,7 +190,8 @@ def run_generate(args: argparse.Namespace) -> int:
                        "Pass the directory written by `vwarper train`.")
     subject = Subject.load(folder)
     warp = not args.no_warp
-    if warp and not args.no_mask and subject.token not in args.prompt:
+    needs_token = subject.has_coarse or (warp and not args.no_mask)  # the LoRA was trained on the token
+    if needs_token and subject.token not in args.prompt:
         raise CliError(f"Expected the prompt to contain the subject token {subject.token!r}, but got "
                        f"{args.prompt!r}. Write it in, e.g. 'a {subject.token} {subject.class_word} on the beach'.")
     pipe = _pipe(args)
@@ -199,7 +213,10 @@ def run_generate(args: argparse.Namespace) -> int:
             frames = pipe(**call).frames
             diagnostics = dict(session.diagnostics)
     video = vis.to_uint8(frames)
-    path = vis.write_video(video, Path(args.out).with_suffix(""), fps=args.fps)
+    out = Path(args.out)
+    if out.suffix.lower() in (".mp4", ".gif"):  # write_video picks the container; keep dotted names whole
+        out = out.with_suffix("")
+    path = vis.write_video(video, out, fps=args.fps)
     console.print(f"[green]video written to {path}[/] ({len(video)} frames, {video.shape[2]}x{video.shape[1]})")
     if args.panels and diagnostics:
         from ..demo import write_panels

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from .pipeline import CliError, default_device, load_pipeline, require_dir
-from .render import console, print_json, stage_progress
+from .render import console, err_console, print_json, stage_progress
 
 
 def _add(sub: Any, name: str, common: Any, formatter: Any, epilog: str, summary: str, description: str) -> Any:
@@ -62,7 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
         require_dir(args.references, "a reference folder", "Pass --references DIR with one folder per subject.")
     find_videos(run)  # fail fast, before loading models
     device = args.device or default_device()
-    with console.status("loading CLIP and DINO ..."):
+    with err_console.status("loading CLIP and DINO ..."):
         clip, dino = ClipEmbedder(args.clip_model, device=device), DinoEmbedder(args.dino_model, device=device)
     with stage_progress() as update:
         report = evaluate(run, args.references, clip=clip, dino=dino, progress=lambda d, t: update("score", d, t))
@@ -101,7 +101,6 @@ def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from PIL import Image
 
     from .. import analysis
     from ..demo import sample_images
@@ -111,7 +110,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CliError(f"Expected a reference image file, but got {str(path)!r}, which does not exist. "
                            "Pass --reference PHOTO.jpg.")
-        reference = Image.open(path).convert("RGB")
+        from ..coarse.train import load_images
+
+        reference = load_images([path])[0]
     else:
         reference = sample_images()[0]
     if args.video and not Path(args.video).is_file():
@@ -119,7 +120,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with console.status("capturing features of every layer ..."):
+    with err_console.status("capturing features of every layer ..."):
         if args.video:
             from ..visualize import read_video
 

@@ -88,7 +88,7 @@ def stage_progress(enabled: bool = True) -> Iterator[Callable[[str, int, int], N
         yield lambda stage, done, total: None
         return
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=err_console) as progress:  # stderr: stdout stays parseable (--json)
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
