@@ -97,3 +97,20 @@ def test_analyze_command_writes_csv_and_plot(tmp_path):
     for name in ("pck.png", "warps.png"):
         with Image.open(tmp_path / name) as png:
             assert png.format == "PNG" and png.width > 100
+
+
+def test_dino_pseudo_ground_truth_sees_the_whole_frame():
+    """A centre-cropping processor (DINOv2 style) must not cut the frame borders off the patch map."""
+    import numpy as np
+    from PIL import Image
+    from transformers import BitImageProcessor
+
+    from vwarper_hooks.analysis import full_frame_kwargs
+
+    processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    frame = Image.fromarray((np.random.default_rng(0).random((32, 64, 3)) * 255).astype("uint8"))
+    kept = processor(images=[frame], return_tensors="pt", **full_frame_kwargs(processor))["pixel_values"]
+    whole = processor(images=[frame.resize((32, 32), Image.BICUBIC)], return_tensors="pt", do_center_crop=False,
+                      do_resize=False)["pixel_values"]
+    cropped = processor(images=[frame], return_tensors="pt")["pixel_values"]
+    assert torch.equal(kept, whole) and not torch.equal(cropped, whole)

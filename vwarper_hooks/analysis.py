@@ -268,6 +268,15 @@ def dense_matcher_truth(
     return result
 
 
+def full_frame_kwargs(processor: Any) -> dict[str, Any]:
+    """Processor overrides that keep the whole frame: a centre crop would cut the borders off the
+    patch map, which is then stretched over the full token grid (wrong correspondences)."""
+    if not getattr(processor, "do_center_crop", False):
+        return {}  # e.g. ViTImageProcessor (facebook/dino-vits16): resizes the whole frame already
+    crop = processor.crop_size
+    return {"do_center_crop": False, "size": {"height": crop["height"], "width": crop["width"]}}
+
+
 class DinoMatcher:
     """Dense matcher from DINO patch features (nearest neighbour by cosine on the token grid)."""
 
@@ -280,7 +289,8 @@ class DinoMatcher:
     def patch_features(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
         """(len(images), h*w, D) unit-norm patch features resized to the token grid `size`."""
         emb = self.embedder
-        pixels = emb.processor(images=images, return_tensors="pt")["pixel_values"].to(emb.device)
+        pixels = emb.processor(images=images, return_tensors="pt", **full_frame_kwargs(emb.processor))
+        pixels = pixels["pixel_values"].to(emb.device)
         tokens = emb.model(pixel_values=pixels).last_hidden_state[:, 1:].float().cpu()
         side = round(tokens.shape[1] ** 0.5)
         tokens = tokens[:, -side * side :]  # drop register tokens, if any
