@@ -31,7 +31,14 @@ def _epilog() -> str:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps our line breaks and shows defaults."""
+    """Keeps our line breaks and shows defaults, except where there is none to show (None, flags)
+    or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, "") or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _common(debug_default: object) -> argparse.ArgumentParser:
