@@ -116,14 +116,33 @@ def targets_of(lora: dict[str, torch.Tensor]) -> list[str]:
     return list(found)
 
 
+def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
+    """(rank, alpha, target modules, prefixed diffusers metadata) of `subject`'s LoRA.
+
+    Rank defaults to the width of the ``lora_B`` weights and alpha to the rank (scale 1).
+    """
+    from ..errors import SubjectError
+
+    rank = subject.lora_rank
+    if rank is None:
+        widths = [v.shape[1] for k, v in subject.lora.items() if "lora_B" in k]
+        if not widths:
+            raise SubjectError("Expected LoRA weights with lora_B matrices, but got none. Retrain the subject.")
+        rank = widths[0]
+    rank = int(rank)
+    alpha = float(subject.lora_alpha if subject.lora_alpha is not None else rank)
+    targets = targets_of(subject.lora)
+    meta = {f"{LORA_PREFIX}.{k}": v for k, v in lora_metadata(rank, alpha, targets).items()}
+    return rank, alpha, targets, meta
+
+
 def fit_problems(pipe: Any, subject: Any) -> list[str]:
     """Every reason `subject`'s LoRA or token cannot go on `pipe` (empty: it fits)."""
     problems = []
     transformer = pipe.transformer
     if subject.lora is not None:
-        rank = int(subject.lora_rank or next(v.shape[1] for k, v in subject.lora.items() if "lora_B" in k))
+        rank, _, targets, _ = lora_spec(subject)
         modules = dict(transformer.named_modules())
-        targets = targets_of(subject.lora)
         missing = [t for t in targets if t not in modules]
         if missing:
             problems.append(
@@ -219,10 +238,7 @@ def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
         if subject.token_embedding is not None:
             stack.enter_context(subject_token(pipe, subject.token, subject.token_embedding))
         if subject.lora is not None:
-            targets = targets_of(subject.lora)
-            rank = int(subject.lora_rank or next(v.shape[1] for k, v in subject.lora.items() if "lora_B" in k))
-            alpha = float(subject.lora_alpha if subject.lora_alpha is not None else rank)
-            meta = {f"{LORA_PREFIX}.{k}": v for k, v in lora_metadata(rank, alpha, targets).items()}
+            *_, meta = lora_spec(subject)
             name = f"vwarper_{uuid.uuid4().hex[:8]}"
             stack.enter_context(peft_lora(pipe.transformer, name, state_dict=subject.lora, metadata=meta))
         logger.info("subject %r active (LoRA: %s, token: %s)", subject.token, subject.lora is not None,

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from ..errors import SubjectError
 from ..subject import Subject
-from .activate import LORA_PREFIX, SubjectMismatchError, config_hash, fit_problems, lora_metadata
+from .activate import LORA_PREFIX, SubjectMismatchError, config_hash, fit_problems, lora_spec
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +141,8 @@ def save_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = Fa
     with atomic_directory(target, overwrite) as tmp:
         lora_info = None
         if subject.lora is not None:
-            names = (k.removeprefix(f"{LORA_PREFIX}.").rsplit(".lora_", 1)[0] for k in subject.lora)
-            targets = list(dict.fromkeys(names))
-            rank = int(subject.lora_rank or next(v.shape[1] for k, v in subject.lora.items() if "lora_B" in k))
-            alpha = float(subject.lora_alpha if subject.lora_alpha is not None else rank)
+            rank, alpha, targets, meta = lora_spec(subject)
             lora_info = LoraInfo(rank=rank, alpha=alpha, targets=targets)
-            meta = {f"{LORA_PREFIX}.{k}": v for k, v in lora_metadata(rank, alpha, targets).items()}
             tensors = {k: v.detach().cpu().contiguous() for k, v in subject.lora.items()}
             header = {"format": "pt", "lora_adapter_metadata": json.dumps(meta, indent=2, sort_keys=True)}
             save_file(tensors, tmp / LORA_FILE, metadata=header)
