@@ -96,7 +96,6 @@ def test_explicit_layers_win_over_adapter_defaults(fpipe, subject):
 
 
 def test_proportional_defaults_keep_the_paper_at_42_layers():
-    assert proportional_layers(42) == proportional_layers(42)
     assert (proportional_layers(42).match_layer, proportional_layers(42).warp_layers) == (12, (20, 29))
     assert (proportional_layers(60).match_layer, proportional_layers(60).warp_layers) == (17, (29, 41))
     assert (proportional_layers(30).match_layer, proportional_layers(30).warp_layers) == (9, (14, 21))

@@ -18,14 +18,6 @@ from vwarper_hooks.visualize import tile_at
 LAYERS = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_cogvideox_pipeline(num_layers=LAYERS, tie_qk=True)

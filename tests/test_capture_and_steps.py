@@ -62,6 +62,7 @@ def test_rope_free_qk_match_recomputation_and_differ_from_rotated(pipe):
     text = got["text"].stop
     rope = inputs["image_rotary_emb"]
     assert torch.allclose(got["q_rope"][:, :, text:], apply_rotary_emb(q[:, :, text:], rope))
+    assert torch.allclose(got["k_rope"][:, :, text:], apply_rotary_emb(k[:, :, text:], rope))
     assert not torch.allclose(got["q"][:, :, text:], got["q_rope"][:, :, text:], atol=1e-3)
     assert not torch.allclose(got["k"][:, :, text:], got["k_rope"][:, :, text:], atol=1e-3)
     assert torch.equal(got["q"][:, :, :text], got["q_rope"][:, :, :text])  # text is never rotated

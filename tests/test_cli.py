@@ -27,15 +27,6 @@ def vwarper(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread (OpenMP threads spinning on a busy 2-core machine cost up to 30x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
@@ -222,3 +213,11 @@ def test_train_checks_settings_and_output_before_loading_the_model(capsys, tmp_p
     assert "steps" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "s"), "--resume"]) == 3
     assert "--checkpoint-dir" in capsys.readouterr().err
+
+
+def test_inspect_the_real_tiny_model(capsys):
+    assert main(["inspect", "--tiny", "cogvideox", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["adapter"], report["depth"]) == ("cogvideox", 42)
+    assert report["model_class"] == "CogVideoXTransformer3DModel"
+    assert "text tokens [0, 16) then video tokens" in report["token_layout"]

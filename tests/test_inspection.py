@@ -61,6 +61,7 @@ def test_unclaimed_model_says_how_to_port(tmp_path):
     assert report.adapter is None and report.plugin is None
     assert "porting.md" in report.notes[0]
     assert any(a.cross_attention for a in report.attention)
+    assert "cross-attention" in report.token_layout
 
 
 def test_bad_arguments_are_explained():
