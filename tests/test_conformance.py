@@ -57,10 +57,37 @@ def test_post_rope_capture_fails_the_position_check(case):
     broken = ConformanceCase(PostRopeAdapter(case.adapter), case.transformer, case.inputs)
     report = check_adapter(broken)
     failed = {r.name: r.message for r in report.failures()}
-    assert "position_free" in failed
+    assert {"capture", "position_free"} <= failed.keys() and "identity" not in failed
     assert failed["position_free"].startswith("Expected identical Q/K") and "post-RoPE" in failed["position_free"]
     with pytest.raises(ConformanceError, match="position_free"):
         report.raise_if_failed()
+
+
+class _NoRopeRouter(_PostRopeRouter):
+    """Hands the core a `rope()` that does nothing: the foreground score would use unrotated queries."""
+
+    def process(self, call: AttentionCall) -> torch.Tensor:
+        call.rope = lambda x: x
+        return self.router.process(call)
+
+
+class NoRopeAdapter(PostRopeAdapter):
+    def install(self, transformer, router):
+        return self.inner.install(transformer, _NoRopeRouter(router))
+
+
+def test_rope_that_disagrees_with_the_attention_fails_capture(case):
+    report = check_adapter(ConformanceCase(NoRopeAdapter(case.adapter), case.transformer, case.inputs))
+    failed = {r.name: r.message for r in report.failures()}
+    assert set(failed) == {"capture"} and "rope() vs the rotation attend() used" in failed["capture"]
+
+
+def test_capture_without_projection_modules_is_not_a_silent_pass(case, monkeypatch):
+    import vwarper_hooks.conformance as kit
+
+    monkeypatch.setattr(kit, "_first", lambda attn, *names: None)  # as if the projections had other names
+    result = check_adapter(case, checks=("capture",)).results[0]
+    assert not result.passed and "no projection module found" in result.message
 
 
 class _Leaky:

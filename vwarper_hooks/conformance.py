@@ -151,8 +151,14 @@ def _capture_problems(case: ConformanceCase, layer: int) -> list[str]:
         return [f"layer {layer}: the router was asked for it, but the adapter never called process()"]
     call, problems = rec.calls[layer], []
     total = call["q"].shape[2]
+    _compare(f"layer {layer} rope() vs the rotation attend() used", call["q_rope"], call["q_rotated"], problems)
     for name in ("q", "k", "v"):
         if name not in stock:
+            problems.append(
+                f"layer {layer} {name}: no projection module found to recompute it from (looked for "
+                f"{'norm_' + name + ' / ' if name != 'v' else ''}to_{name}); name the attention's projections "
+                "like diffusers does, or test this layer with your own recomputation"
+            )
             continue
         ref = _bhnd(stock[name], heads)
         if ref.shape[2] == total:

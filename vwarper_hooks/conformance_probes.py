@@ -27,7 +27,8 @@ class _Recorder:
     def process(self, call: AttentionCall) -> torch.Tensor:
         if self.fail:
             raise _Boom(f"raised inside layer {call.layer}")
-        if call.layer not in self.calls:
+        first = call.layer not in self.calls
+        if first:
             self.calls[call.layer] = dict(
                 q=call.query.clone(),
                 k=call.key.clone(),
@@ -36,7 +37,10 @@ class _Recorder:
                 text=call.text,
                 video=call.video,
             )
-        return call.default()
+        out = call.default()
+        if first:  # what attend() really saw after rotate_: rope() must agree with it
+            self.calls[call.layer]["q_rotated"] = call.query[:, :, call.video].clone()
+        return out
 
     def wants_text(self, layer: int) -> bool:
         return layer in self.layers
