@@ -69,11 +69,40 @@ def test_unmasked_warp_changes_only_video_values(pipe, subject):
 
 
 def test_warping_only_at_configured_layers_and_steps(pipe, subject):
-    config = vwarper.WarpConfig(warp_steps=(2, 3), warp_layers=(20, 22), match_layer=12, mask=False)
-    _, session = generate(pipe, subject, config)
+    """Counted inside the injector itself (a plugin), the step taken from the pipeline's own callback."""
+    done_steps, seen = [0], []
+
+    class Spy(ValueWarp):
+        name = "spy_layers"
+
+        def attend(self, call, ref, plan):
+            seen.append((done_steps[0], call.layer))
+            return super().attend(call, ref, plan)
+
+    class SpyPlugin:
+        @hookimpl
+        def make_injector(self, name, config):
+            return Spy() if name == Spy.name else None
+
+        @hookimpl
+        def injector_names(self):
+            return [Spy.name]
+
+    def count_step(_pipe, i, _t, _kw):
+        done_steps[0] = i + 1
+        return {}
+
+    plugin = SpyPlugin()
+    register_plugin(plugin, name="spy-layers")
+    config = vwarper.WarpConfig(warp_steps=(2, 3), warp_layers=(20, 22), match_layer=12, mask=False,
+                                injector=Spy.name)
+    try:
+        _, session = generate(pipe, subject, config, callback_on_step_end=count_step)
+    finally:
+        unregister_plugin(plugin)
+    assert sorted(seen) == [(s, layer) for s in (2, 3) for layer in (20, 21, 22)]  # each exactly once
     warps = {(s, layer) for (kind, s, layer), n in session.calls.items() if kind == "warp"}
-    assert warps == {(s, layer) for s in (2, 3) for layer in (20, 21, 22)}
-    assert all(n == 1 for (kind, _, _), n in session.calls.items() if kind == "warp")
+    assert warps == set(seen)
     ref = {(s, layer) for (kind, s, layer) in session.calls if kind == "reference"}
     # reference runs at the match step before each warp step and at warp steps, never past layer 22
     assert {s for s, _ in ref} == {1, 2, 3}
@@ -102,6 +131,11 @@ def test_alternative_injectors_run(pipe, subject, injector):
     assert out.shape == coarse.shape and torch.isfinite(out).all()
     assert not torch.equal(out, coarse)
     assert sum(n for (kind, _, _), n in session.calls.items() if kind == "warp") == 4 * 10
+    empty, _ = generate(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 4), tau_fg=1.5, injector=injector))
+    if injector == "kv_replace":
+        assert torch.equal(empty, coarse)  # an empty mask injects nothing
+    else:  # the paper's token-concatenation baseline has no correspondence and no mask (appendix B.2)
+        assert torch.equal(empty, out)
 
 
 def test_inversion_cached_across_calls_and_sessions(pipe, subject):

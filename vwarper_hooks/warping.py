@@ -100,7 +100,11 @@ def _masked_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torc
 
 
 class TokenConcat:
-    """Appendix B.2: reference video tokens appended to the keys/values, original positions kept."""
+    """Appendix B.2: reference video tokens appended to the keys/values, original positions kept.
+
+    As in the paper's baseline there is no correspondence and no mask: `plan` is not used, so
+    `WarpConfig.mask` / `tau_fg` do not change what this injector does.
+    """
 
     name = "concat"
     needs_reference_keys = True
