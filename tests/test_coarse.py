@@ -116,7 +116,10 @@ def test_round_trip_and_stock_lora_loading(pipe, trained, tmp_path):
     stock.text_encoder.resize_token_embeddings(max(token_id + 1, table.num_embeddings))
     with torch.no_grad():
         stock.text_encoder.get_input_embeddings().weight[token_id] = loaded.token_embedding
+    assert lora_layer_count(stock.transformer) == 3 * 42  # every k/v/o got its LoRA, none skipped
     assert torch.allclose(run(stock, prompt=PROMPT), in_memory, atol=1e-5)
+    stock.unload_lora_weights()  # token only: must differ at that tolerance, or the check above proves nothing
+    assert not torch.allclose(run(stock, prompt=PROMPT), in_memory, atol=1e-5)
 
 
 def test_inversion_cache_inside_subject_directory(pipe, trained, tmp_path):
