@@ -90,27 +90,6 @@ def match_flows(
     return (flow_g2r + offsets).reshape(-1), (flow_r2g + offsets).reshape(-1)
 
 
-def dense_flows(
-    q_gen: torch.Tensor,
-    k_gen: torch.Tensor,
-    q_ref: torch.Tensor,
-    k_ref: torch.Tensor,
-    frames: int,
-    per_frame: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference implementation of `match_flows` that builds the full matrices (tests only)."""
-    heads, _, head_dim = q_gen.shape
-    qg = _scale(_grouped(q_gen, frames, per_frame), heads, head_dim)
-    qr = _scale(_grouped(q_ref, frames, per_frame), heads, head_dim)
-    kg, kr = _grouped(k_gen, frames, per_frame), _grouped(k_ref, frames, per_frame)
-    sym = 0.5 * (
-        torch.softmax(qg @ kr.transpose(1, 2), -1) + torch.softmax(qr @ kg.transpose(1, 2), -1).transpose(1, 2)
-    )
-    groups, n, _ = sym.shape
-    offsets = (torch.arange(groups) * n)[:, None]
-    return (sym.argmax(-1) + offsets).reshape(-1), (sym.argmax(-2) + offsets).reshape(-1)
-
-
 def token_coords(index: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """(N,) global token indices -> (N, 3) float (frame, row, column)."""
     _, height, width = grid
