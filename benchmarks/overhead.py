@@ -166,10 +166,13 @@ def main() -> None:
         call()  # fills the warm subject's inversion cache; also warms up kernels and allocators
     call()
 
+    warp_calls: list[int] = []  # per injected run: proof that the timed runs really warped
+
     def injected(subject: vwarper.Subject) -> Callable[[], None]:
         def run() -> None:
-            with vwarper.inject(pipe, subject, config):
+            with vwarper.inject(pipe, subject, config) as session:
                 call()
+            warp_calls.append(sum(n for (kind, _, _), n in session.calls.items() if kind == "warp"))
         return run
 
     results = {name: Result() for name in ("vanilla", "cold", "warm")}
@@ -198,6 +201,7 @@ def main() -> None:
         print(f"{variant:<8} {t:9.3f} {t / vanilla_t:6.2f} {m / 2**20:9.1f} {m / max(vanilla_m, 1):6.2f}")
     print(f"matcher+masks extra peak: {matcher / 2**20:.1f} MiB = {100 * matcher / max(vanilla_m, 1):.1f}% "
           f"of vanilla peak")
+    print(f"warp calls per injected run: min={min(warp_calls)} max={max(warp_calls)}")
     print(f"warm subject's cache: hits={warm_subject.reference_cache.hits} "
           f"misses={warm_subject.reference_cache.misses}")
 

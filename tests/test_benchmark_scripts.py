@@ -30,6 +30,8 @@ def test_overhead_prints_three_variants_with_ratios():
     assert float(rows["vanilla"][1]) == 1.0
     assert float(rows["cold"][1]) > 0 and float(rows["warm"][1]) > 0
     assert "matcher+masks extra peak" in out and "hits=1 misses=1" in out
+    warps = re.search(r"warp calls per injected run: min=(\d+) max=(\d+)", out)
+    assert warps and int(warps[1]) == int(warps[2]) > 0  # cold and warm runs warped, and equally
 
 
 def test_coarse_memory_reports_step_time():
