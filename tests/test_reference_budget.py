@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 from conftest import run
 
@@ -65,3 +66,28 @@ def test_diagnostics_leave_the_device_only_when_read(pipe, subject, monkeypatch)
         session.diagnostics  # noqa: B018 - a second read copies nothing again
         assert sorted(copies) == [1, 2, 3]
         assert first[2].mask.shape == first[2].grid
+
+
+def test_reference_features_are_freed_after_their_last_use(pipe, subject):
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
+        run(pipe, num_inference_steps=5)
+        # steps 3-4 need no reference values or match features: nothing of them stays alive
+        assert session._ref_feats == {} and session._gen_match is None and session._ref_match is None
+
+
+def test_a_clipped_warp_window_is_logged(pipe, subject, caplog):
+    with caplog.at_level("WARNING", logger="vwarper_hooks.steps"):
+        with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(0, 6), mask=False)):
+            run(pipe, num_inference_steps=4)
+    assert "warp steps [0, 4, 5, 6] dropped" in caplog.text
+
+
+def test_prompt_embeds_after_a_prompt_do_not_reuse_old_token_positions(pipe, subject):
+    """The text encoder does not run for prompt_embeds: the subject token cannot be located."""
+    embeds, negative = pipe.encode_prompt("a photo of a <clock> clock", "", device="cpu",
+                                          max_sequence_length=pipe.transformer.config.max_text_seq_length)
+    kwargs = dict(prompt=None, negative_prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))):
+        run(pipe, num_inference_steps=3)  # finds the token in the prompt
+        with pytest.raises(vwarper.SubjectTokenError, match="prompt_embeds"):
+            run(pipe, num_inference_steps=3, **kwargs)

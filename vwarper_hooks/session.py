@@ -224,10 +224,14 @@ class Session:
         self._diagnostics.clear()
         self._fg.reset()
         self._gen_match = self._ref_match = self._warp = None
+        self._ref_feats = {}
+        self._positions = None  # prompt_embeds passed: the text encoder did not run, positions unknown
         if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
             hit = next((p for p in self._fresh_positions if p is not None), None)
-            # e.g. HunyuanVideo crops its prompt template off the encoder output: shift positions
-            self._positions = None if hit is None else self.adapter.text_positions(hit[0], hit[1], kwargs)
+            if hit is not None:  # HunyuanVideo crops its prompt template off the encoder output: shift
+                positions = self.adapter.text_positions(hit[0], hit[1], kwargs)
+                # on the model's device once per run: a CPU index into a CUDA tensor syncs on every use
+                self._positions = positions.to(self.adapter.latents(args, kwargs).device)
             self._fresh_positions = None
         if not self.plan.warp_steps:
             return
@@ -249,9 +253,12 @@ class Session:
     def _prepare_step(self, step: int, args: tuple, kwargs: dict) -> None:
         plan = self.plan
         self._warp = None
+        self._ref_feats = {}  # last step's reference values are never read again: free them now
         if step in plan.warp_steps and self._gen_match is not None and self._ref_match is not None:
             grid = self.adapter.token_grid(self.transformer, self.adapter.latents(args, kwargs))
             self._warp = self._make_warp_plan(step, grid)
+        if plan.warp_steps and step >= max(plan.warp_steps):
+            self._gen_match = self._ref_match = None  # no later warp step matches: free the Q/K clones
         ref_layers = plan.reference_layers(step)
         if not ref_layers:
             return
@@ -259,7 +266,6 @@ class Session:
         ref_kwargs = self.adapter.reference_kwargs(
             kwargs, self._reference.latents_at(step), self._reference.text, timestep
         )
-        self._ref_feats = {}
         self.branch, self.step, self._wanted, self._deepest = REFERENCE, step, ref_layers, max(ref_layers)
         try:
             self.transformer(**ref_kwargs)

@@ -6,11 +6,14 @@ timestep is not in that list (an inversion pass, a call outside the pipeline) ha
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import WarpConfig
+
+logger = logging.getLogger(__name__)
 
 
 def step_index(timestep: torch.Tensor | float | int, timesteps: torch.Tensor | None) -> int | None:
@@ -51,7 +54,14 @@ class StepPlan:
         if not config.warp:
             empty: frozenset[int] = frozenset()
             return cls(empty, empty, empty, config.match_layer, empty, empty)
-        warp = frozenset(s for s in _span(config.warp_steps) if 1 <= s < num_steps)
+        wanted = _span(config.warp_steps)
+        warp = frozenset(s for s in wanted if 1 <= s < num_steps)
+        if warp != wanted:
+            dropped = sorted(wanted - warp)
+            logger.warning(
+                "warp steps %s dropped: a %d-step run has steps 0-%d, and step 0 has no previous step to "
+                "match from", dropped, num_steps, num_steps - 1,
+            )
         match = frozenset(s - 1 for s in warp)
         fg = frozenset(range(0, max(warp))) if (warp and config.mask) else frozenset()
         fg_layers = _span(config.fg_layers) if config.fg_layers is not None else frozenset(range(depth))
