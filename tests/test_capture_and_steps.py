@@ -144,3 +144,32 @@ def test_fused_projections_are_refused(subject):
     with pytest.raises(vwarper.ConfigError, match="unfuse_qkv_projections"):
         with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_layers=(2, 3))):
             pass
+
+
+def test_image_to_video_and_cached_transformers_are_refused(pipe, subject):
+    before = hook_count(pipe)
+    transformer = pipe.transformer
+    channels = transformer.config.in_channels
+    transformer.register_to_config(in_channels=2 * channels)  # as CogVideoX-5b-I2V: latents + image latents
+    transformer._cache_config = object()  # what transformer.enable_cache(FirstBlockCacheConfig(...)) sets
+    try:
+        with pytest.raises(vwarper.ConfigError) as info:
+            vwarper.inject(pipe, subject).__enter__()
+    finally:
+        transformer.register_to_config(in_channels=channels)
+        transformer._cache_config = None
+    text = str(info.value)
+    assert "image-to-video" in text and "disable_cache()" in text
+    assert hook_count(pipe) == before
+
+
+def test_an_earlier_set_timesteps_wrapper_survives_inject(pipe, subject):
+    scheduler = pipe.scheduler
+    theirs = scheduler.set_timesteps  # bound method; stored as an instance attribute like a wrapper
+    scheduler.set_timesteps = theirs
+    try:
+        with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)):
+            assert scheduler.set_timesteps is not theirs
+        assert scheduler.__dict__["set_timesteps"] is theirs
+    finally:
+        del scheduler.set_timesteps

@@ -263,3 +263,33 @@ def test_inversion_cache_on_disk_is_opt_in_and_checked(pipe, clock_image, tmp_pa
     out_third, _ = generate(pipe, third, config)
     assert (third.reference_cache.disk_hits, third.reference_cache.misses) == (0, 1)
     assert torch.equal(out_first, out_third)
+
+
+def test_unwritable_inversion_cache_does_not_fail_the_generation(pipe, clock_image, tmp_path, monkeypatch, caplog):
+    from vwarper_hooks.reference_cache import ReferenceCache
+
+    def disk_full(self, key, state):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ReferenceCache, "_save", disk_full)
+    subject = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
+    subject.reference_cache = ReferenceCache(tmp_path / "inversions")
+    config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
+    with caplog.at_level("WARNING"):
+        generate(pipe, subject, config)
+    assert "kept in memory only" in caplog.text
+    generate(pipe, subject, config)
+    assert (subject.reference_cache.hits, subject.reference_cache.misses) == (1, 1)
+
+
+def test_cache_key_follows_conditioning_values(pipe, clock_image):
+    from vwarper_hooks.reference_cache import cache_key, tensor_digest
+
+    image, steps = clock_image, torch.tensor([999, 500])
+    kwargs = {"hidden_states": torch.zeros(1, 2, 4, 4, 4), "guidance": torch.tensor([6000.0])}
+
+    def key(guidance: float) -> tuple:
+        extra = (("guidance", tensor_digest(torch.tensor([guidance]))),)
+        return cache_key(image, "a <clock> clock", steps, kwargs, pipe.transformer, extra=extra)
+
+    assert key(6000.0) == key(6000.0) and key(6000.0) != key(3500.0)

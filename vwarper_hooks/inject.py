@@ -65,6 +65,7 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
     # Adapters of other families may default to other layers (Adapter.default_layers).
     problems = config.for_adapter(adapter, depth).layer_problems(depth) + adapter.problems(pipe.transformer)
     problems += adapter.pipeline_problems(pipe)
+    problems += _model_problems(pipe.transformer)
     if getattr(pipe, "transformer_2", None) is not None:
         # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
         # inversion would use the wrong expert for part of the trajectory, so we refuse for now.
@@ -91,10 +92,31 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
     return adapter, injector
 
 
+def _model_problems(transformer: Any) -> list[str]:
+    """Model modes no adapter supports yet: image-conditioned inputs and diffusers' step caches."""
+    problems = []
+    config = transformer.config
+    channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if channels_in and channels_out and channels_in != channels_out:
+        problems.append(
+            f"Expected a text-to-video transformer (in_channels == out_channels), but got in_channels={channels_in}, "
+            f"out_channels={channels_out}: an image-to-video model, whose extra conditioning channels the "
+            "reference branch does not build yet. Use the text-to-video checkpoint."
+        )
+    if getattr(transformer, "is_cache_enabled", False):
+        problems.append(
+            "Expected no diffusers cache on the transformer, but one is enabled (FirstBlockCache, FasterCache, ...): "
+            "the reference branch would share its cached residuals. Call transformer.disable_cache() first."
+        )
+    return problems
+
+
 @contextmanager
 def _wrap_set_timesteps(scheduler: Any, notify: Callable[[], None]) -> Iterator[None]:
     """Tell the session when the pipeline (re)sets its timesteps, i.e. when a new call begins."""
     original = scheduler.set_timesteps
+    missing = object()
+    before = scheduler.__dict__.get("set_timesteps", missing)  # someone else's wrapper, if any
 
     @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
@@ -105,7 +127,10 @@ def _wrap_set_timesteps(scheduler: Any, notify: Callable[[], None]) -> Iterator[
     try:
         yield
     finally:
-        del scheduler.set_timesteps  # the instance attribute goes; the class method shows again
+        if before is missing:
+            del scheduler.set_timesteps  # the instance attribute goes; the class method shows again
+        else:
+            scheduler.set_timesteps = before
 
 
 @contextmanager

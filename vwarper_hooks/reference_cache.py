@@ -71,7 +71,11 @@ class ReferenceCache:
         else:
             self.misses += 1
             state = make()
-            self._save(key, state)
+            try:
+                self._save(key, state)
+            except OSError as exc:  # a cache is an optimisation: never fail the generation over it
+                logger.warning("could not write the inversion cache to %s (%s); kept in memory only",
+                               self.directory, exc)
         self._states[key] = state
         return state
 
@@ -134,13 +138,20 @@ def cache_key(
     extra: tuple = (),
 ) -> tuple:
     """What a reference state depends on: image, prompt, timesteps, the generation call's tensor
-    shapes (latent size, text length), dtypes and devices, the model object, and `extra`."""
+    shapes (latent size, text length), dtypes and devices, the model object, and `extra` (e.g. the
+    values of conditioning inputs such as a guidance embedding, and the attention kwargs)."""
     shapes = tuple(
         sorted(
             (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
         )
     )
     return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, *extra, model_fingerprint(model), id(model))
+
+
+def tensor_digest(x: torch.Tensor) -> str:
+    """Short sha256 of a tensor's values (one host copy: used once per run, for cache keys)."""
+    data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def key_device(key: tuple) -> str:

@@ -24,7 +24,7 @@ from .inversion_flow import invert_reference
 from .masks import ForegroundAccumulator, cycle_mask
 from .matching import match_flows
 from .reference import image_to_video
-from .reference_cache import ReferenceState, cache_key
+from .reference_cache import ReferenceState, cache_key, tensor_digest
 from .steps import StepPlan, step_index
 from .warping import Injector, ReferenceFeatures, WarpPlan
 
@@ -299,7 +299,11 @@ class Session:
         prompt = self.config.inversion_prompt or self.subject.prompt
         timesteps = pipe.scheduler.timesteps
         image = self.subject.images[0]
-        key = cache_key(image, prompt, timesteps, kwargs, self.transformer, extra=(self.config.inversion_refine,))
+        conditioning = tuple(
+            (name, tensor_digest(kwargs[name])) for name in adapter.batched_kwargs if torch.is_tensor(kwargs.get(name))
+        )
+        extra = (self.config.inversion_refine, conditioning, repr(kwargs.get("attention_kwargs")))
+        key = cache_key(image, prompt, timesteps, kwargs, self.transformer, extra=extra)
 
         def make() -> ReferenceState:
             frames, height, width = adapter.video_shape(pipe, latents)
