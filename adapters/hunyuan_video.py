@@ -146,7 +146,7 @@ class VwarperHunyuanVideoProcessor:
 
 
 class HunyuanVideoAdapter(Adapter):
-    """Adapter for `HunyuanVideoTransformer3DModel` (text-to-video and the I2V variants)."""
+    """Adapter for `HunyuanVideoTransformer3DModel` (text-to-video; image-to-video is refused by inject)."""
 
     name = "hunyuan_video"
     latent_layout = "BCFHW"

@@ -130,7 +130,7 @@ class VwarperWanCrossAttnProcessor:
 
 
 class WanAdapter(Adapter):
-    """Adapter for `WanTransformer3DModel` (Wan 2.1 text-to-video; I2V text path too)."""
+    """Adapter for `WanTransformer3DModel` (Wan 2.1 text-to-video; image-to-video is refused by inject)."""
 
     name = "wan"
     latent_layout = "BCFHW"
