@@ -17,7 +17,7 @@ from diffusers.models.attention_processor import Attention, CogVideoXAttnProcess
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter, swap_processors
 from vwarper_hooks.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -135,16 +135,9 @@ class CogVideoXAdapter(Adapter):
         return problems
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        layers = self.attention_layers(transformer)
-        originals = [attn.processor for attn in layers]
-        for i, attn in enumerate(layers):
-            attn.set_processor(VwarperCogVideoXProcessor(originals[i], i, router))
-
-        def uninstall() -> None:
-            for attn, original in zip(layers, originals, strict=True):
-                attn.set_processor(original)
-
-        return uninstall
+        return swap_processors(
+            self.attention_layers(transformer), lambda i, original: VwarperCogVideoXProcessor(original, i, router)
+        )
 
     def is_installed(self, transformer: nn.Module) -> int:
         return sum(isinstance(a.processor, VwarperCogVideoXProcessor) for a in self.attention_layers(transformer))

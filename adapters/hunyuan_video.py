@@ -35,6 +35,7 @@ from vwarper_hooks.adapter import (
     LayerRouter,
     dispatch_attention_fn,
     proportional_layers,
+    swap_processors,
 )
 from vwarper_hooks.hookspecs import hookimpl
 
@@ -179,16 +180,9 @@ class HunyuanVideoAdapter(Adapter):
         return []
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        layers = self.attention_layers(transformer)
-        originals = [attn.processor for attn in layers]
-        for i, attn in enumerate(layers):
-            attn.set_processor(VwarperHunyuanVideoProcessor(originals[i], i, router))
-
-        def uninstall() -> None:
-            for attn, original in zip(layers, originals, strict=True):
-                attn.set_processor(original)
-
-        return uninstall
+        return swap_processors(
+            self.attention_layers(transformer), lambda i, original: VwarperHunyuanVideoProcessor(original, i, router)
+        )
 
     def is_installed(self, transformer: nn.Module) -> int:
         layers = self.attention_layers(transformer)

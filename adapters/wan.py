@@ -32,6 +32,7 @@ from vwarper_hooks.adapter import (
     LayerRouter,
     dispatch_attention_fn,
     proportional_layers,
+    swap_processors,
 )
 from vwarper_hooks.hookspecs import hookimpl
 
@@ -179,16 +180,21 @@ class WanAdapter(Adapter):
         return []
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        selfs, crosses = self.attention_layers(transformer), self.text_attention_layers(transformer)
-        originals = [(a.processor, c.processor) for a, c in zip(selfs, crosses, strict=True)]
-        for i, (attn1, attn2) in enumerate(zip(selfs, crosses, strict=True)):
-            attn1.set_processor(VwarperWanSelfAttnProcessor(originals[i][0], i, router))
-            attn2.set_processor(VwarperWanCrossAttnProcessor(originals[i][1], i, router))
+        undo_self = swap_processors(
+            self.attention_layers(transformer), lambda i, original: VwarperWanSelfAttnProcessor(original, i, router)
+        )
+        try:
+            undo_cross = swap_processors(
+                self.text_attention_layers(transformer),
+                lambda i, original: VwarperWanCrossAttnProcessor(original, i, router),
+            )
+        except BaseException:
+            undo_self()
+            raise
 
         def uninstall() -> None:
-            for attn1, attn2, (p1, p2) in zip(selfs, crosses, originals, strict=True):
-                attn1.set_processor(p1)
-                attn2.set_processor(p2)
+            undo_cross()
+            undo_self()
 
         return uninstall
 

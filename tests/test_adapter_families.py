@@ -144,3 +144,21 @@ def test_reference_kwargs_cut_batched_inputs_and_keep_the_timestep_dtype():
     assert ref["hidden_states"] is latents and ref["encoder_hidden_states"] is text["encoder_hidden_states"]
     assert ref["guidance"].shape == (1,) and ref["timestep"].dtype == torch.bfloat16
     assert ref["return_dict"] is False and generation["guidance"].shape == (2,)  # the caller's kwargs untouched
+
+
+@pytest.mark.parametrize("family", ["cogvideox", *FAMILIES])
+def test_a_failing_install_is_rolled_back(family, monkeypatch):
+    """If setting a processor fails half way, the layers already swapped get their originals back."""
+    pipe = tiny_pipeline(family, **({"num_layers": 4} if family == "cogvideox" else {}))
+    adapter = vwarper.get_adapter(pipe.transformer)
+    layers = adapter.attention_layers(pipe.transformer)
+    originals = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
+
+    def broken(processor):
+        raise RuntimeError("set_processor failed")
+
+    monkeypatch.setattr(layers[-1], "set_processor", broken)
+    with pytest.raises(RuntimeError, match="set_processor failed"):
+        adapter.install(pipe.transformer, router=None)
+    assert adapter.is_installed(pipe.transformer) == 0
+    assert [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")] == originals

@@ -56,6 +56,26 @@ class AttentionCall:
         return self.attend(self.query, self.key, self.value)
 
 
+def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -> Callable[[], None]:
+    """Give ``modules[i]`` the processor ``make(i, original)``; returns the function that puts the
+    originals back. All or nothing: if one swap fails, those already made are undone first."""
+    originals = [module.processor for module in modules]
+
+    def undo(count: int = len(modules)) -> None:
+        for module, original in zip(modules[:count], originals[:count], strict=True):
+            module.set_processor(original)
+
+    done = 0
+    try:
+        for i, module in enumerate(modules):
+            module.set_processor(make(i, originals[i]))
+            done = i + 1
+    except BaseException:
+        undo(done)
+        raise
+    return undo
+
+
 @dataclass(frozen=True)
 class LayerDefaults:
     """An adapter's default match layer and warp layers (flat indices, inclusive range)."""
