@@ -152,6 +152,7 @@ class HunyuanVideoAdapter(Adapter):
     name = "hunyuan_video"
     latent_layout = "BCFHW"
     batched_kwargs = ("guidance",)
+    cfg_in_one_batch = False
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"

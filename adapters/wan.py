@@ -136,6 +136,7 @@ class WanAdapter(Adapter):
     name = "wan"
     latent_layout = "BCFHW"
     batched_kwargs = ("encoder_hidden_states_image",)
+    cfg_in_one_batch = False
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "WanTransformer3DModel"

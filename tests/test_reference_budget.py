@@ -91,3 +91,10 @@ def test_prompt_embeds_after_a_prompt_do_not_reuse_old_token_positions(pipe, sub
         run(pipe, num_inference_steps=3)  # finds the token in the prompt
         with pytest.raises(vwarper.SubjectTokenError, match="prompt_embeds"):
             run(pipe, num_inference_steps=3, **kwargs)
+
+
+def test_two_prompts_without_guidance_are_not_taken_for_a_cfg_pair(pipe, subject):
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 2), mask=False)):
+        with pytest.raises(vwarper.VwarperError, match="one video per call"):
+            run(pipe, prompt=["a <clock> clock", "a <clock> clock at night"], negative_prompt=None,
+                guidance_scale=1.0, num_inference_steps=3)

@@ -181,6 +181,10 @@ class Adapter(ABC):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""
 
+    #: True when the pipeline runs classifier-free guidance as one batch [uncond, cond] (CogVideoX);
+    #: False when it makes separate transformer calls per branch (HunyuanVideo true CFG, Wan)
+    cfg_in_one_batch: bool = True
+
     #: forward kwargs that carry one row per generation sample (besides the text): the reference
     #: branch keeps only its first rows (e.g. CogVideoX 1.5's ``ofs``, HunyuanVideo's ``guidance``)
     batched_kwargs: tuple[str, ...] = ()

@@ -236,7 +236,7 @@ class Session:
         if not self.plan.warp_steps:
             return
         latents = self.adapter.latents(args, kwargs)
-        if latents.shape[0] not in (1, 2):
+        if latents.shape[0] not in (1, 2) or (latents.shape[0] == 2 and not self._batched_cfg()):
             raise VwarperError(
                 f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {latents.shape[0]}. "
                 "Use num_videos_per_prompt=1 and one prompt with inject()."
@@ -249,6 +249,13 @@ class Session:
                 "WarpConfig(mask=False)."
             )
         self._reference = self._reference_state(latents, kwargs)
+
+    def _batched_cfg(self) -> bool:
+        """Whether a batch of 2 is an [unconditional, conditional] pair (not two prompts)."""
+        if not self.adapter.cfg_in_one_batch:
+            return False  # this family runs CFG as separate passes: a batch of 2 is two prompts
+        guidance = getattr(self.pipe, "_guidance_scale", None)  # set by the pipeline's __call__
+        return guidance is None or float(guidance) > 1.0
 
     def _prepare_step(self, step: int, args: tuple, kwargs: dict) -> None:
         plan = self.plan
