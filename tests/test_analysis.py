@@ -86,6 +86,8 @@ def test_analyze_command_writes_csv_and_plot(tmp_path):
         rows = list(csv.DictReader(fh))
     assert {r["descriptor"] for r in rows} == set(DESCRIPTORS) and len(rows) == 3 * 42
     assert all(0.0 <= float(r["pck"]) <= 1.0 for r in rows)
+    # a synthetic shift of the reference: RoPE-free Q/K recover it at every layer of the tied tiny model
+    assert [float(r["pck"]) for r in rows if r["descriptor"] == "qk_ropefree"] == [1.0] * 42
     for name in ("pck.png", "warps.png"):
         with Image.open(tmp_path / name) as png:
             assert png.format == "PNG" and png.width > 100

@@ -104,4 +104,7 @@ def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
     assert is_done(out, lost)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["videos"]) == 4 and set(metrics["subjects"]) == {"clock", "dog"}
-    assert all(-1.0 <= v <= 1.0 for v in metrics["overall"].values())
+    from vwarper_hooks.evaluation import ClipEmbedder, DinoEmbedder, evaluate
+
+    clip, dino = ClipEmbedder(eval_models[1]), DinoEmbedder(eval_models[3])  # the same model folders
+    assert metrics["overall"] == pytest.approx(evaluate(out, clip=clip, dino=dino).overall, abs=1e-5)
