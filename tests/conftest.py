@@ -42,6 +42,13 @@ def run(pipe, **overrides) -> torch.Tensor:
     return pipe(**tiny_call_kwargs(**overrides)).frames
 
 
+def generate(pipe, subject, config, steps: int = 5, **overrides) -> tuple[torch.Tensor, vwarper.Session]:
+    """One tiny call of `steps` steps inside `inject`; returns (frames, the session)."""
+    with vwarper.inject(pipe, subject, config) as session:
+        frames = run(pipe, num_inference_steps=steps, **overrides)
+    return frames, session
+
+
 def hook_count(pipe) -> int:
     """Forward hooks on every module of the transformer and text encoder, plus our processors."""
     n = 0

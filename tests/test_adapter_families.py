@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hook_count
+from conftest import generate, hook_count, run
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.adapter import proportional_layers
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
 
 FAMILIES = ["hunyuan_video", "wan"]
-STEPS = 5
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -20,16 +19,6 @@ def fpipe(request):
     pipe(**tiny_call_kwargs())  # transformers adds permanent output-capturing hooks to Llama on first use
     pipe.baseline_hooks = hook_count(pipe)
     return pipe
-
-
-def run(pipe, **overrides) -> torch.Tensor:
-    return pipe(**tiny_call_kwargs(**overrides)).frames
-
-
-def generate(pipe, subject, config, **kw):
-    with vwarper.inject(pipe, subject, config) as session:
-        out = run(pipe, num_inference_steps=STEPS, **kw)
-    return out, session
 
 
 def test_adapter_is_found_and_depth_is_flat(fpipe):

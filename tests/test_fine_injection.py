@@ -6,21 +6,13 @@ import logging
 
 import pytest
 import torch
-from conftest import hook_count, run
+from conftest import generate, hook_count
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.hookspecs import hookimpl
 from vwarper_hooks.plugins import register_plugin, unregister_plugin
 from vwarper_hooks.reference import ddim_invert, image_to_video
 from vwarper_hooks.warping import ValueWarp
-
-STEPS = 5
-
-
-def generate(pipe, subject, config, **kw):
-    with vwarper.inject(pipe, subject, config) as session:
-        out = run(pipe, num_inference_steps=STEPS, **kw)
-    return out, session
 
 
 def test_empty_mask_equals_coarse_only(pipe, subject):
