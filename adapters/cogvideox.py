@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, CogVideoXAttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter, swap_processors
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter, processor_problems, swap_processors
 from vwarper_hooks.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -112,24 +112,8 @@ class CogVideoXAdapter(Adapter):
         return [block.attn1 for block in transformer.transformer_blocks]
 
     def problems(self, transformer: nn.Module) -> list[str]:
-        problems = []
-        for i, attn in enumerate(self.attention_layers(transformer)):
-            processor = attn.processor
-            if getattr(attn, "fused_projections", False):
-                problems.append(
-                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
-                    "Call transformer.unfuse_qkv_projections() before inject()."
-                )
-                break
-            if isinstance(processor, VwarperCogVideoXProcessor):
-                continue  # reported as an active injection by inject()
-            if type(processor) is not CogVideoXAttnProcessor2_0:
-                problems.append(
-                    f"Expected CogVideoXAttnProcessor2_0 on every layer, but layer {i} uses "
-                    f"{type(processor).__name__}. Call transformer.set_attn_processor("
-                    "CogVideoXAttnProcessor2_0()) or remove the custom processor."
-                )
-                break
+        layers = self.attention_layers(transformer)
+        problems = processor_problems(layers, "CogVideoXAttnProcessor2_0", (VwarperCogVideoXProcessor,))
         if not transformer.config.use_rotary_positional_embeddings:
             logger.info("CogVideoX without RoPE (2B): raw and RoPE-free Q/K coincide")
         return problems

@@ -34,6 +34,7 @@ from vwarper_hooks.adapter import (
     LayerDefaults,
     LayerRouter,
     dispatch_attention_fn,
+    processor_problems,
     proportional_layers,
     swap_processors,
 )
@@ -166,19 +167,8 @@ class HunyuanVideoAdapter(Adapter):
         return proportional_layers(depth)
 
     def problems(self, transformer: nn.Module) -> list[str]:
-        for i, attn in enumerate(self.attention_layers(transformer)):
-            if getattr(attn, "fused_projections", False):
-                return [
-                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
-                    "Call transformer.unfuse_qkv_projections() before inject()."
-                ]
-            processor = attn.processor
-            if not isinstance(processor, VwarperHunyuanVideoProcessor) and type(processor).__name__ != STOCK_PROCESSOR:
-                return [
-                    f"Expected {STOCK_PROCESSOR} on every layer, but layer {i} uses {type(processor).__name__}. "
-                    "Remove the custom processor (transformer.set_default_attn_processor() or reload)."
-                ]
-        return []
+        layers = self.attention_layers(transformer)
+        return processor_problems(layers, STOCK_PROCESSOR, (VwarperHunyuanVideoProcessor,))
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
         return swap_processors(

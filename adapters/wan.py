@@ -31,6 +31,7 @@ from vwarper_hooks.adapter import (
     LayerDefaults,
     LayerRouter,
     dispatch_attention_fn,
+    processor_problems,
     proportional_layers,
     swap_processors,
 )
@@ -164,21 +165,9 @@ class WanAdapter(Adapter):
 
     def problems(self, transformer: nn.Module) -> list[str]:
         ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)
-        pairs = zip(self.attention_layers(transformer), self.text_attention_layers(transformer), strict=True)
-        for i, (attn1, attn2) in enumerate(pairs):
-            if getattr(attn1, "fused_projections", False) or getattr(attn2, "fused_projections", False):
-                return [
-                    f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
-                    "Call transformer.unfuse_qkv_projections() before inject()."
-                ]
-            for attn in (attn1, attn2):
-                processor = attn.processor
-                if not isinstance(processor, ours) and type(processor).__name__ != STOCK_PROCESSOR:
-                    return [
-                        f"Expected {STOCK_PROCESSOR} on every attention, but layer {i} uses "
-                        f"{type(processor).__name__}. Remove the custom processor (reload the transformer)."
-                    ]
-        return []
+        return processor_problems(self.attention_layers(transformer), STOCK_PROCESSOR, ours) or processor_problems(
+            self.text_attention_layers(transformer), STOCK_PROCESSOR, ours
+        )
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
         undo_self = swap_processors(

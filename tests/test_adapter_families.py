@@ -151,3 +151,19 @@ def test_a_failing_install_is_rolled_back(family, monkeypatch):
         adapter.install(pipe.transformer, router=None)
     assert adapter.is_installed(pipe.transformer) == 0
     assert [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")] == originals
+
+
+@pytest.mark.parametrize("family", ["cogvideox", *FAMILIES])
+def test_a_custom_attention_processor_is_refused(family, subject):
+    pipe = tiny_pipeline(family, **({"num_layers": 4} if family == "cogvideox" else {}))
+    layers = vwarper.get_adapter(pipe.transformer).attention_layers(pipe.transformer)
+    stock = layers[1].processor
+
+    class MyProcessor:  # e.g. a user's attention patch
+        def __call__(self, *args, **kwargs):
+            return stock(*args, **kwargs)
+
+    layers[1].set_processor(MyProcessor())
+    with pytest.raises(vwarper.ConfigError, match=f"layer 1 uses MyProcessor.*{type(stock).__name__}"):
+        vwarper.inject(pipe, subject).__enter__()
+    assert isinstance(layers[1].processor, MyProcessor) and hook_count(pipe) == 0

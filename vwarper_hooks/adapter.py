@@ -76,6 +76,24 @@ def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -
     return undo
 
 
+def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, ...]) -> list[str]:
+    """Why `modules` cannot take our processors: fused Q/K/V, or a processor that is neither the
+    stock one (by class name `stock`) nor one of `ours` (an open injection, reported by inject)."""
+    for i, attn in enumerate(modules):
+        if getattr(attn, "fused_projections", False):
+            return [
+                f"Expected unfused Q/K/V projections, but layer {i} has fused ones. "
+                "Call transformer.unfuse_qkv_projections() before inject()."
+            ]
+        processor = attn.processor
+        if not isinstance(processor, ours) and type(processor).__name__ != stock:
+            return [
+                f"Expected {stock} on every attention, but layer {i} uses {type(processor).__name__}. "
+                f"Restore it (transformer.set_attn_processor({stock}()) or reload the transformer)."
+            ]
+    return []
+
+
 @dataclass(frozen=True)
 class LayerDefaults:
     """An adapter's default match layer and warp layers (flat indices, inclusive range)."""
