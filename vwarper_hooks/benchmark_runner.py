@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import VwarperError
+from .generate import generate_video
 
 logger = logging.getLogger(__name__)
 
@@ -100,23 +99,6 @@ def is_done(out: Path, job: Job) -> bool:
     return (folder / f"{job.name}.json").is_file() and any(v.is_file() for v in videos)
 
 
-def generate_video(pipe: Any, subject: Any, prompt: str, *, frames: int, steps: int, guidance: float, seed: int,
-                   height: int | None = None, width: int | None = None, warp: Any = None) -> Any:
-    """One video with `inject` as ``(T, H, W, 3)`` uint8."""
-    from . import inject
-    from .visualize import to_uint8
-
-    call: dict[str, Any] = dict(prompt=prompt, negative_prompt="", num_frames=frames, num_inference_steps=steps,
-                                guidance_scale=guidance, output_type="np",
-                                generator=torch.Generator().manual_seed(seed))
-    if height and width:
-        call.update(height=height, width=width)
-    if hasattr(pipe.transformer.config, "max_text_seq_length"):
-        call["max_sequence_length"] = pipe.transformer.config.max_text_seq_length
-    with inject(pipe, subject, config=warp):
-        return to_uint8(pipe(**call).frames)
-
-
 def write_references(out: Path, name: str, subject: Any) -> None:
     folder = out / "references" / name
     if folder.is_dir() and any(folder.iterdir()):
@@ -157,9 +139,9 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
             if job.subject not in subjects:
                 subjects[job.subject] = Subject.load(job.subject_dir)
                 write_references(out, job.subject, subjects[job.subject])
-            video = generate_video(pipe, subjects[job.subject], job.prompt, frames=args.frames, steps=args.steps,
-                                   guidance=args.guidance, seed=args.seed + job.index, height=args.height,
-                                   width=args.width, warp=warp)
+            video, _ = generate_video(pipe, subjects[job.subject], job.prompt, frames=args.frames,
+                                      steps=args.steps, guidance=args.guidance, seed=args.seed + job.index,
+                                      height=args.height, width=args.width, config=warp)
             folder = out / "videos" / job.subject
             written = write_video(video, folder / f".{job.name}.tmp", fps=args.fps)
             os.replace(written, folder / f"{job.name}{written.suffix}")

@@ -97,7 +97,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, stage: Stage
 
 
 def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoResult:
-    from . import CoarseConfig, WarpConfig, inject, train_subject
+    from . import CoarseConfig, WarpConfig, train_subject
+    from .generate import generate_video
 
     if settings.size % 16 or settings.steps < 3 or (settings.frames - 1) % 4:
         raise VwarperError(
@@ -130,22 +131,14 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
     warp = WarpConfig(warp_steps=(1, settings.steps - 2))
     stage("generate", 0, settings.steps)
 
-    def on_step(_pipe: Any, step: int, _t: Any, kwargs: dict) -> dict:
-        stage("generate", step + 1, settings.steps)
-        return {}
-
-    with inject(pipe, subject, config=warp) as session:
-        result = pipe(
-            prompt=DEMO_PROMPT, negative_prompt="", height=settings.size, width=settings.size,
-            num_frames=settings.frames, num_inference_steps=settings.steps, guidance_scale=6.0,
-            max_sequence_length=pipe.transformer.config.max_text_seq_length, output_type="np",
-            generator=torch.Generator().manual_seed(settings.seed), callback_on_step_end=on_step,
-        )
-        diagnostics = dict(session.diagnostics)
+    video, diagnostics = generate_video(
+        pipe, subject, DEMO_PROMPT, frames=settings.frames, steps=settings.steps, guidance=6.0, seed=settings.seed,
+        height=settings.size, width=settings.size, config=warp,
+        on_step=lambda done: stage("generate", done, settings.steps),
+    )
     seconds["generate"] = time.perf_counter() - clock - sum(seconds.values())
 
     stage("write", 0, 1)
-    video = vis.to_uint8(result.frames)
     pngs, layout = write_panels(out, images, video, diagnostics)
     video_path = vis.write_video(video, out / "video", fps=settings.fps)
     seconds["write"] = time.perf_counter() - clock - sum(seconds.values())

@@ -181,8 +181,9 @@ def register_generate(sub: Any, common: Any, formatter: Any, epilog: str) -> Non
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .. import Subject, WarpConfig, inject
+    from .. import Subject, WarpConfig
     from .. import visualize as vis
+    from ..generate import generate_video
 
     folder = require_dir(args.subject, "a subject directory", "Train one with `vwarper train ... --out DIR`.")
     if not (folder / "subject.json").is_file():
@@ -196,23 +197,12 @@ def run_generate(args: argparse.Namespace) -> int:
                        f"{args.prompt!r}. Write it in, e.g. 'a {subject.token} {subject.class_word} on the beach'.")
     pipe = _pipe(args)
     config = WarpConfig(warp=warp, mask=not args.no_mask)
-    call: dict[str, Any] = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
-                                num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np")
-    if args.height:
-        call["height"] = args.height
-    if args.width:
-        call["width"] = args.width
-    if args.model in ("tiny", "tiny:cogvideox"):
-        call["max_sequence_length"] = pipe.transformer.config.max_text_seq_length
-    import torch
-
-    call["generator"] = torch.Generator().manual_seed(args.seed)
     with stage_progress() as update:
-        call["callback_on_step_end"] = lambda _p, i, _t, _kw: update("denoise", i + 1, args.steps) or {}
-        with inject(pipe, subject, config=config) as session:
-            frames = pipe(**call).frames
-            diagnostics = dict(session.diagnostics)
-    video = vis.to_uint8(frames)
+        video, diagnostics = generate_video(
+            pipe, subject, args.prompt, frames=args.frames, steps=args.steps, guidance=args.guidance, seed=args.seed,
+            height=args.height, width=args.width, negative_prompt=args.negative_prompt, config=config,
+            on_step=lambda done: update("denoise", done, args.steps),
+        )
     out = Path(args.out)
     if out.suffix.lower() in (".mp4", ".gif"):  # write_video picks the container; keep dotted names whole
         out = out.with_suffix("")
