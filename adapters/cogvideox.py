@@ -139,18 +139,6 @@ class CogVideoXAdapter(Adapter):
             frames = (frames + p_t - 1) // p_t
         return frames, height // p, width // p
 
-    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        generation = kwargs["encoder_hidden_states"]
-        embeds, _ = pipe.encode_prompt(
-            prompt,
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=generation.shape[1],
-            device=generation.device,
-            dtype=generation.dtype,
-        )
-        return {"encoder_hidden_states": embeds}
-
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
         vae = pipe.vae
         latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()

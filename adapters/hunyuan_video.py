@@ -33,9 +33,9 @@ from vwarper_hooks.adapter import (
     AttentionCall,
     LayerDefaults,
     LayerRouter,
-    dispatch_attention_fn,
     processor_problems,
     proportional_layers,
+    stock_attend,
     swap_processors,
 )
 from vwarper_hooks.hookspecs import hookimpl
@@ -114,17 +114,7 @@ class VwarperHunyuanVideoProcessor:
                 qh[:, :, video] = rope(qh[:, :, video])
                 kh[:, :, video] = rope(kh[:, :, video])
 
-        def attend(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
-            out = dispatch_attention_fn(
-                qh.transpose(1, 2),
-                kh.transpose(1, 2),
-                vh.transpose(1, 2),
-                attn_mask=attention_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=getattr(self.original, "_attention_backend", None),
-            )
-            return out.transpose(1, 2)
+        attend = stock_attend(self.original, attention_mask)
 
         call = AttentionCall(
             layer=self.layer,

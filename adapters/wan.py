@@ -30,9 +30,9 @@ from vwarper_hooks.adapter import (
     AttentionCall,
     LayerDefaults,
     LayerRouter,
-    dispatch_attention_fn,
     processor_problems,
     proportional_layers,
+    stock_attend,
     swap_processors,
 )
 from vwarper_hooks.hookspecs import hookimpl
@@ -88,17 +88,7 @@ class VwarperWanSelfAttnProcessor:
                 qh.copy_(rope(qh))
                 kh.copy_(rope(kh))
 
-        def attend(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
-            out = dispatch_attention_fn(
-                qh.transpose(1, 2),
-                kh.transpose(1, 2),
-                vh.transpose(1, 2),
-                attn_mask=attention_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=getattr(self.original, "_attention_backend", None),
-            )
-            return out.transpose(1, 2)
+        attend = stock_attend(self.original, attention_mask)
 
         n = hidden_states.shape[1]
         call = AttentionCall(self.layer, q, k, v, slice(0, 0), slice(0, n), rotate_, rope, attend)
@@ -202,18 +192,6 @@ class WanAdapter(Adapter):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size
         return latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
-
-    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        generation = kwargs["encoder_hidden_states"]
-        embeds, _ = pipe.encode_prompt(
-            prompt=prompt,
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=generation.shape[1],
-            device=generation.device,
-            dtype=generation.dtype,
-        )
-        return {"encoder_hidden_states": embeds}
 
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
         vae = pipe.vae

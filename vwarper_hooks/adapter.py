@@ -56,6 +56,25 @@ class AttentionCall:
         return self.attend(self.query, self.key, self.value)
 
 
+def stock_attend(original: Any, attention_mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
+    """``attend(q, k, v)`` on (batch, heads, tokens, head_dim) tensors as a stock diffusers processor
+    computes it: its attention backend, the model's mask, no dropout."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = dispatch_attention_fn(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=getattr(original, "_attention_backend", None),
+        )
+        return out.transpose(1, 2)
+
+    return attend
+
+
 def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -> Callable[[], None]:
     """Give ``modules[i]`` the processor ``make(i, original)``; returns the function that puts the
     originals back. All or nothing: if one swap fails, those already made are undone first."""
@@ -226,12 +245,23 @@ class Adapter(ABC):
                 ref[name] = ref[name][: latents.shape[0]]
         return ref
 
-    @abstractmethod
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Text conditioning of `prompt` as transformer forward kwargs (batch 1, no CFG).
 
         :param kwargs: a generation forward call's kwargs (to match its text length, dtype, device).
+        Default: the pipeline's own ``encode_prompt`` as CogVideoX and Wan define it (T5 embeddings
+        padded to the generation's text length); override for other text encoders.
         """
+        generation = kwargs["encoder_hidden_states"]
+        embeds, _ = pipe.encode_prompt(
+            prompt,
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=generation.shape[1],
+            device=generation.device,
+            dtype=generation.dtype,
+        )
+        return {"encoder_hidden_states": embeds}
 
     @abstractmethod
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
