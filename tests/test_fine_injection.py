@@ -285,3 +285,32 @@ def test_cache_key_follows_conditioning_values(pipe, clock_image):
         return cache_key(image, "a <clock> clock", steps, kwargs, pipe.transformer, extra=extra)
 
     assert key(6000.0) == key(6000.0) and key(6000.0) != key(3500.0)
+
+
+@pytest.mark.parametrize("injector", ["kv_replace", "concat"])
+def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
+    """Padded text keys that the model masks out (HunyuanVideo) stay masked in the baselines too."""
+    from vwarper_hooks.adapter import AttentionCall
+    from vwarper_hooks.warping import BUILTIN_INJECTORS, ReferenceFeatures, WarpPlan
+
+    g = torch.Generator().manual_seed(0)
+    n_video, n_text = 4, 3
+    q, k, v = (torch.randn(1, 2, n_video + n_text, 8, generator=g) for _ in range(3))
+    valid = torch.tensor([[True, True, False]])  # the last text token is padding
+
+    def run_with(padding_value: float) -> torch.Tensor:
+        value = v.clone()
+        value[:, :, -1] = padding_value
+        call = AttentionCall(
+            layer=0, query=q.clone(), key=k.clone(), value=value, text=slice(n_video, n_video + n_text),
+            video=slice(0, n_video), rotate_=lambda a, b: None, rope=lambda x: x,
+            attend=lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(
+                a, b, c, attn_mask=torch.cat([torch.ones(1, n_video, dtype=torch.bool), valid], 1)[:, None, None]),
+            text_valid=valid,
+        )
+        ref = ReferenceFeatures(value=v[:, :, :n_video].flip(2), key=k[:, :, :n_video].flip(2))
+        plan = WarpPlan(flow=torch.arange(n_video), mask=torch.ones(n_video, dtype=torch.bool),
+                        ref_mask=torch.ones(n_video, dtype=torch.bool))
+        return BUILTIN_INJECTORS[injector]().attend(call, ref, plan)
+
+    assert torch.allclose(run_with(0.0), run_with(1e4), atol=1e-5)

@@ -64,11 +64,15 @@ class ValueWarp:
         return call.attend(call.query, call.key, value)
 
 
-def _key_mask(call: AttentionCall, video_keep: torch.Tensor) -> torch.Tensor:
-    """Boolean key mask (1, 1, 1, tokens): all text keys plus the kept video keys."""
-    keep = torch.ones(call.key.shape[2], dtype=torch.bool, device=call.key.device)
-    keep[call.video] = video_keep
-    return keep[None, None, None, :]
+def _key_mask(call: AttentionCall, video_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean key mask (batch, 1, 1, tokens): the text keys the model attends to (all of them
+    unless `call.text_valid` masks padding) plus the kept video keys (all when `video_keep` is None)."""
+    keep = torch.ones(call.key.shape[0], call.key.shape[2], dtype=torch.bool, device=call.key.device)
+    if video_keep is not None:
+        keep[:, call.video] = video_keep
+    if call.text_valid is not None:
+        keep[:, call.text] = call.text_valid.to(keep.device)
+    return keep[:, None, None, :]
 
 
 class KeyValueReplace:
@@ -95,7 +99,7 @@ class KeyValueReplace:
         return out
 
 
-def _masked_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _masked_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
 
 
@@ -114,7 +118,11 @@ class TokenConcat:
         batch = call.query.shape[0]
         k = torch.cat([call.key, ref.key.to(call.key.dtype).expand(batch, -1, -1, -1)], dim=2)
         v = torch.cat([call.value, ref.value.to(call.value.dtype).expand(batch, -1, -1, -1)], dim=2)
-        return torch.nn.functional.scaled_dot_product_attention(call.query, k, v)
+        keep = None
+        if call.text_valid is not None:  # the model masks padded text keys: so do we; reference keys all count
+            extra = torch.ones(*call.key.shape[:1], 1, 1, ref.key.shape[2], dtype=torch.bool, device=k.device)
+            keep = torch.cat([_key_mask(call), extra], dim=-1)
+        return _masked_attend(call.query, k, v, keep)
 
 
 BUILTIN_INJECTORS: dict[str, type] = {cls.name: cls for cls in (ValueWarp, KeyValueReplace, TokenConcat)}
