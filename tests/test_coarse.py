@@ -157,6 +157,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(pipe, tmp_path):
     other = ckpt.model_copy(update={"seed": 1})
     with pytest.raises(vwarper.SubjectIntegrityError, match="another run"):
         vwarper.train_subject(pipe, clock_paths(), "<sks-a>", "clock", other, resume=True, progress=False)
+    scaling = pipe.vae.config.scaling_factor
+    pipe.vae.register_to_config(scaling_factor=2 * scaling)  # another VAE: not the same run either
+    try:
+        with pytest.raises(vwarper.SubjectIntegrityError, match="another run"):
+            vwarper.train_subject(pipe, clock_paths(), "<sks-a>", "clock", ckpt, resume=True, progress=False)
+    finally:
+        pipe.vae.register_to_config(scaling_factor=scaling)
 
 
 KILLED_RUN = """

@@ -37,9 +37,11 @@ class SubjectMismatchError(SubjectError):
     """The subject was made for another model (other depth, widths, text encoder or config)."""
 
 
-def config_hash(transformer: nn.Module) -> str:
-    """sha256 of the transformer config as sorted JSON (private ``_`` keys left out)."""
-    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+def config_hash(model: nn.Module) -> str:
+    """sha256 of a diffusers or transformers model config as sorted JSON (private ``_`` keys and
+    library versions left out)."""
+    raw = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    config = {k: v for k, v in raw.items() if not k.startswith("_") and k != "transformers_version"}
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 

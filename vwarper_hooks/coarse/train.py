@@ -220,6 +220,8 @@ def train_subject(
     fingerprint = {
         "config": config.fingerprint(), "token": token, "class_word": class_word,
         "images": [pixel_sha256(im) for im in images], "transformer": config_hash(transformer),
+        # a resume must see the same models in the same precision, or it is not the same run
+        "text_encoder": config_hash(text_encoder), "vae": config_hash(pipe.vae), "dtype": str(transformer.dtype),
     }
     prompt = f"a {token} {class_word}"
     max_len = int(getattr(transformer.config, "max_text_seq_length", 226))
