@@ -186,20 +186,17 @@ def score(
 
 def _forward_kwargs(pipe: Any, latents: torch.Tensor, timestep: int, prompt: str, pixel_size: tuple[int, int]) -> dict:
     """Transformer kwargs for a batch of latents (the way `train_subject` builds them)."""
+    from .coarse.train import rotary_kwargs, text_template
+
     transformer, adapter = pipe.transformer, get_adapter(pipe.transformer)
-    device, dtype = latents.device, transformer.dtype
-    max_len = int(getattr(transformer.config, "max_text_seq_length", 226))
-    text_dim = int(getattr(transformer.config, "text_embed_dim", 1))
-    template = {"encoder_hidden_states": torch.zeros(1, max_len, text_dim, dtype=dtype, device=device)}
+    device = latents.device
     with torch.no_grad():
-        text = adapter.encode_text(pipe, prompt, template)
+        text = adapter.encode_text(pipe, prompt, text_template(transformer, device))
     batch = latents.shape[0]
     text = {k: v.expand(batch, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in text.items()}
-    base: dict[str, Any] = {}
-    if getattr(transformer.config, "use_rotary_positional_embeddings", False):
-        base["image_rotary_emb"] = pipe._prepare_rotary_positional_embeddings(*pixel_size, latents.shape[1], device)
+    base = rotary_kwargs(pipe, *pixel_size, latents.shape[1], device)
     t = torch.full((batch,), timestep, device=device, dtype=torch.long)
-    return adapter.reference_kwargs(base, latents.to(dtype), text, t)
+    return adapter.reference_kwargs(base, latents.to(transformer.dtype), text, t)
 
 
 def _noised(pipe: Any, clean: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:

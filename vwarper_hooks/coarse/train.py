@@ -153,6 +153,21 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.T
     optimizer.load_state_dict(full)
 
 
+def text_template(transformer: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """Stand-in text kwargs of a generation call: `Adapter.encode_text` reads the text length,
+    dtype and device from them (CogVideoX: 226 tokens of T5 width)."""
+    max_len = int(getattr(transformer.config, "max_text_seq_length", 226))
+    text_dim = int(getattr(transformer.config, "text_embed_dim", 1))
+    return {"encoder_hidden_states": torch.zeros(1, max_len, text_dim, dtype=transformer.dtype, device=device)}
+
+
+def rotary_kwargs(pipe: Any, height: int, width: int, frames: int, device: torch.device) -> dict[str, Any]:
+    """CogVideoX's 3D RoPE for a (frames, height, width) latent video as forward kwargs; {} without RoPE."""
+    if not getattr(pipe.transformer.config, "use_rotary_positional_embeddings", False):
+        return {}
+    return {"image_rotary_emb": pipe._prepare_rotary_positional_embeddings(height, width, frames, device)}
+
+
 def _cache_latents(pipe: Any, adapter: Any, images: list[Image.Image], height: int, width: int) -> torch.Tensor:
     """VAE latents (N, F, C, h, w) of the images as single-frame videos, computed once."""
     with torch.no_grad():
@@ -224,7 +239,6 @@ def train_subject(
         "text_encoder": config_hash(text_encoder), "vae": config_hash(pipe.vae), "dtype": str(transformer.dtype),
     }
     prompt = f"a {token} {class_word}"
-    max_len = int(getattr(transformer.config, "max_text_seq_length", 226))
     scheduler = pipe.scheduler
     alphas = scheduler.alphas_cumprod.float()
     prediction = scheduler.config.prediction_type
@@ -242,13 +256,10 @@ def train_subject(
         stack.enter_context(torch.random.fork_rng(devices=cuda))
         torch.manual_seed(config.seed)
         latents = _cache_latents(pipe, adapter, images, height, width).to(device)
-        rope = None
-        if getattr(transformer.config, "use_rotary_positional_embeddings", False):
-            rope = pipe._prepare_rotary_positional_embeddings(height, width, latents.shape[1], device)
+        rope = rotary_kwargs(pipe, height, width, latents.shape[1], device)
         row = nn.Parameter(init_row.clone().to(device))
         # The adapter's encode_text reads text length, dtype and device from a generation call's kwargs.
-        text_dim = int(getattr(transformer.config, "text_embed_dim", 1))
-        text_template = {"encoder_hidden_states": torch.zeros(1, max_len, text_dim, dtype=model_dtype, device=device)}
+        template = text_template(transformer, device)
         stack.enter_context(_training_state(pipe, config.gradient_checkpointing))
         stack.enter_context(subject_token(pipe, token, row))
         stack.enter_context(peft_lora(transformer, TRAIN_ADAPTER, config=lora_config))
@@ -273,9 +284,9 @@ def train_subject(
             a = alphas[timestep].view(-1, 1, 1, 1, 1).to(device)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             target = a.sqrt() * noise - (1 - a).sqrt() * x0 if prediction == "v_prediction" else noise
-            text = adapter.encode_text(pipe, prompt, text_template)  # with grad: the token row learns
+            text = adapter.encode_text(pipe, prompt, template)  # with grad: the token row learns
             text = {k: v.expand(config.batch_size, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in text.items()}
-            kwargs = adapter.reference_kwargs({} if rope is None else {"image_rotary_emb": rope},
+            kwargs = adapter.reference_kwargs(rope,
                                               noisy.to(model_dtype), text, timestep.to(device))
             with accelerator.autocast():
                 pred = transformer(**kwargs)[0]
