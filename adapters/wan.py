@@ -128,6 +128,7 @@ class WanAdapter(Adapter):
     latent_layout = "BCFHW"
     batched_kwargs = ("encoder_hidden_states_image",)
     cfg_in_one_batch = False
+    text_attention_outside = True
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "WanTransformer3DModel"

@@ -167,3 +167,15 @@ def test_a_custom_attention_processor_is_refused(family, subject):
     with pytest.raises(vwarper.ConfigError, match=f"layer 1 uses MyProcessor.*{type(stock).__name__}"):
         vwarper.inject(pipe, subject).__enter__()
     assert isinstance(layers[1].processor, MyProcessor) and hook_count(pipe) == 0
+
+
+def test_generation_routes_only_the_layers_it_needs(fpipe, subject):
+    """Joint attention (HunyuanVideo) reads text scores in every fg layer; Wan reads them in attn2, so
+    its attn1 layers are routed only where match or warp features are needed."""
+    config = vwarper.WarpConfig(warp_steps=(2, 3), warp_layers=(3, 4), match_layer=1)
+    _, session = generate(fpipe, subject, config)
+    routed = {(s, layer) for (branch, s, layer) in session.calls if branch == "generation"}
+    if vwarper.get_adapter(fpipe.transformer).text_attention_outside:
+        assert routed == {(1, 1), (2, 1), (2, 3), (2, 4), (3, 3), (3, 4)}  # match at 1-2, warp at 2-3
+    else:
+        assert {layer for s, layer in routed if s == 0} == set(range(6))  # fg scores from every layer

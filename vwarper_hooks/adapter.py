@@ -218,6 +218,10 @@ class Adapter(ABC):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""
 
+    #: True when video->text scores come from a separate cross-attention (Wan's ``attn2``) rather
+    #: than from the layers in `attention_layers`: the core then routes those only where it needs Q/K/V
+    text_attention_outside: bool = False
+
     #: True when the pipeline runs classifier-free guidance as one batch [uncond, cond] (CogVideoX);
     #: False when it makes separate transformer calls per branch (HunyuanVideo true CFG, Wan)
     cfg_in_one_batch: bool = True

@@ -191,8 +191,17 @@ class Session:
         if self._pass == 0:
             self._prepare_step(step, (), call_kwargs)
         self.branch, self.step = GENERATION, step
-        self._wanted = self.plan.generation_layers(step)
+        self._wanted = self._generation_layers(step)
         return None
+
+    def _generation_layers(self, step: int) -> frozenset[int]:
+        """Layers whose attention the core must see in this generation call (the rest run stock)."""
+        plan = self.plan
+        if self._pass > 0:  # a later CFG pass: match features and text scores come from pass 0 only
+            return plan.warp_layers if step in plan.warp_steps else frozenset()
+        if self.adapter.text_attention_outside:  # text scores arrive through wants_text (Wan: attn2)
+            return plan.reference_layers(step)  # the match and warp layers
+        return plan.generation_layers(step)
 
     def after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         if self.branch == GENERATION:
