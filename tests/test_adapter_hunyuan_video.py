@@ -161,3 +161,11 @@ def test_foreground_score_sees_only_the_unpadded_text_keys(hpipe):
     assert seen and all(v is not None for v in seen)
     assert 0 < int(prompt_mask.sum()) < prompt_mask.numel()  # the prompt really is padded
     assert all(torch.equal(v[-1].cpu(), prompt_mask.cpu()) for v in seen)
+
+
+def test_bf16_timesteps_that_collide_are_told_apart_by_the_scheduler_counter():
+    timesteps = torch.tensor([997.05, 995.0, 500.0])  # bf16 spacing near 1000 is 4: close steps collide
+    t = torch.tensor([995.0]).to(torch.bfloat16)  # 997.05 and 995.0 both round to 996 in bf16
+    assert step_index(t, timesteps) == 0  # ambiguous without a hint: the first match
+    assert step_index(t, timesteps, hint=1) == 1 and step_index(t, timesteps, hint=0) == 0
+    assert step_index(t, timesteps, hint=2) == 0  # a hint that does not match is ignored

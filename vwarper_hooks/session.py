@@ -174,7 +174,10 @@ class Session:
     def before_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         if self.branch is not None:
             return None  # our own reference / inversion call
-        step = step_index(self.adapter.timestep(args, kwargs), getattr(self.pipe.scheduler, "timesteps", None))
+        scheduler = self.pipe.scheduler
+        counter = getattr(scheduler, "step_index", None)  # flow-matching schedulers count their steps
+        hint = counter if counter is not None else (getattr(scheduler, "begin_index", None) or 0)
+        step = step_index(self.adapter.timestep(args, kwargs), getattr(scheduler, "timesteps", None), hint)
         self.step = step
         if step is None:
             self._wanted = frozenset()

@@ -16,8 +16,14 @@ from .config import WarpConfig
 logger = logging.getLogger(__name__)
 
 
-def step_index(timestep: torch.Tensor | float | int, timesteps: torch.Tensor | None) -> int | None:
-    """Position of `timestep` (first element if batched) in `timesteps`, or None if absent."""
+def step_index(
+    timestep: torch.Tensor | float | int, timesteps: torch.Tensor | None, hint: int | None = None
+) -> int | None:
+    """Position of `timestep` (first element if batched) in `timesteps`, or None if absent.
+
+    :param hint: the scheduler's own step counter, if it keeps one: breaks ties when a low-precision
+        timestep matches several entries (two close timesteps can round to the same bf16 value).
+    """
     if timesteps is None or len(timesteps) == 0:
         return None
     t = timestep.reshape(-1)[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
@@ -25,6 +31,8 @@ def step_index(timestep: torch.Tensor | float | int, timesteps: torch.Tensor | N
     if not len(hits) and t.is_floating_point() and torch.finfo(t.dtype).bits < 32:
         # HunyuanVideo casts the timestep to the latent dtype (bf16 / fp16): compare at that precision.
         hits = (timesteps.to(t.device).to(t.dtype) == t).nonzero()
+        if hint is not None and len(hits) > 1 and bool((hits[:, 0] == hint).any()):
+            return hint
     return int(hits[0, 0]) if len(hits) else None
 
 
