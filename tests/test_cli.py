@@ -176,11 +176,24 @@ def test_adapters_lists_plugins(capsys):
     assert {"adapter": "cogvideox", "plugin": "cogvideox"} in rows
 
 
-def test_inspect_without_the_inspection_module_exits_4(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "vwarper_hooks.inspection", None)
-    assert main(["inspect", "--tiny", "cogvideox"]) == 4
+def test_reading_mp4_without_imageio_exits_4(monkeypatch, capsys, tmp_path):
+    """imageio is optional: without it, mp4 videos cannot be scored, and the CLI says what to install."""
+    run_dir = tmp_path / "run"
+    (run_dir / "videos" / "dog").mkdir(parents=True)
+    (run_dir / "videos" / "dog" / "a.mp4").write_bytes(b"not decoded")
+    (run_dir / "videos" / "dog" / "a.json").write_text('{"prompt": "a <t> dog"}')
+    (run_dir / "references" / "dog").mkdir(parents=True)
+    (run_dir / "references" / "dog" / "0.jpg").write_bytes(
+        (SAMPLES / sorted(p.name for p in SAMPLES.glob("*.jpg"))[0]).read_bytes())
+    from vwarper_hooks import evaluation
+
+    clip, dino = evaluation.tiny_clip_embedder(), evaluation.tiny_dino_embedder()  # no downloads
+    monkeypatch.setattr(evaluation, "ClipEmbedder", lambda *a, **k: clip)
+    monkeypatch.setattr(evaluation, "DinoEmbedder", lambda *a, **k: dino)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed
+    assert main(["eval", str(run_dir)]) == 4
     err = capsys.readouterr().err.strip()
-    assert "vwarper_hooks.inspection" in err and len(err.splitlines()) == 1
+    assert "pip install imageio imageio-ffmpeg" in err and len(err.splitlines()) == 1
 
 
 def test_inspect_renders_any_report_dict(monkeypatch, capsys):

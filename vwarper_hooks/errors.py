@@ -34,3 +34,7 @@ class SubjectTokenError(VwarperError, ValueError):
 
 class SubjectError(VwarperError, ValueError):
     """A subject artifact is missing, malformed, tampered with or made for another model."""
+
+
+class MissingDependencyError(VwarperError, ImportError):
+    """An optional package a feature needs is not installed (the message names the pip install)."""

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import MissingDependencyError
+
 logger = logging.getLogger(__name__)
 
 PAD = 4
@@ -214,6 +216,12 @@ def read_video(path: str | Path) -> np.ndarray:
                 gif.seek(i)
                 frames.append(np.asarray(gif.convert("RGB")))
         return np.stack(frames)
-    import imageio.v2 as imageio
-
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401 - the mp4 / webm reader
+    except ImportError:
+        raise MissingDependencyError(
+            f"Expected imageio and imageio-ffmpeg to read {path.name}, but they are not installed. "
+            "Run pip install imageio imageio-ffmpeg, or use .gif videos."
+        ) from None
     return np.stack([np.asarray(f)[..., :3] for f in imageio.mimread(path, memtest=False)])

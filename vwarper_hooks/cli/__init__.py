@@ -13,8 +13,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ..errors import VwarperError
-from .pipeline import EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, CliError
+from ..errors import MissingDependencyError, VwarperError
+from .pipeline import EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MISSING, CliError
 from .render import error
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_CODES"]
@@ -130,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         error(str(exc))
         return exc.code
+    except MissingDependencyError as exc:
+        if debug:
+            raise
+        error(str(exc))
+        return EXIT_MISSING
     except VwarperError as exc:
         if debug:
             raise

@@ -10,7 +10,7 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
-from .pipeline import DTYPES, EXIT_MISSING, CliError, load_pipeline, require_dir
+from .pipeline import DTYPES, CliError, load_pipeline, require_dir
 from .render import console, err_console, print_json, records_table, render_data, stage_progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -251,13 +251,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.tiny is None):
         raise CliError("Expected exactly one of MODEL or --tiny NAME, but got "
                        f"{'both' if args.model else 'neither'}. Pass e.g. `vwarper inspect --tiny cogvideox`.")
-    try:
-        from ..inspection import inspect_model
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("vwarper_hooks.inspection",):
-            raise
-        raise CliError("Expected the module vwarper_hooks.inspection, but got none in this installation. "
-                       "Update vwarper_hooks to a version with `inspect` support.", code=EXIT_MISSING) from None
+    from ..inspection import inspect_model
+
     report = inspect_model(target=args.model, tiny=args.tiny)
     data = report.to_dict()
     if args.json:

@@ -27,7 +27,7 @@ EXIT_CODES = {
     EXIT_ERROR: "unexpected error (a bug): rerun with --debug and report the traceback",
     EXIT_USAGE: "bad command line: unknown option, missing argument",
     EXIT_INPUT: "invalid input: missing path, unreadable model or subject, invalid setting",
-    EXIT_MISSING: "an optional component is not installed (e.g. vwarper_hooks.inspection)",
+    EXIT_MISSING: "an optional package is not installed (e.g. imageio-ffmpeg to read mp4 videos)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

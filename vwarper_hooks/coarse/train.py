@@ -67,8 +67,6 @@ def load_images(images: ImageInput | Sequence[ImageInput]) -> list[Image.Image]:
                 f"Expected a readable image file as image #{i}, but got {str(item)!r} ({exc}). "
                 "Check the path and the file format."
             ) from None
-    if len(out) < 3:
-        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(out))
     return out
 
 
@@ -204,6 +202,8 @@ def train_subject(
 
     config = config or CoarseConfig()
     images = load_images(images)
+    if len(images) < 3:
+        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(images))
     transformer, text_encoder = pipe.transformer, pipe.text_encoder
     adapter = get_adapter(transformer)
     if adapter.name != "cogvideox" or not hasattr(pipe.scheduler, "alphas_cumprod"):
