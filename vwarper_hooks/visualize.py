@@ -222,6 +222,6 @@ def read_video(path: str | Path) -> np.ndarray:
     except ImportError:
         raise MissingDependencyError(
             f"Expected imageio and imageio-ffmpeg to read {path.name}, but they are not installed. "
-            "Run pip install imageio imageio-ffmpeg, or use .gif videos."
+            "Run pip install imageio imageio-ffmpeg (or vwarper-hooks[video]), or use .gif videos."
         ) from None
     return np.stack([np.asarray(f)[..., :3] for f in imageio.mimread(path, memtest=False)])
