@@ -314,3 +314,19 @@ def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
         return BUILTIN_INJECTORS[injector]().attend(call, ref, plan)
 
     assert torch.allclose(run_with(0.0), run_with(1e4), atol=1e-5)
+
+
+def test_inversion_cache_keeps_the_most_recently_used_states():
+    from vwarper_hooks.reference_cache import ReferenceCache
+
+    cache = ReferenceCache(max_entries=2)
+    made = []
+
+    def make(name):
+        return lambda: made.append(name) or name
+
+    for name in ("a", "b", "a", "c", "a", "b"):  # "b" is evicted by "c" (a was used more recently)
+        cache.get_or_make((name,), make(name))
+    assert made == ["a", "b", "c", "b"] and (cache.hits, cache.misses) == (2, 4)
+    with pytest.raises(ValueError, match="max_entries"):
+        ReferenceCache(max_entries=0)
