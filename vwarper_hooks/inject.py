@@ -52,8 +52,11 @@ def _make_injector(config: WarpConfig) -> tuple[Injector | None, list[str]]:
     return None, [f"Expected WarpConfig.injector to be one of {names}, but got {config.injector!r}."]
 
 
-def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Injector]:
-    """Check everything `inject` needs; raise one error listing every problem."""
+def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Injector, WarpConfig]:
+    """Check everything `inject` needs; raise one error listing every problem.
+
+    Returns the adapter, the injector and `config` with the adapter's default layers filled in.
+    """
     _check_pipeline(pipe)
     if is_active(pipe):
         raise InjectionActiveError(
@@ -63,17 +66,9 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
     adapter = get_adapter(pipe.transformer)
     depth = len(adapter.attention_layers(pipe.transformer))
     # Adapters of other families may default to other layers (Adapter.default_layers).
-    problems = config.for_adapter(adapter, depth).layer_problems(depth) + adapter.problems(pipe.transformer)
-    problems += adapter.pipeline_problems(pipe)
-    problems += _model_problems(pipe.transformer)
-    if getattr(pipe, "transformer_2", None) is not None:
-        # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
-        # inversion would use the wrong expert for part of the trajectory, so we refuse for now.
-        problems.append(
-            "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
-            "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
-            "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
-        )
+    config = config.for_adapter(adapter, depth)
+    problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
+    problems += adapter.pipeline_problems(pipe) + _unsupported_modes(pipe)
     injector, injector_problems = _make_injector(config)
     problems += injector_problems
     if subject is None or not hasattr(subject, "token"):
@@ -89,12 +84,21 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
             problems += fit_problems(pipe, subject)
     if problems:
         raise ConfigError(problems)
-    return adapter, injector
+    return adapter, injector, config
 
 
-def _model_problems(transformer: Any) -> list[str]:
-    """Model modes no adapter supports yet: image-conditioned inputs and diffusers' step caches."""
+def _unsupported_modes(pipe: Any) -> list[str]:
+    """Modes no adapter supports yet: two-expert pipelines, image-conditioned inputs, step caches."""
     problems = []
+    if getattr(pipe, "transformer_2", None) is not None:
+        # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
+        # inversion would use the wrong expert for part of the trajectory.
+        problems.append(
+            "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
+            "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
+            "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
+        )
+    transformer = pipe.transformer
     config = transformer.config
     channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
     if channels_in and channels_out and channels_in != channels_out:
@@ -143,7 +147,7 @@ def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterato
             video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
     """
     config = config or WarpConfig()
-    adapter, injector = validate(pipe, subject, config)
+    adapter, injector, config = validate(pipe, subject, config)
     transformer = pipe.transformer
     with ExitStack() as stack:
         _active.add(id(transformer))

@@ -74,13 +74,15 @@ class StepDiagnostics:
 
 
 class Session:
-    """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics`."""
+    """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics`.
+
+    `config` is the one `inject.validate` returns, with the adapter's default layers filled in.
+    """
 
     def __init__(self, pipe: Any, adapter: Adapter, subject: Any, config: WarpConfig, injector: Injector) -> None:
         self.pipe, self.adapter, self.subject, self.config, self.injector = pipe, adapter, subject, config, injector
         self.transformer = pipe.transformer
         self.depth = len(adapter.attention_layers(self.transformer))
-        self.config = config.for_adapter(adapter, self.depth)  # the adapter's default layers if unset
         #: warp step -> diagnostics still on the model's device; moved to CPU when first read, so the
         #: denoising loop never waits on a device-to-host copy (see the `diagnostics` property)
         self._diagnostics: dict[int, StepDiagnostics] = {}
@@ -236,18 +238,17 @@ class Session:
         self._diagnostics.clear()
         self._fg.reset()
         self._gen_match = self._ref_match = self._warp = None
-        self._ref_feats = {}
         self._positions = None  # prompt_embeds passed: the text encoder did not run, positions unknown
+        latents = self.adapter.latents(args, kwargs)
         if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
             hit = next((p for p in self._fresh_positions if p is not None), None)
             if hit is not None:  # HunyuanVideo crops its prompt template off the encoder output: shift
                 positions = self.adapter.text_positions(hit[0], hit[1], kwargs)
                 # on the model's device once per run: a CPU index into a CUDA tensor syncs on every use
-                self._positions = positions.to(self.adapter.latents(args, kwargs).device)
+                self._positions = positions.to(latents.device)
             self._fresh_positions = None
         if not self.plan.warp_steps:
             return
-        latents = self.adapter.latents(args, kwargs)
         if latents.shape[0] not in (1, 2) or (latents.shape[0] == 2 and not self._batched_cfg()):
             raise VwarperError(
                 f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {latents.shape[0]}. "
