@@ -120,7 +120,7 @@ class TokenConcat:
         v = torch.cat([call.value, ref.value.to(call.value.dtype).expand(batch, -1, -1, -1)], dim=2)
         keep = None
         if call.text_valid is not None:  # the model masks padded text keys: so do we; reference keys all count
-            extra = torch.ones(*call.key.shape[:1], 1, 1, ref.key.shape[2], dtype=torch.bool, device=k.device)
+            extra = torch.ones(call.key.shape[0], 1, 1, ref.key.shape[2], dtype=torch.bool, device=k.device)
             keep = torch.cat([_key_mask(call), extra], dim=-1)
         return _masked_attend(call.query, k, v, keep)
 
