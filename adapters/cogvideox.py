@@ -17,8 +17,9 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter, processor_problems, swap_processors
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
 from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.processors import processor_problems, swap_processors
 
 logger = logging.getLogger(__name__)
 

@@ -25,17 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vwarper_hooks.adapter import (
-    Adapter,
-    AttentionCall,
-    LayerDefaults,
-    LayerRouter,
-    processor_problems,
-    proportional_layers,
-    stock_attend,
-    swap_processors,
-)
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.processors import processor_problems, stock_attend, swap_processors
 
 logger = logging.getLogger(__name__)
 

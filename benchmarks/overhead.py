@@ -127,8 +127,9 @@ def full_setup(args: argparse.Namespace) -> tuple[Any, dict[str, Any], torch.dev
 def matcher_masks_peak(grid: tuple[int, int, int], heads: int, head_dim: int, text_len: int,
                        device: torch.device, dtype: torch.dtype, chunk: int) -> int:
     """Extra peak memory of matching + foreground + cycle masks over their inputs, at this size."""
-    from vwarper_hooks.masks import ForegroundAccumulator, cycle_mask
-    from vwarper_hooks.matching import match_flows
+    from vwarper_hooks.fine.cycle import cycle_mask
+    from vwarper_hooks.fine.foreground import ForegroundAccumulator
+    from vwarper_hooks.fine.matching import match_flows
 
     n = grid[0] * grid[1] * grid[2]
     feats = [torch.randn(heads, n, head_dim, device=device, dtype=dtype) for _ in range(4)]

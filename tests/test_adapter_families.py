@@ -94,9 +94,9 @@ def test_proportional_defaults_keep_the_paper_at_42_layers():
 
 def test_rope_free_capture_matches_a_shifted_copy(fpipe):
     """Tied Q/K (like trained attention): RoPE-free features of a latent shifted by one token column match it."""
-    from vwarper_hooks.conformance import case_from_pipeline
-    from vwarper_hooks.conformance_probes import _Recorder
-    from vwarper_hooks.matching import match_flows
+    from vwarper_hooks.fine.matching import match_flows
+    from vwarper_hooks.porting.conformance import case_from_pipeline
+    from vwarper_hooks.porting.probes import _Recorder
 
     case = case_from_pipeline(fpipe)
     latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1))

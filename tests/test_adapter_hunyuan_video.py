@@ -10,11 +10,11 @@ from PIL import Image
 from vwarper_adapters.hunyuan_video import HunyuanVideoAdapter
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.conformance import case_from_pipeline
-from vwarper_hooks.conformance_probes import _Recorder
-from vwarper_hooks.inversion_flow import flow_invert, flow_sigmas, invert_reference, is_flow_matching
-from vwarper_hooks.reference import image_to_video
-from vwarper_hooks.steps import step_index
+from vwarper_hooks.fine.inversion import flow_invert, flow_sigmas, invert_reference, is_flow_matching
+from vwarper_hooks.fine.steps import step_index
+from vwarper_hooks.images import image_to_video
+from vwarper_hooks.porting.conformance import case_from_pipeline
+from vwarper_hooks.porting.probes import _Recorder
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_hunyuan_video_pipeline
 
 

@@ -7,7 +7,7 @@ import torch
 from vwarper_adapters.wan import WanAdapter, rotate_pairs
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.inversion_flow import flow_sigmas, is_flow_matching
+from vwarper_hooks.fine.inversion import flow_sigmas, is_flow_matching
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_wan_pipeline
 
 

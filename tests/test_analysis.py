@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vwarper_hooks.analysis import DESCRIPTORS, DinoMatcher, dense_matcher_truth, score, synthetic_shift
-from vwarper_hooks.cli import main
-from vwarper_hooks.demo import sample_images
+from vwarper_hooks.apps.analysis import DESCRIPTORS, DinoMatcher, dense_matcher_truth, score, synthetic_shift
+from vwarper_hooks.apps.cli import main
+from vwarper_hooks.apps.demo import sample_images
+from vwarper_hooks.apps.visualize import tile_at
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
-from vwarper_hooks.visualize import tile_at
 
 LAYERS = 4
 
@@ -52,7 +52,7 @@ def test_known_shift_gives_pck_one_for_rope_free_qk_at_every_layer(pipe):
 def tiny_dino_matcher() -> DinoMatcher:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    from vwarper_hooks.evaluation import DinoEmbedder
+    from vwarper_hooks.apps.evaluation import DinoEmbedder
 
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -99,7 +99,7 @@ def test_dino_pseudo_ground_truth_sees_the_whole_frame():
     from PIL import Image
     from transformers import BitImageProcessor
 
-    from vwarper_hooks.analysis import full_frame_kwargs
+    from vwarper_hooks.apps.analysis import full_frame_kwargs
 
     processor = BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
     frame = Image.fromarray((np.random.default_rng(0).random((32, 64, 3)) * 255).astype("uint8"))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.benchmark_runner import is_done, load_jobs
+from vwarper_hooks.apps.benchmark import is_done, load_jobs
 from vwarper_hooks.errors import VwarperError
 
 SAMPLES = Path(vwarper.__file__).parent / "data" / "clock"
@@ -45,7 +45,7 @@ def spec(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def eval_models(tmp_path_factory) -> list[str]:
-    from vwarper_hooks.evaluation import tiny_clip_embedder, tiny_dino_embedder
+    from vwarper_hooks.apps.evaluation import tiny_clip_embedder, tiny_dino_embedder
 
     root = tmp_path_factory.mktemp("models")
     for name, embedder in (("clip", tiny_clip_embedder()), ("dino", tiny_dino_embedder())):
@@ -82,7 +82,7 @@ def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
               "--main_process_port", str(_free_port()),
-              "-m", "vwarper_hooks.benchmark_runner", "--spec", str(spec), "--out", str(out), *TINY, "--no-eval"]
+              "-m", "vwarper_hooks.apps.benchmark", "--spec", str(spec), "--out", str(out), *TINY, "--no-eval"]
     first = subprocess.run(launch, capture_output=True, text=True, timeout=180, env=_env())
     assert first.returncode == 0, first.stderr[-3000:]
     assert "process 0: generated 2, skipped 0" in first.stdout and "process 1: generated 2, skipped 0" in first.stdout
@@ -95,7 +95,7 @@ def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
     for f in (out / "videos" / lost.subject).glob(f"{lost.name}.*"):
         f.unlink()
     kept = {p: p.stat().st_mtime_ns for p in (out / "videos").rglob("*") if p.is_file()}
-    rerun = [sys.executable, "-m", "vwarper_hooks.benchmark_runner", "--spec", str(spec), "--out", str(out), *TINY,
+    rerun = [sys.executable, "-m", "vwarper_hooks.apps.benchmark", "--spec", str(spec), "--out", str(out), *TINY,
              *eval_models]
     second = subprocess.run(rerun, capture_output=True, text=True, timeout=120, env=_env())
     assert second.returncode == 0, second.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
     assert is_done(out, lost)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["videos"]) == 4 and set(metrics["subjects"]) == {"clock", "dog"}
-    from vwarper_hooks.evaluation import ClipEmbedder, DinoEmbedder, evaluate
+    from vwarper_hooks.apps.evaluation import ClipEmbedder, DinoEmbedder, evaluate
 
     clip, dino = ClipEmbedder(eval_models[1]), DinoEmbedder(eval_models[3])  # the same model folders
     assert metrics["overall"] == pytest.approx(evaluate(out, clip=clip, dino=dino).overall, abs=1e-5)

@@ -11,7 +11,7 @@ from torch import nn
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.adapter import AttentionCall
-from vwarper_hooks.steps import step_index
+from vwarper_hooks.fine.steps import step_index
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 LAYER = 12

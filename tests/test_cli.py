@@ -13,17 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from vwarper_hooks import visualize as vis
-from vwarper_hooks.cli import EXIT_CODES, main
+import vwarper_hooks
+from vwarper_hooks.apps import visualize as vis
+from vwarper_hooks.apps.cli import EXIT_CODES, main
 
 COMMANDS = ("demo", "train", "generate", "eval", "analyze", "adapters", "inspect")
-SAMPLES = Path(vis.__file__).parent / "data" / "clock"
+SAMPLES = Path(vwarper_hooks.__file__).parent / "data" / "clock"
 
 
 def vwarper(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run the installed console script (or ``python -m vwarper_hooks.cli``) in a subprocess."""
+    """Run the installed console script (or ``python -m vwarper_hooks.apps.cli``) in a subprocess."""
     script = Path(sys.executable).with_name("vwarper")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vwarper_hooks.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "vwarper_hooks.apps.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -146,7 +147,7 @@ def test_usage_error_exits_2(capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from vwarper_hooks.cli import CliError
+    from vwarper_hooks.apps.cli import CliError
 
     with pytest.raises(CliError):
         main(["eval", str(tmp_path / "no-run"), "--debug"])
@@ -163,10 +164,10 @@ def test_train_then_generate_with_the_tiny_model(tmp_path, capsys):
     for extra in ([], ["--no-mask"]):
         out = tmp_path / f"video{len(extra)}.v1.mp4"  # a dotted name stays whole
         assert main(["generate", "--model", "tiny", "--subject", str(subject), "--prompt",
-                     "a photo of a <vw-clock> clock on the beach", "--frames", "5", "--steps", "4", "--height", "32",
+                     "a photo of a <vw-clock> clock on the beach", "--frames", "9", "--steps", "4", "--height", "32",
                      "--width", "32", "--out", str(out), "--panels", str(tmp_path / "panels"), *extra]) == 0
         written = next(tmp_path.glob(f"video{len(extra)}.v1.*"))
-        assert vis.read_video(written).shape == (5, 32, 32, 3)
+        assert vis.read_video(written).shape == (9, 32, 32, 3)  # 8k+1 frames decode to as many
     assert (tmp_path / "panels" / "figure5.png").is_file()
 
 
@@ -185,7 +186,7 @@ def test_reading_mp4_without_imageio_exits_4(monkeypatch, capsys, tmp_path):
     (run_dir / "references" / "dog").mkdir(parents=True)
     (run_dir / "references" / "dog" / "0.jpg").write_bytes(
         (SAMPLES / sorted(p.name for p in SAMPLES.glob("*.jpg"))[0]).read_bytes())
-    from vwarper_hooks import evaluation
+    from vwarper_hooks.apps import evaluation
 
     clip, dino = evaluation.tiny_clip_embedder(), evaluation.tiny_dino_embedder()  # no downloads
     monkeypatch.setattr(evaluation, "ClipEmbedder", lambda *a, **k: clip)
@@ -204,9 +205,9 @@ def test_inspect_renders_any_report_dict(monkeypatch, capsys):
         seen.update(target=target, tiny=tiny)
         return types.SimpleNamespace(to_dict=lambda: data)
 
-    module = types.ModuleType("vwarper_hooks.inspection")
+    module = types.ModuleType("vwarper_hooks.porting.inspection")
     module.inspect_model = inspect_model
-    monkeypatch.setitem(sys.modules, "vwarper_hooks.inspection", module)
+    monkeypatch.setitem(sys.modules, "vwarper_hooks.porting.inspection", module)
     assert main(["inspect", "--tiny", "wan", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == data and seen == {"target": None, "tiny": "wan"}
     assert main(["inspect", "some/model"]) == 0

@@ -7,7 +7,7 @@ import torch
 from conftest import DATA, hook_count, run
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.coarse import lora_layer_count
+from vwarper_hooks.subject.lora import lora_layer_count
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 TOKEN = "<sks-clock>"

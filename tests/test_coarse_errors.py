@@ -9,7 +9,7 @@ import torch
 from conftest import DATA, hook_count, run
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.coarse import lora_layer_count
+from vwarper_hooks.subject.lora import lora_layer_count
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 FAST = dict(rank=2, lora_lr=1e-3, mixed_precision="no", gradient_checkpointing=False)
@@ -105,7 +105,7 @@ def test_save_refuses_existing_path_and_failed_save_leaves_nothing(saved, tmp_pa
         subject.save(target, overwrite=True)  # overwrite replaces subject directories only, never user folders
     assert os.listdir(target) == ["mine.txt"]
 
-    import vwarper_hooks.coarse.artifact as artifact
+    import vwarper_hooks.subject.store as artifact
 
     def failing_save_file(tensors, filename, metadata=None):
         open(filename, "wb").write(b"partial")

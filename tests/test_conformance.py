@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vwarper_hooks.adapter import AttentionCall
-from vwarper_hooks.conformance import AdapterConformance, ConformanceCase, ConformanceError, check_adapter
+from vwarper_hooks.porting.conformance import AdapterConformance, ConformanceCase, ConformanceError, check_adapter
 from vwarper_hooks.testing import case_from_pipeline, tiny_cogvideox_pipeline, tiny_pipeline
 
 FAMILIES = ["cogvideox", "hunyuan_video", "wan"]
@@ -83,7 +83,7 @@ def test_rope_that_disagrees_with_the_attention_fails_capture(case):
 
 
 def test_capture_without_projection_modules_is_not_a_silent_pass(case, monkeypatch):
-    import vwarper_hooks.conformance as kit
+    import vwarper_hooks.porting.conformance as kit
 
     monkeypatch.setattr(kit, "_first", lambda attn, *names: None)  # as if the projections had other names
     result = check_adapter(case, checks=("capture",)).results[0]

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vwarper_hooks.errors import VwarperError
-from vwarper_hooks.evaluation import (
+from vwarper_hooks.apps.evaluation import (
     clip_i,
     clip_prompt,
     clip_t,
@@ -21,7 +20,8 @@ from vwarper_hooks.evaluation import (
     tiny_clip_embedder,
     tiny_dino_embedder,
 )
-from vwarper_hooks.visualize import read_video, write_video
+from vwarper_hooks.apps.visualize import read_video, write_video
+from vwarper_hooks.errors import VwarperError
 
 
 def test_image_metrics_on_hand_made_embeddings():
@@ -93,7 +93,7 @@ def test_run_folder_scores_equal_hand_computation(run_dir):
 
 
 def test_eval_command_writes_json_from_local_model_folders(run_dir, tmp_path, capsys):
-    from vwarper_hooks.cli import main
+    from vwarper_hooks.apps.cli import main
 
     clip, dino = tiny_clip_embedder(), tiny_dino_embedder()
     clip.model.save_pretrained(tmp_path / "clip")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import vwarper_hooks as vwarper
-from vwarper_hooks import plugins, registry
-from vwarper_hooks.conformance import ConformanceCase, check_adapter
+from vwarper_hooks import plugins
+from vwarper_hooks.porting.conformance import ConformanceCase, check_adapter
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_adapter_plugin"
 DIST = "vwarper-toy-adapter"
@@ -33,7 +33,7 @@ def toy_installed(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-2000:]
     importlib.invalidate_caches()
     plugins._pm = None  # the next get_plugin_manager() loads entry points again
-    registry.clear_cache()
+    plugins._invalidate_caches()
     try:
         yield
     finally:
@@ -42,7 +42,7 @@ def toy_installed(tmp_path_factory):
         for name in [m for m in sys.modules if m == "vwarper_toy" or m.startswith("vwarper_toy.")]:
             del sys.modules[name]
         plugins._pm = None
-        registry.clear_cache()
+        plugins._invalidate_caches()
 
 
 def test_entry_point_is_declared_by_the_installed_distribution(toy_installed):
@@ -55,7 +55,7 @@ def test_plugin_is_discovered_next_to_the_builtins(toy_installed):
     from vwarper_toy.model import ToyJointTransformer
 
     assert {"cogvideox", "hunyuan_video", "wan", "toy_joint"} <= set(vwarper.list_adapters())
-    assert registry.adapter_sources()["toy_joint"] == "toy_joint"
+    assert plugins.adapter_sources()["toy_joint"] == "toy_joint"
     assert vwarper.get_adapter(ToyJointTransformer()).name == "toy_joint"
 
 

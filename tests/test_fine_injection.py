@@ -9,10 +9,11 @@ import torch
 from conftest import generate, hook_count
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.fine.inversion import ddim_invert
+from vwarper_hooks.fine.warping import ValueWarp
 from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.images import image_to_video
 from vwarper_hooks.plugins import register_plugin, unregister_plugin
-from vwarper_hooks.reference import ddim_invert, image_to_video
-from vwarper_hooks.warping import ValueWarp
 
 
 def test_empty_mask_equals_coarse_only(pipe, subject):
@@ -227,14 +228,14 @@ def test_bad_reference_inputs(pipe, clock_image, caplog):
             pass
     assert hook_count(pipe) == 0
     big = clock_image.resize((96, 64))
-    with caplog.at_level(logging.INFO, logger="vwarper_hooks.reference"):
+    with caplog.at_level(logging.INFO, logger="vwarper_hooks.images"):
         subject = vwarper.Subject.from_images([big], "<clock>", "clock")
         generate(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 1), mask=False))
     assert "resized" in caplog.text and "96x64" in caplog.text
 
 
 def test_inversion_cache_on_disk_is_opt_in_and_checked(pipe, clock_image, tmp_path):
-    from vwarper_hooks.reference_cache import ReferenceCache
+    from vwarper_hooks.fine.reference_cache import ReferenceCache
 
     config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
     first = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
@@ -258,7 +259,7 @@ def test_inversion_cache_on_disk_is_opt_in_and_checked(pipe, clock_image, tmp_pa
 
 
 def test_unwritable_inversion_cache_does_not_fail_the_generation(pipe, clock_image, tmp_path, monkeypatch, caplog):
-    from vwarper_hooks.reference_cache import ReferenceCache
+    from vwarper_hooks.fine.reference_cache import ReferenceCache
 
     def disk_full(self, key, state):
         raise OSError("No space left on device")
@@ -275,7 +276,8 @@ def test_unwritable_inversion_cache_does_not_fail_the_generation(pipe, clock_ima
 
 
 def test_cache_key_follows_conditioning_values(pipe, clock_image):
-    from vwarper_hooks.reference_cache import cache_key, tensor_digest
+    from vwarper_hooks.files import tensor_digest
+    from vwarper_hooks.fine.reference_cache import cache_key
 
     image, steps = clock_image, torch.tensor([999, 500])
     kwargs = {"hidden_states": torch.zeros(1, 2, 4, 4, 4), "guidance": torch.tensor([6000.0])}
@@ -291,7 +293,8 @@ def test_cache_key_follows_conditioning_values(pipe, clock_image):
 def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
     """Padded text keys that the model masks out (HunyuanVideo) stay masked in the baselines too."""
     from vwarper_hooks.adapter import AttentionCall
-    from vwarper_hooks.warping import BUILTIN_INJECTORS, ReferenceFeatures, WarpPlan
+    from vwarper_hooks.fine.baselines import BASELINES
+    from vwarper_hooks.fine.warping import ReferenceFeatures, WarpPlan
 
     g = torch.Generator().manual_seed(0)
     n_video, n_text = 4, 3
@@ -311,13 +314,13 @@ def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
         ref = ReferenceFeatures(value=v[:, :, :n_video].flip(2), key=k[:, :, :n_video].flip(2))
         plan = WarpPlan(flow=torch.arange(n_video), mask=torch.ones(n_video, dtype=torch.bool),
                         ref_mask=torch.ones(n_video, dtype=torch.bool))
-        return BUILTIN_INJECTORS[injector]().attend(call, ref, plan)
+        return BASELINES[injector]().attend(call, ref, plan)
 
     assert torch.allclose(run_with(0.0), run_with(1e4), atol=1e-5)
 
 
 def test_inversion_cache_keeps_the_most_recently_used_states():
-    from vwarper_hooks.reference_cache import ReferenceCache
+    from vwarper_hooks.fine.reference_cache import ReferenceCache
 
     cache = ReferenceCache(max_entries=2)
     made = []

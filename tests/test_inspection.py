@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.inspection import ModelReport, inspect_model
+from vwarper_hooks.porting.inspection import ModelReport, inspect_model
 from vwarper_hooks.testing import tiny_wan_transformer
 
 

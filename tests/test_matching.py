@@ -7,8 +7,8 @@ import torch
 from vwarper_adapters.cogvideox import CogVideoXAdapter
 
 from vwarper_hooks.adapter import AttentionCall
-from vwarper_hooks.masks import cycle_error, cycle_mask
-from vwarper_hooks.matching import match_flows, pck
+from vwarper_hooks.fine.cycle import cycle_error, cycle_mask
+from vwarper_hooks.fine.matching import match_flows, pck
 from vwarper_hooks.testing import tie_query_key, tiny_cogvideox_transformer
 
 
@@ -121,7 +121,7 @@ def test_rope_free_matching_recovers_a_known_shift_and_beats_raw_qk():
 
 
 def test_foreground_score_ignores_masked_padding_keys():
-    from vwarper_hooks.masks import ForegroundAccumulator
+    from vwarper_hooks.fine.foreground import ForegroundAccumulator
 
     g = torch.Generator().manual_seed(0)
     query, key = torch.randn(2, 6, 8, generator=g), torch.randn(2, 5, 8, generator=g)

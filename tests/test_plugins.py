@@ -13,10 +13,9 @@ from vwarper_adapters.cogvideox import CogVideoXAdapter
 
 import vwarper_hooks as vwarper
 from vwarper_hooks import hookspecs
+from vwarper_hooks.fine.warping import ValueWarp
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.plugins import get_plugin_manager, register_plugin, unregister_plugin
-from vwarper_hooks.registry import adapter_sources
-from vwarper_hooks.warping import ValueWarp
+from vwarper_hooks.plugins import adapter_sources, get_plugin_manager, register_plugin, unregister_plugin
 
 
 class ToyAdapter(CogVideoXAdapter):

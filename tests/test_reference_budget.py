@@ -52,7 +52,7 @@ def test_no_reference_branch_without_warping(pipe, subject):
 
 def test_diagnostics_leave_the_device_only_when_read(pipe, subject, monkeypatch):
     """No device-to-host copy of flows or masks inside the denoising loop: copied when first read."""
-    from vwarper_hooks.session import StepDiagnostics
+    from vwarper_hooks.fine.diagnostics import StepDiagnostics
 
     copies: list[int] = []
     original = StepDiagnostics.to_cpu
@@ -76,7 +76,7 @@ def test_reference_features_are_freed_after_their_last_use(pipe, subject):
 
 
 def test_a_clipped_warp_window_is_logged(pipe, subject, caplog):
-    with caplog.at_level("WARNING", logger="vwarper_hooks.steps"):
+    with caplog.at_level("WARNING", logger="vwarper_hooks.fine.steps"):
         with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(0, 6), mask=False)):
             run(pipe, num_inference_steps=4)
     assert "warp steps [0, 4, 5, 6] dropped" in caplog.text

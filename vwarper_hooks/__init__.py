@@ -1,7 +1,8 @@
 """V-Warper for diffusers video transformers. Use as ``import vwarper_hooks as vwarper``."""
 
+from . import _moved
 from .adapter import Adapter, AttentionCall
-from .coarse import CoarseConfig, SubjectIntegrityError, SubjectMismatchError, train_subject
+from .coarse import CoarseConfig, train_subject
 from .config import WarpConfig
 from .errors import (
     AdapterNotFoundError,
@@ -9,15 +10,19 @@ from .errors import (
     DuplicateAdapterError,
     InjectionActiveError,
     SubjectError,
+    SubjectIntegrityError,
+    SubjectMismatchError,
     SubjectTokenError,
     VwarperError,
 )
+from .fine.session import Session, StepDiagnostics
 from .inject import inject
-from .registry import get_adapter, list_adapters
-from .session import Session, StepDiagnostics
+from .plugins import get_adapter, list_adapters
 from .subject import Subject
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_moved.install()  # deprecated 0.1 module paths stay importable for one release
 
 __all__ = [
     "Adapter",

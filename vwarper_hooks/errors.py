@@ -38,3 +38,15 @@ class SubjectError(VwarperError, ValueError):
 
 class MissingDependencyError(VwarperError, ImportError):
     """An optional package a feature needs is not installed (the message names the pip install)."""
+
+
+class SubjectIntegrityError(SubjectError):
+    """A subject directory or checkpoint is missing, malformed, truncated or tampered with."""
+
+
+class SubjectMismatchError(SubjectError):
+    """The subject was made for another model (other depth, widths, text encoder or config)."""
+
+
+class ConformanceError(VwarperError, AssertionError):
+    """An adapter failed a check of the conformance kit (`vwarper_hooks.testing`)."""

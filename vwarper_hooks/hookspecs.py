@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from .adapter import Adapter
     from .config import WarpConfig
-    from .warping import Injector
+    from .fine.warping import Injector
 
 PROJECT_NAME = "vwarper_hooks"
 

@@ -16,10 +16,10 @@ from typing import Any
 from .adapter import Adapter
 from .config import WarpConfig
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
-from .plugins import get_plugin_manager
-from .registry import get_adapter
-from .session import Session
-from .warping import Injector
+from .fine.session import Session
+from .fine.warping import Injector
+from .plugins import get_adapter, get_plugin_manager
+from .subject.activate import activate_subject, fit_problems
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Inje
         except SubjectError as exc:
             problems.append(str(exc))
         if getattr(subject, "has_coarse", False):
-            from .coarse.activate import fit_problems
-
             problems += fit_problems(pipe, subject)
     if problems:
         raise ConfigError(problems)
@@ -153,8 +151,6 @@ def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterato
         _active.add(id(transformer))
         stack.callback(_active.discard, id(transformer))
         if subject.has_coarse:
-            from .coarse.activate import activate_subject
-
             stack.enter_context(activate_subject(pipe, subject))
         session = Session(pipe, adapter, subject, config, injector)
         stack.callback(session.close)

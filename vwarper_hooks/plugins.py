@@ -1,45 +1,35 @@
-"""The plugin manager: built-ins and third-party plugins, both loaded from entry points."""
+"""The plugin manager and the adapter registry: built-ins and third-party plugins, both loaded from
+entry points; adapters are collected from every plugin's `register_adapters` hook."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-from types import ModuleType
 
 import pluggy
+from torch import nn
 
 from . import hookspecs
+from .adapter import Adapter
+from .errors import AdapterNotFoundError, DuplicateAdapterError
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-# Loaded from the entry points declared in our own pyproject; imported directly only when the
-# package runs from a source tree that was never installed (no entry-point metadata).
-BUILTIN_PLUGINS = {
-    "cogvideox": "vwarper_adapters.cogvideox",
-    "hunyuan_video": "vwarper_adapters.hunyuan_video",
-    "wan": "vwarper_adapters.wan",
-    "injectors": "vwarper_hooks.warping",
-}
-
 _pm: pluggy.PluginManager | None = None
+_adapter_cache: dict[str, tuple[Adapter, str]] | None = None
 
 
 def _new_manager() -> pluggy.PluginManager:
+    """Every plugin comes from the entry-point group, the built-ins included (pyproject.toml is the
+    one list of them): run from an installed package (``pip install -e .`` for a source tree)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     loaded = pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    logger.debug("loaded %d plugin(s) from entry points %r", loaded, ENTRY_POINT_GROUP)
-    for name, module in BUILTIN_PLUGINS.items():
-        if pm.get_plugin(name) is None and not pm.is_blocked(name):
-            logger.warning("built-in plugin %r not found through entry points; is the package installed?", name)
-            pm.register(_import(module), name=name)
+    if not loaded:
+        logger.warning("no plugin found under the entry-point group %r: is vwarper-hooks installed "
+                       "(pip install -e . for a source tree)?", ENTRY_POINT_GROUP)
     pm.check_pending()
     return pm
-
-
-def _import(dotted: str) -> ModuleType:
-    return importlib.import_module(dotted)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -77,6 +67,68 @@ def plugin_name_of(plugin: object) -> str:
 
 
 def _invalidate_caches() -> None:
-    from . import registry
+    global _adapter_cache
+    _adapter_cache = None
 
-    registry.clear_cache()
+
+HOW_TO_ADD = (
+    "Add an adapter plugin: implement vwarper_hooks.Adapter, register it with a "
+    "@hookimpl register_adapters(register) function, and expose it under the entry-point group "
+    "'vwarper_hooks' (see docs in README, 'Adding an architecture')."
+)
+
+
+def registered_adapters() -> dict[str, tuple[Adapter, str]]:
+    """Adapter name -> (adapter, name of the plugin that registered it). Raises on duplicate names."""
+    global _adapter_cache
+    if _adapter_cache is not None:
+        return _adapter_cache
+    pm = get_plugin_manager()
+    found: dict[str, tuple[Adapter, str]] = {}
+    for impl in pm.hook.register_adapters.get_hookimpls():
+        plugin_name = impl.plugin_name
+
+        def register(adapter: Adapter, _plugin: str = plugin_name) -> None:
+            if not isinstance(adapter, Adapter):
+                raise TypeError(f"Expected an Adapter instance, but plugin {_plugin!r} registered {adapter!r}.")
+            if not adapter.name:
+                raise ValueError(f"Expected a non-empty Adapter.name, but plugin {_plugin!r} gave none.")
+            if adapter.name in found:
+                other = found[adapter.name][1]
+                raise DuplicateAdapterError(
+                    f"Expected unique adapter names, but {adapter.name!r} is registered by both plugin "
+                    f"{other!r} and plugin {_plugin!r}. Rename one adapter or unregister one plugin."
+                )
+            found[adapter.name] = (adapter, _plugin)
+
+        impl.function(register=register)
+    _adapter_cache = found
+    return found
+
+
+def list_adapters() -> list[str]:
+    """Names of every registered adapter, sorted."""
+    return sorted(registered_adapters())
+
+
+def adapter_sources() -> dict[str, str]:
+    """Adapter name -> name of the plugin that registered it."""
+    return {name: plugin for name, (_, plugin) in sorted(registered_adapters().items())}
+
+
+def get_adapter(transformer: nn.Module | str) -> Adapter:
+    """The adapter that claims `transformer` (a model instance, or an adapter name)."""
+    adapters = registered_adapters()
+    if isinstance(transformer, str):
+        if transformer in adapters:
+            return adapters[transformer][0]
+        raise AdapterNotFoundError(
+            f"Expected one of the registered adapters {sorted(adapters)}, but got {transformer!r}. {HOW_TO_ADD}"
+        )
+    for adapter, _ in adapters.values():
+        if adapter.matches(transformer):
+            return adapter
+    raise AdapterNotFoundError(
+        f"Expected a transformer one of the registered adapters {sorted(adapters)} understands, but got "
+        f"{type(transformer).__name__}. {HOW_TO_ADD}"
+    )

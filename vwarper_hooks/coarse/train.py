@@ -26,48 +26,33 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
-from ..errors import ConfigError, SubjectError
-from ..reference import check_image, image_to_video
-from ..registry import get_adapter
+from ..errors import ConfigError, SubjectError, SubjectIntegrityError
+from ..files import config_hash, pixel_sha256
+from ..images import ImageInput, image_to_video, load_images
+from ..inject import is_active
+from ..plugins import get_adapter
 from ..subject import Subject
-from .activate import base_model_id, config_hash, lora_layer_count, lora_targets, peft_lora
-from .artifact import SubjectIntegrityError, has_checkpoint, load_checkpoint, pixel_sha256, save_checkpoint
+from ..subject.lora import lora_layer_count, lora_targets, peft_lora
+from ..subject.token import class_word_embedding, input_embedding, subject_token, token_problems
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .config import CoarseConfig
-from .token import class_word_embedding, input_embedding, subject_token, token_problems
 
 logger = logging.getLogger(__name__)
 
 TRAIN_ADAPTER = "vwarper_train"
-ImageInput = Image.Image | str | Path
 StepCallback = Callable[[int, float], None]
 
 
-def load_images(images: ImageInput | Sequence[ImageInput]) -> list[Image.Image]:
-    """Reference images as RGB PIL images; accepts PIL images and file paths."""
-    if isinstance(images, Image.Image | str | Path):
-        images = [images]
-    images = list(images or [])
-    if not images:
-        raise SubjectError("Expected 3-10 reference images, but got none. Pass PIL images or file paths.")
-    out = []
-    for i, item in enumerate(images):
-        if isinstance(item, Image.Image):
-            out.append(check_image(item, what=f"reference image #{i}"))
-            continue
-        if not isinstance(item, str | Path):
-            raise SubjectError(f"Expected a PIL image or a file path as image #{i}, but got {type(item).__name__}.")
-        try:
-            with Image.open(item) as opened:
-                out.append(opened.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SubjectError(
-                f"Expected a readable image file as image #{i}, but got {str(item)!r} ({exc}). "
-                "Check the path and the file format."
-            ) from None
-    return out
+def base_model_id(pipe: Any) -> str | None:
+    """Where the pipeline / transformer was loaded from (None for models built in code)."""
+    for config in (getattr(pipe, "config", None), getattr(pipe.transformer, "config", None)):
+        name = dict(config or {}).get("_name_or_path")
+        if name:
+            return str(name)
+    return None
 
 
 def training_size(pipe: Any, config: CoarseConfig) -> tuple[int, int]:
@@ -198,8 +183,6 @@ def train_subject(
     :param callback: called as ``callback(step, loss)`` after each step (and its checkpoint);
         raising from it stops training cleanly.
     """
-    from ..inject import is_active
-
     config = config or CoarseConfig()
     images = load_images(images)
     if len(images) < 3:

@@ -1,0 +1,154 @@
+"""Subcommands eval (CLIP-I / DINO-I / CLIP-T) and analyze (per-layer PCK, paper figure 4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ..exits import CliError
+from ..loading import default_device, load_pipeline, require_dir
+from .render import console, err_console, print_json, stage_progress
+
+
+def _add(sub: Any, name: str, common: Any, formatter: Any, epilog: str, summary: str, description: str) -> Any:
+    return sub.add_parser(
+        name, help=summary, description=description, parents=[common], formatter_class=formatter, epilog=epilog
+    )
+
+
+# ----------------------------------------------------------------------------------------- eval
+def register_eval(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
+    from ..evaluation import DEFAULT_CLIP, DEFAULT_DINO
+
+    p = _add(sub, "eval", common, formatter, epilog, "score videos with CLIP-I, DINO-I and CLIP-T (paper table 1)",
+             "Score generated videos against the subjects' reference photos (CLIP-I, DINO-I) and their\n"
+             "prompts (CLIP-T, subject token removed). Layout of RUN:\n"
+             "  RUN/references/<subject>/*.jpg       reference photos\n"
+             "  RUN/videos/<subject>/<name>.mp4|gif  generated videos\n"
+             '  RUN/videos/<subject>/<name>.json     {"prompt": "...", "token": "<x>"}\n'
+             "Writes RUN/metrics.json (or --out) and prints the means per subject.")
+    p.add_argument("run", help="run folder (see the layout above)")
+    p.add_argument("--references", default=None, help="reference folder (default: RUN/references)")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP model id or folder")
+    p.add_argument("--dino-model", default=DEFAULT_DINO, help="DINO model id or folder")
+    p.add_argument("--out", default=None, help="JSON file to write (default: RUN/metrics.json)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    p.set_defaults(handler=run_eval)
+
+
+def metrics_table(report: Any) -> Table:
+    table = Table(title="V-Warper metrics (higher is better)")
+    for column in ("subject", "videos", "CLIP-I", "DINO-I", "CLIP-T"):
+        table.add_column(column, justify="left" if column == "subject" else "right")
+    counts: dict[str, int] = {}
+    for video in report.videos:
+        counts[video["subject"]] = counts.get(video["subject"], 0) + 1
+    rows = [(s, counts[s], m) for s, m in report.subjects.items()] + [("all", len(report.videos), report.overall)]
+    for name, count, m in rows:
+        table.add_row(name, str(count), f"{m['clip_i']:.4f}", f"{m['dino_i']:.4f}", f"{m['clip_t']:.4f}",
+                      style="bold" if name == "all" else None)
+    return table
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluation import ClipEmbedder, DinoEmbedder, evaluate, find_videos
+
+    run = require_dir(args.run, "a run folder", "Pass the folder holding videos/ and references/.")
+    if args.references:
+        require_dir(args.references, "a reference folder", "Pass --references DIR with one folder per subject.")
+    find_videos(run)  # fail fast, before loading models
+    device = args.device or default_device()
+    with err_console.status("loading CLIP and DINO ..."):
+        clip, dino = ClipEmbedder(args.clip_model, device=device), DinoEmbedder(args.dino_model, device=device)
+    with stage_progress() as update:
+        report = evaluate(run, args.references, clip=clip, dino=dino, progress=lambda d, t: update("score", d, t))
+    out = report.save(Path(args.out) if args.out else run / "metrics.json")
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        console.print(metrics_table(report))
+        console.print(f"written to {out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- analyze
+def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
+    p = _add(sub, "analyze", common, formatter, epilog, "per-layer correspondence accuracy (paper figure 4)",
+             "PCK@alpha of three descriptors at every attention layer: intermediate features, raw (post-RoPE)\n"
+             "Q/K and RoPE-free Q/K. Ground truth: a synthetic known shift of the reference latent (default),\n"
+             "or, with --video, DINO correspondences between the video's frames and the reference image.\n"
+             "Writes pck.csv and pck.png (figure-4 style) and warps.png (figure-5 style: the reference\n"
+             "warped into the generation by each descriptor's flow at the best layer) to --out.")
+    p.add_argument("--model", default="tiny", help="diffusers hub id or folder ('tiny': random test model)")
+    p.add_argument("--reference", default=None, help="reference image (default: the demo's clock photo)")
+    p.add_argument("--video", default=None, help="generated video (mp4/gif): use DINO pseudo ground truth")
+    p.add_argument("--matcher-model", default=None, help="DINO model id or folder for --video")
+    p.add_argument("--shift", type=int, default=2, help="known shift in tokens (synthetic mode)")
+    p.add_argument("--frames", type=int, default=5, help="video frames of the synthetic pair (4k+1)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
+                   help="pixel size of the synthetic pair (default: the model's)")
+    p.add_argument("--timestep", type=int, default=500, help="diffusion timestep the latents are noised to")
+    p.add_argument("--alpha", type=float, default=0.05, help="PCK threshold as a fraction of the token grid")
+    p.add_argument("--prompt", default="a photo", help="text conditioning of the forward pass")
+    p.add_argument("--out", default="vwarper-analysis", help="output directory")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weights dtype")
+    p.add_argument("--device", default=None, help="torch device")
+    p.set_defaults(handler=run_analyze)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+
+    from .. import analysis
+    from ..demo import sample_images
+
+    if args.reference:
+        path = Path(args.reference)
+        if not path.is_file():
+            raise CliError(f"Expected a reference image file, but got {str(path)!r}, which does not exist. "
+                           "Pass --reference PHOTO.jpg.")
+        from ...images import load_images
+
+        reference = load_images([path])[0]
+    else:
+        reference = sample_images()[0]
+    if args.video and not Path(args.video).is_file():
+        raise CliError(f"Expected a video file, but got {args.video!r}, which does not exist. Pass --video FILE.")
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with err_console.status("capturing features of every layer ..."):
+        if args.video:
+            from ..visualize import read_video
+
+            matcher = analysis.DinoMatcher(args.matcher_model, device=str(pipe._execution_device))
+            result = analysis.dense_matcher_truth(pipe, read_video(args.video), reference, matcher,
+                                                  timestep=args.timestep, alpha=args.alpha, prompt=args.prompt)
+        else:
+            result = analysis.synthetic_shift(pipe, reference, shift=args.shift, frames=args.frames,
+                                              size=tuple(args.size) if args.size else None, timestep=args.timestep,
+                                              alpha=args.alpha, prompt=args.prompt)
+    csv_path, png_path = result.save_csv(out / "pck.csv"), result.plot(out / "pck.png")
+    from .. import visualize as vis
+
+    picture, layer = result.warp_figure()
+    caption = f"layer {layer}, rows:\ngenerated\nwarped by: intermediate\nraw Q/K\nRoPE-free Q/K"
+    warps = vis.save_png(vis.label(picture, caption), out / "warps.png")
+    (out / "pck.json").write_text(json.dumps(result.to_dict(), indent=2))
+    table = Table(title=f"best layer per descriptor ({result.mode}, grid {result.grid})")
+    for column in ("descriptor", "best layer", f"PCK@{args.alpha:g}", "mean over layers"):
+        table.add_column(column)
+    for descriptor in analysis.DESCRIPTORS:
+        layer, value = result.best(descriptor)
+        curve = result.curve(descriptor)
+        table.add_row(analysis.LABELS[descriptor], str(layer), f"{value:.3f}", f"{sum(curve) / len(curve):.3f}")
+    console.print(table)
+    console.print(f"written: {csv_path}, {png_path}, {warps}")
+    return 0
+
+
+REGISTRY = [register_eval, register_analyze]

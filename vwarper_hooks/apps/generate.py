@@ -1,0 +1,57 @@
+"""One V-Warper generation as the command line, the demo and the benchmark runner make it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import WarpConfig
+from ..fine.diagnostics import StepDiagnostics
+from ..inject import inject
+from .visualize import to_uint8
+
+
+def generate_video(
+    pipe: Any,
+    subject: Any,
+    prompt: str,
+    *,
+    frames: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str = "",
+    config: WarpConfig | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[int, StepDiagnostics]]:
+    """Generate inside `inject`; returns ``(T, H, W, 3)`` uint8 frames and the per-step diagnostics.
+
+    :param height, width: pixels; None keeps the pipeline's default size.
+    :param on_step: called with the number of finished denoising steps (progress bars).
+    """
+    call: dict[str, Any] = dict(
+        prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, num_inference_steps=steps,
+        guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed),
+    )
+    if height:
+        call["height"] = height
+    if width:
+        call["width"] = width
+    if hasattr(pipe.transformer.config, "max_text_seq_length"):  # CogVideoX: the length the model was built for
+        call["max_sequence_length"] = pipe.transformer.config.max_text_seq_length
+    if on_step is not None:
+
+        def callback(_pipe: Any, step: int, _t: Any, _kwargs: dict) -> dict:
+            on_step(step + 1)
+            return {}
+
+        call["callback_on_step_end"] = callback
+    with inject(pipe, subject, config=config) as session:
+        frames_out = pipe(**call).frames
+        diagnostics = dict(session.diagnostics)
+    return to_uint8(frames_out), diagnostics

@@ -1,0 +1,96 @@
+"""Loading a diffusers pipeline for the apps, with the memory options diffusers users expect."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..porting.tiny_models import tiny_cogvideox_pipeline
+from .exits import CliError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TINY_MODELS = ("tiny", "tiny:cogvideox")
+
+def tiny_demo_pipeline(seed: int = 0) -> Any:
+    """The tiny random CogVideoX pipeline with tied Q/K (so that matching means something): the
+    model behind ``--model tiny`` and the demo."""
+    return tiny_cogvideox_pipeline(seed=seed, tie_qk=True)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """'auto' is bfloat16 on CUDA and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def require_dir(path: str | Path, what: str, hint: str) -> Path:
+    """`path` as a Path when it is an existing directory, else a one-line `CliError`."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        state = "a file" if folder.exists() else "nothing there"
+        raise CliError(f"Expected {what} at {str(folder)!r}, but got {state}. {hint}")
+    return folder
+
+
+def load_pipeline(
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    cpu_offload: bool = False,
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+) -> Any:
+    """A diffusers pipeline from a hub id or a local directory ('tiny': the random test model).
+
+    :param cpu_offload: ``enable_model_cpu_offload()`` (needs an accelerator) instead of ``.to(device)``.
+    :param vae_tiling, vae_slicing: decode the video in tiles / one sample at a time (less memory).
+    """
+    device = device or default_device()
+    if model in TINY_MODELS:
+        logger.info("using the tiny random test model (random weights, tied Q/K), on one CPU thread")
+        torch.set_num_threads(1)  # the CLI process ends after the command; more threads only spin on it
+        pipe = tiny_demo_pipeline()
+    else:
+        local = Path(model).expanduser()
+        looks_local = model.startswith((".", "/", "~")) or local.exists()
+        if looks_local and not local.is_dir():
+            raise CliError(
+                f"Expected a diffusers model directory or a hub id, but got {model!r}, which does not exist. "
+                "Check the path, or pass a hub id such as THUDM/CogVideoX-5b."
+            )
+        from diffusers import DiffusionPipeline
+
+        torch_dtype = resolve_dtype(dtype, device)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else model, torch_dtype=torch_dtype)
+        except (OSError, ValueError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+            raise CliError(
+                f"Expected a loadable diffusers pipeline, but got {model!r}: {first}. "
+                "Check the id or path; when offline, download it first (huggingface-cli download) or pass a folder."
+            ) from None
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if cpu_offload:
+        try:
+            pipe.enable_model_cpu_offload()
+        except (RuntimeError, ValueError) as exc:
+            raise CliError(
+                f"Expected an accelerator for --cpu-offload, but got: {exc}. Drop --cpu-offload on CPU-only machines."
+            ) from None
+    else:
+        pipe.to(device)
+    return pipe

@@ -1,0 +1,36 @@
+"""What the session records per warp step, for plots and tests: flow and masks on the token grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepDiagnostics:
+    """Flow and masks of one warp step, on CPU, on the (frames, height, width) token grid."""
+
+    step: int
+    grid: tuple[int, int, int]
+    flow: torch.Tensor  # (F, h, w) int32: reference token index read by each generation token
+    fg_score: torch.Tensor | None  # (F, h, w) float16 min-max normalised foreground score
+    fg_mask: torch.Tensor | None  # (F, h, w) bool
+    cc_mask: torch.Tensor | None  # (F, h, w) bool
+    mask: torch.Tensor  # (F, h, w) bool: final injection mask
+
+    def to_cpu(self) -> StepDiagnostics:
+        """Compact CPU copy on the token grid (the session records device tensors during the run)."""
+
+        def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if x is None else x.detach().to("cpu", dtype).reshape(self.grid)
+
+        return StepDiagnostics(
+            self.step,
+            self.grid,
+            cpu(self.flow, torch.int32),
+            cpu(self.fg_score, torch.float16),
+            cpu(self.fg_mask, torch.bool),
+            cpu(self.cc_mask, torch.bool),
+            cpu(self.mask, torch.bool),
+        )

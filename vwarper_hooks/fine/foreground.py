@@ -1,0 +1,69 @@
+"""Foreground score (paper appendix A): where the subject is, from its token's attention.
+
+For every video query (post-RoPE) of the conditional sample, softmax over the text
+keys (the video->text block of the joint attention), take the probability mass on the subject
+token(s), average over heads, and accumulate over the configured layers and the steps so far.
+The softmax runs over text keys only: that is the V->T block the paper names, and it costs
+O(N x text) instead of a second full attention. The running mean is min-max normalised over all
+video tokens and thresholded at tau_fg.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_FG_CHUNK = 4096
+
+
+class ForegroundAccumulator:
+    """Running mean of video->subject-token attention over layers and steps."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
+
+    @torch.no_grad()
+    def add(
+        self,
+        query_video: torch.Tensor,
+        key_text: torch.Tensor,
+        subject_positions: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+    ) -> None:
+        """Add one layer's scores.
+
+        :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
+        :param key_text: (heads, T, d) text keys of the same sample.
+        :param subject_positions: (k,) long positions of the subject token(s) in the text.
+        :param key_valid: (T,) bool, False for padding the model masks out of its attention; those
+            keys then get no share of the softmax either. None: all keys count.
+        """
+        scale = 1.0 / math.sqrt(query_video.shape[-1])
+        bias = None if key_valid is None else torch.zeros(key_valid.shape, device=key_text.device).masked_fill(
+            ~key_valid.to(key_text.device), float("-inf")
+        )
+        scores = torch.empty(query_video.shape[1], dtype=torch.float32, device=query_video.device)
+        for start in range(0, query_video.shape[1], _FG_CHUNK):
+            block = query_video[:, start : start + _FG_CHUNK] @ key_text.transpose(-1, -2) * scale
+            block = block.float() if bias is None else block.float() + bias
+            probs = block.softmax(dim=-1)[..., subject_positions].sum(-1)  # (heads, c)
+            scores[start : start + _FG_CHUNK] = probs.mean(0)
+        self.total = scores if self.total is None else self.total + scores
+        self.count += 1
+
+    def normalised(self) -> torch.Tensor | None:
+        """Min-max normalised mean score per video token, or None before the first `add`."""
+        if self.total is None:
+            return None
+        mean = self.total / self.count
+        lo, hi = mean.min(), mean.max()
+        return (mean - lo) / (hi - lo).clamp_min(1e-12)
+
+    def mask(self, tau_fg: float) -> torch.Tensor | None:
+        scores = self.normalised()
+        return None if scores is None else scores > tau_fg

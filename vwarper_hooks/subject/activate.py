@@ -1,0 +1,94 @@
+"""Put a subject's coarse stage (LoRA + token) on a pipeline for a ``with`` block, then take it off.
+
+`fit_problems` says, before anything is touched, every reason a subject does not fit a pipeline;
+`activate_subject` then loads the LoRA (`lora.peft_lora`) and the token (`token.subject_token`)
+and removes both on exit, so the pipeline computes exactly what it computed before.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from ..errors import SubjectMismatchError
+from ..files import config_hash
+from .lora import lora_shapes, lora_spec, peft_lora
+from .token import input_embedding, subject_token, token_problems
+
+logger = logging.getLogger(__name__)
+
+def fit_problems(pipe: Any, subject: Any) -> list[str]:
+    """Every reason `subject`'s LoRA or token cannot go on `pipe` (empty: it fits)."""
+    problems = []
+    transformer = pipe.transformer
+    if subject.lora is not None:
+        rank, _, targets, _ = lora_spec(subject)
+        modules = dict(transformer.named_modules())
+        missing = [t for t in targets if t not in modules]
+        if missing:
+            problems.append(
+                f"Expected LoRA weights for modules of this {type(transformer).__name__}, but got "
+                f"{len(missing)} for modules it does not have (e.g. {missing[0]}). The subject was trained "
+                f"for another model (config {str(subject.info.get('transformer_config_hash'))[:12]}, "
+                f"this one {config_hash(transformer)[:12]}). Train it for this model."
+            )
+        else:
+            expected = lora_shapes(transformer, targets, rank)
+            wrong = [
+                (k, tuple(v.shape), expected.get(k)) for k, v in subject.lora.items() if expected.get(k) != v.shape
+            ]
+            if wrong:
+                key, got, want = wrong[0]
+                problems.append(
+                    f"Expected LoRA tensor {key} of shape {want}, but got {got} ({len(wrong)} tensors differ). "
+                    "The subject was trained for a transformer of other widths; train it for this model."
+                )
+    if subject.token_embedding is not None:
+        problems += token_problems(pipe.tokenizer, subject.token)
+        dim = input_embedding(pipe.text_encoder).embedding_dim
+        if tuple(subject.token_embedding.shape) != (dim,):
+            problems.append(
+                f"Expected a token embedding of shape ({dim},) for this text encoder, but got "
+                f"{tuple(subject.token_embedding.shape)}. Train the subject with this pipeline's text encoder."
+            )
+    return problems
+
+
+def config_mismatch(pipe: Any, subject: Any) -> str | None:
+    """Why `subject` was trained for another transformer config than `pipe`'s (None: same or unknown)."""
+    recorded, here = subject.info.get("transformer_config_hash"), config_hash(pipe.transformer)
+    if not recorded or recorded == here:
+        return None
+    return (
+        f"Expected a subject trained for this {type(pipe.transformer).__name__} (config sha256 {here[:12]}), but "
+        f"got one trained for config {recorded[:12]} ({subject.info.get('transformer_class')}, base model "
+        f"{subject.info.get('base_model')}). Load that base model or retrain."
+    )
+
+
+@contextmanager
+def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
+    """Load the subject's LoRA and token into `pipe` for the ``with`` block.
+
+    Validates first (nothing is touched when the subject does not fit). On exit, normal or by
+    exception, the LoRA is unloaded and the tokenizer and embedding modules are restored, so
+    the pipeline's outputs are bit-identical to before.
+    """
+    problems = fit_problems(pipe, subject)
+    if problems:
+        raise SubjectMismatchError("\n".join(problems))
+    if config_mismatch(pipe, subject):
+        logger.warning("subject %r was trained for another transformer config; shapes fit, using it", subject.token)
+    with ExitStack() as stack:
+        if subject.token_embedding is not None:
+            stack.enter_context(subject_token(pipe, subject.token, subject.token_embedding))
+        if subject.lora is not None:
+            *_, meta = lora_spec(subject)
+            name = f"vwarper_{uuid.uuid4().hex[:8]}"
+            stack.enter_context(peft_lora(pipe.transformer, name, state_dict=subject.lora, metadata=meta))
+        logger.info("subject %r active (LoRA: %s, token: %s)", subject.token, subject.lora is not None,
+                    subject.token_embedding is not None)
+        yield

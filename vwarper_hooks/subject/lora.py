@@ -1,0 +1,159 @@
+"""The subject's LoRA: which projections get it (K, V, O of every attention layer, never Q), its
+diffusers-format keys and metadata, and `peft_lora`, which adds a peft adapter for a ``with`` block.
+
+The LoRA goes in through diffusers' `load_lora_adapter` (peft underneath) under a unique adapter
+name. On exit it is removed so that no peft layer stays behind: when the transformer had no
+LoRA before, `unload_lora()` swaps every peft wrapper back for its original `nn.Linear` (the
+very same module object, so outputs are bit-identical); when the user had adapters of their
+own, only ours is deleted and each layer's previous active adapters are restored. Parameter
+``requires_grad`` flags, which peft changes on injection, are restored too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SubjectError
+from ..plugins import get_adapter
+
+logger = logging.getLogger(__name__)
+
+#: The projections of every attention layer that get LoRA (the query stays frozen, paper 4.1).
+LORA_PROJECTIONS = ("to_k", "to_v", "to_out.0")
+#: Key prefix of the transformer's weights in diffusers LoRA files.
+LORA_PREFIX = "transformer"
+
+
+def lora_layer_count(module: nn.Module) -> int:
+    """Number of peft tuner layers (LoRA wrappers) inside `module`; 0 for a clean model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def _linear(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)
+
+
+def lora_targets(transformer: nn.Module) -> list[str]:
+    """Module names of K, V and O of every attention layer, in layer order."""
+    names = {id(m): n for n, m in transformer.named_modules()}
+    targets = []
+    for i, attn in enumerate(get_adapter(transformer).attention_layers(transformer)):
+        for proj in LORA_PROJECTIONS:
+            name = f"{names[id(attn)]}.{proj}"
+            try:
+                module = _linear(transformer.get_submodule(name))
+            except AttributeError:
+                module = None
+            if not isinstance(module, nn.Linear):
+                raise SubjectError(
+                    f"Expected an nn.Linear {proj} in attention layer {i} ({name}), but got "
+                    f"{type(module).__name__}. Unfuse projections (transformer.unfuse_qkv_projections())."
+                )
+            targets.append(name)
+    return targets
+
+
+def lora_shapes(transformer: nn.Module, targets: list[str], rank: int) -> dict[str, tuple[int, ...]]:
+    """Expected diffusers-format LoRA keys -> shapes for `targets` at `rank`."""
+    shapes = {}
+    for name in targets:
+        linear = _linear(transformer.get_submodule(name))
+        shapes[f"{LORA_PREFIX}.{name}.lora_A.weight"] = (rank, linear.in_features)
+        shapes[f"{LORA_PREFIX}.{name}.lora_B.weight"] = (linear.out_features, rank)
+    return shapes
+
+
+def lora_metadata(rank: int, alpha: float, targets: list[str]) -> dict[str, Any]:
+    """peft `LoraConfig` kwargs stored with the weights, so loaders use our alpha (no scale trap)."""
+    return {
+        "r": int(rank),
+        "lora_alpha": float(alpha),
+        "target_modules": list(targets),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "init_lora_weights": True,
+        "use_dora": False,
+        "use_rslora": False,
+    }
+
+
+def targets_of(lora: dict[str, torch.Tensor]) -> list[str]:
+    """Module names a diffusers-format LoRA state dict touches, in key order."""
+    found: dict[str, None] = {}
+    for key in lora:
+        name = key.removeprefix(f"{LORA_PREFIX}.").rsplit(".lora_", 1)[0]
+        found[name] = None
+    return list(found)
+
+
+def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
+    """(rank, alpha, target modules, prefixed diffusers metadata) of `subject`'s LoRA.
+
+    Rank defaults to the width of the ``lora_B`` weights and alpha to the rank (scale 1).
+    """
+    rank = subject.lora_rank
+    if rank is None:
+        widths = [v.shape[1] for k, v in subject.lora.items() if "lora_B" in k]
+        if not widths:
+            raise SubjectError("Expected LoRA weights with lora_B matrices, but got none. Retrain the subject.")
+        rank = widths[0]
+    rank = int(rank)
+    alpha = float(subject.lora_alpha if subject.lora_alpha is not None else rank)
+    targets = targets_of(subject.lora)
+    meta = {f"{LORA_PREFIX}.{k}": v for k, v in lora_metadata(rank, alpha, targets).items()}
+    return rank, alpha, targets, meta
+
+
+@contextmanager
+def peft_lora(
+    transformer: nn.Module,
+    adapter_name: str,
+    *,
+    config: Any = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Iterator[str]:
+    """Add a LoRA adapter (new, from a peft `config`, or loaded from a diffusers `state_dict`).
+
+    Yields the adapter name; on exit removes it completely (see the module docstring).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    had_lora = lora_layer_count(transformer) > 0
+    previous = {m: list(m.active_adapters) for m in transformer.modules() if isinstance(m, BaseTunerLayer)}
+    grads = [(p, p.requires_grad) for p in transformer.parameters()]
+    own = vars(transformer)
+    flag = ("_hf_peft_config_loaded" in own, own.get("_hf_peft_config_loaded"))
+    try:
+        if config is not None:
+            transformer.add_adapter(config, adapter_name=adapter_name)
+        else:
+            transformer.load_lora_adapter(
+                dict(state_dict or {}), prefix=LORA_PREFIX, adapter_name=adapter_name, metadata=metadata
+            )
+        for module in transformer.modules():  # the user's adapters stay active next to ours
+            if isinstance(module, BaseTunerLayer) and module in previous:
+                module.set_adapter(previous[module] + [adapter_name])
+        yield adapter_name
+    finally:
+        if not had_lora:
+            transformer.unload_lora()
+            if flag[0]:
+                own["_hf_peft_config_loaded"] = flag[1]
+            else:
+                own.pop("_hf_peft_config_loaded", None)
+        elif adapter_name in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters(adapter_name)
+            for module, active in previous.items():
+                module.set_adapter(active)
+        for param, requires_grad in grads:
+            param.requires_grad_(requires_grad)
+        logger.debug("LoRA adapter %s removed (%d peft layers left)", adapter_name, lora_layer_count(transformer))

@@ -1,0 +1,229 @@
+"""The subject directory on disk: `write_subject` and `read_subject`.
+
+A subject directory holds::
+
+    subject.json                        manifest (pydantic `SubjectManifest`), sha256 of every file
+    pytorch_lora_weights.safetensors    diffusers-format LoRA ("transformer." keys, peft config
+                                        in the "lora_adapter_metadata" header): loads with a stock
+                                        ``pipe.load_lora_weights(path)``, alpha included
+    token_embedding.safetensors         the subject token's text-encoder input embedding
+    images/00.png ...                   the reference images
+
+Everything is written into a temporary directory next to the target and renamed into place,
+so a failed save leaves nothing behind. Loading checks the format version and every file's
+hash before parsing, and only ever uses safetensors and JSON (nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import save_file
+
+from ..errors import SubjectError, SubjectIntegrityError
+from ..files import atomic_directory, pixel_sha256, read_safetensors, sha256_bytes
+from .lora import LORA_PREFIX, lora_spec
+
+if TYPE_CHECKING:
+    from .subject import Subject
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "subject.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+TOKEN_FILE = "token_embedding.safetensors"
+
+
+class LoraInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    alpha: float
+    targets: list[str]
+
+
+class SubjectManifest(BaseModel):
+    """Contents of ``subject.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: int
+    token: str
+    class_word: str
+    base_model: str | None = None
+    transformer_class: str | None = None
+    transformer_config_hash: str | None = None
+    lora: LoraInfo | None = None
+    token_embedding_dim: int | None = None
+    training: dict[str, Any] = {}
+    losses: list[float] = []
+    images: list[str]
+    image_sha256: list[str]  # of the decoded RGB pixels
+    files: dict[str, str]  # relative path -> sha256 of the file bytes
+    created_by: str = ""
+
+
+def _replaceable(target: Path) -> bool:
+    """Only an earlier subject directory or an empty directory may be replaced by `save_subject`."""
+    return target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))
+
+
+def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `subject` as a directory at `path` (atomically); refuses an existing path unless `overwrite`."""
+    subject.check()
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise SubjectError(
+            f"Expected a path that does not exist yet, but got {target}, which exists. "
+            "Pass overwrite=True or choose another path."
+        )
+    if target.exists() and not _replaceable(target):
+        raise SubjectError(
+            f"Expected a subject directory (with {MANIFEST}) or an empty directory at {target} to overwrite, "
+            "but got something else; it was left as it is. Choose another path."
+        )
+    info = subject.info
+    with atomic_directory(target, overwrite) as tmp:
+        lora_info = None
+        if subject.lora is not None:
+            rank, alpha, targets, meta = lora_spec(subject)
+            lora_info = LoraInfo(rank=rank, alpha=alpha, targets=targets)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in subject.lora.items()}
+            header = {"format": "pt", "lora_adapter_metadata": json.dumps(meta, indent=2, sort_keys=True)}
+            save_file(tensors, tmp / LORA_FILE, metadata=header)
+        if subject.token_embedding is not None:
+            header = {"format": "pt", "token": subject.token, "class_word": subject.class_word,
+                      "space": "text encoder input token embedding"}
+            embedding = subject.token_embedding.detach().cpu().contiguous()
+            save_file({"token_embedding": embedding}, tmp / TOKEN_FILE, metadata=header)
+        (tmp / "images").mkdir()
+        names = []
+        for i, image in enumerate(subject.images):
+            names.append(f"images/{i:02d}.png")
+            image.save(tmp / names[-1], format="PNG")
+        files = {
+            p.relative_to(tmp).as_posix(): sha256_bytes(p.read_bytes()) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        manifest = SubjectManifest(
+            format_version=FORMAT_VERSION, token=subject.token, class_word=subject.class_word,
+            base_model=info.get("base_model"), transformer_class=info.get("transformer_class"),
+            transformer_config_hash=info.get("transformer_config_hash"), lora=lora_info,
+            token_embedding_dim=None if subject.token_embedding is None else int(subject.token_embedding.numel()),
+            training=info.get("training", {}), losses=info.get("losses", []), images=names,
+            image_sha256=[pixel_sha256(im) for im in subject.images], files=files,
+            created_by=f"vwarper_hooks {_version()}",
+        )
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    logger.info("subject %r saved to %s", subject.token, target)
+    return target
+
+
+def _read_manifest(root: Path) -> SubjectManifest:
+    file = root / MANIFEST
+    if not file.is_file():
+        raise SubjectIntegrityError(
+            f"Expected a subject directory containing {MANIFEST}, but got {root}, which has none. "
+            "Pass the directory written by Subject.save()."
+        )
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SubjectIntegrityError(f"Expected valid JSON in {file}, but got: {exc}. Re-save the subject.") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise SubjectIntegrityError(
+            f"Expected subject format version {FORMAT_VERSION}, but got {version!r} in {file}. "
+            "Use the vwarper_hooks version that wrote it, or re-save the subject."
+        )
+    try:
+        return SubjectManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise SubjectIntegrityError(f"Expected a valid {MANIFEST}, but got: {exc}. Re-save the subject.") from None
+
+
+def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
+    """Every recorded file's bytes, after checking its sha256 against the manifest."""
+    needed = set(manifest.images) | ({LORA_FILE} if manifest.lora else set())
+    needed |= {TOKEN_FILE} if manifest.token_embedding_dim else set()
+    unrecorded = sorted(needed - set(manifest.files))
+    if unrecorded:
+        raise SubjectIntegrityError(
+            f"Expected {MANIFEST} to record a hash for every file, but got none for {unrecorded}. Re-save the subject."
+        )
+    blobs = {}
+    for rel, digest in manifest.files.items():
+        file = (root / rel).resolve()
+        if root.resolve() not in file.parents or not file.is_file():
+            raise SubjectIntegrityError(f"Expected file {rel} inside {root}, but it is missing. Restore or re-save.")
+        data = file.read_bytes()
+        if sha256_bytes(data) != digest:
+            raise SubjectIntegrityError(
+                f"Expected {rel} with sha256 {digest[:16]}... as recorded in {MANIFEST}, but got "
+                f"{sha256_bytes(data)[:16]}... ({len(data)} bytes): the file was changed or truncated. "
+                "Restore it or re-save the subject."
+            )
+        blobs[rel] = data
+    return blobs
+
+
+def read_subject(path: str | os.PathLike) -> dict[str, Any]:
+    """The `Subject` fields stored in a subject directory, after checking every file's hash."""
+    root = Path(path)
+    manifest = _read_manifest(root)
+    blobs = _read_files(root, manifest)
+    lora = None
+    if manifest.lora is not None:
+        lora = read_safetensors(blobs[LORA_FILE], LORA_FILE)
+        rank, want = manifest.lora.rank, set()
+        for name in manifest.lora.targets:
+            want |= {f"{LORA_PREFIX}.{name}.lora_A.weight", f"{LORA_PREFIX}.{name}.lora_B.weight"}
+        bad = sorted(k for k, v in lora.items() if v.ndim != 2 or v.shape[0 if ".lora_A." in k else 1] != rank)
+        if set(lora) != want or bad:
+            raise SubjectIntegrityError(
+                f"Expected LoRA tensors for {len(manifest.lora.targets)} modules at rank {rank}, but got "
+                f"{len(lora)} tensors (missing {sorted(want - set(lora))[:2]}, unexpected "
+                f"{sorted(set(lora) - want)[:2]}, wrong rank {bad[:2]}). Re-save the subject."
+            )
+    embedding = None
+    if manifest.token_embedding_dim:
+        embedding = read_safetensors(blobs[TOKEN_FILE], TOKEN_FILE).get("token_embedding")
+        if embedding is None or tuple(embedding.shape) != (manifest.token_embedding_dim,):
+            raise SubjectIntegrityError(
+                f"Expected a token_embedding of shape ({manifest.token_embedding_dim},) in {TOKEN_FILE}, but got "
+                f"{None if embedding is None else tuple(embedding.shape)}. Re-save the subject."
+            )
+    images = []
+    for rel, digest in zip(manifest.images, manifest.image_sha256, strict=True):
+        image = Image.open(io.BytesIO(blobs[rel]))
+        image.load()
+        if image.mode != "RGB" or pixel_sha256(image) != digest:
+            raise SubjectIntegrityError(f"Expected {rel} to hold the recorded RGB pixels, but they differ. Re-save.")
+        images.append(image)
+    info = {
+        "base_model": manifest.base_model, "transformer_class": manifest.transformer_class,
+        "transformer_config_hash": manifest.transformer_config_hash, "training": manifest.training,
+        "losses": manifest.losses, "image_sha256": manifest.image_sha256,
+        "lora_targets": manifest.lora.targets if manifest.lora else [],
+    }
+    fields = dict(
+        token=manifest.token, class_word=manifest.class_word, images=images, lora=lora,
+        lora_rank=manifest.lora.rank if manifest.lora else None,
+        lora_alpha=manifest.lora.alpha if manifest.lora else None, token_embedding=embedding, info=info,
+    )
+    logger.info("subject %r read from %s", manifest.token, root)
+    return fields
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vwarper-hooks")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"

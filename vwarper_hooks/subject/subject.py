@@ -1,0 +1,84 @@
+"""The `Subject`: what V-Warper knows about one personalised subject.
+
+Holds the subject token and class word, the reference images, and (after coarse training) the
+LoRA weights and the token embedding. It also carries the in-memory cache of reference-branch
+inversions, so a second generation with the same size and steps skips the inversion.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import SubjectError, SubjectMismatchError
+from ..fine.reference_cache import ReferenceCache
+from ..images import check_image
+from .activate import config_mismatch, fit_problems
+from .store import read_subject, write_subject
+
+
+@dataclass
+class Subject:
+    """A subject for `inject`. Build with `train_subject`, `Subject.load` or `Subject.from_images`."""
+
+    token: str
+    class_word: str
+    images: list[Image.Image]
+    lora: dict[str, torch.Tensor] | None = None  # diffusers-format keys, prefixed "transformer."
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    token_embedding: torch.Tensor | None = None  # (dim,) T5 input embedding of the new token
+    info: dict[str, Any] = field(default_factory=dict)
+    reference_cache: ReferenceCache = field(default_factory=ReferenceCache, repr=False, compare=False)
+
+    @classmethod
+    def from_images(cls, images: Sequence[Image.Image], token: str, class_word: str) -> Subject:
+        """A subject without coarse training (fine stage only): the token must tokenize as-is."""
+        subject = cls(token=token, class_word=class_word, images=list(images))
+        subject.check()
+        return subject
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write this subject as a directory (atomic; see `vwarper_hooks.subject.store`)."""
+        return write_subject(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, pipe: Any = None, cache_inversions: bool = False) -> Subject:
+        """Read a subject directory, checking file hashes; with `pipe`, also that it fits that model.
+
+        :param cache_inversions: keep DDIM inversion trajectories on disk in ``<path>/inversions``
+            (safetensors), so a later process generating at the same size and steps skips the inversion.
+        """
+        subject = cls(**read_subject(path))
+        subject.check()
+        if pipe is not None:
+            problems = [p for p in [config_mismatch(pipe, subject)] if p] + fit_problems(pipe, subject)
+            if problems:
+                raise SubjectMismatchError("\n".join(problems))
+        if cache_inversions:
+            subject.reference_cache = ReferenceCache(Path(path) / "inversions")
+        return subject
+
+    @property
+    def prompt(self) -> str:
+        """The subject prompt, "a <token> <class word>" (default inversion prompt)."""
+        return f"a {self.token} {self.class_word}"
+
+    @property
+    def has_coarse(self) -> bool:
+        return self.lora is not None or self.token_embedding is not None
+
+    def check(self) -> None:
+        """Raise `SubjectError` naming every problem with this subject's fields."""
+        if not self.token or not self.token.strip():
+            raise SubjectError("Expected a non-empty subject token such as '<clock>', but got an empty one.")
+        if not self.images:
+            raise SubjectError("Expected at least one reference image, but got none. Pass 3-10 photos.")
+        for i, image in enumerate(self.images):
+            check_image(image, what=f"reference image #{i}")
