@@ -127,12 +127,6 @@ class CogVideoXAdapter(Adapter):
     def is_installed(self, transformer: nn.Module) -> int:
         return sum(isinstance(a.processor, VwarperCogVideoXProcessor) for a in self.attention_layers(transformer))
 
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[2]
-
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         frames, height, width = latents.shape[1], latents.shape[3], latents.shape[4]
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t

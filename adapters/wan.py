@@ -176,12 +176,6 @@ class WanAdapter(Adapter):
         layers = self.attention_layers(transformer) + self.text_attention_layers(transformer)
         return sum(isinstance(a.processor, ours) for a in layers)
 
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[1]
-
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size
         return latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w

@@ -111,11 +111,11 @@ class Adapter(ABC):
         """
         return None
 
-    def text_positions(self, positions: torch.Tensor, ids_length: int, kwargs: dict[str, Any]) -> torch.Tensor:
-        """Map subject-token positions in the text encoder's input ids to the transformer's text tokens.
+    def text_positions(self, positions: slice, ids_length: int, kwargs: dict[str, Any]) -> slice:
+        """Map the subject token's place in the tokenizer's ``input_ids`` to the transformer's text tokens.
 
-        :param positions: (k,) positions found in the ``input_ids`` the pipeline gave its text encoder.
-        :param ids_length: length of that ``input_ids`` row.
+        :param positions: where the token's ids sit in the ``input_ids`` row the pipeline encoded.
+        :param ids_length: length of that row.
         :param kwargs: a generation forward call's kwargs.
         Default: the same positions (the pipeline feeds every encoder output position to the transformer).
         """
@@ -137,13 +137,19 @@ class Adapter(ABC):
     def is_installed(self, transformer: nn.Module) -> int:
         """How many of our processors/hooks are on `transformer` (0 after cleanup)."""
 
-    @abstractmethod
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        """The `timestep` argument of one transformer forward call."""
+    def timestep(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The timestep of one transformer forward call, from its arguments bound by name.
 
-    @abstractmethod
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        """The video latent argument of one transformer forward call."""
+        Default: ``kwargs["timestep"]`` (every diffusers video transformer so far).
+        """
+        return kwargs["timestep"]
+
+    def latents(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The video latents of one transformer forward call, from its arguments bound by name.
+
+        Default: ``kwargs["hidden_states"]``.
+        """
+        return kwargs["hidden_states"]
 
     @abstractmethod
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:

@@ -30,6 +30,7 @@ class WarpConfig(BaseModel):
     warp: bool = Field(True, description="False: coarse stage only, no reference branch")
     mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
     injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
+    matcher: str = Field("rope_free", description="correspondence matcher: rope_free (the paper's), rope, plugins")
     fg_layers: LayerRange | None = Field(None, description="layers averaged for the foreground mask; None: every layer")
     per_frame_matching: bool = Field(
         True, description="match generation frame f against reference frame f (False: global)"
@@ -65,6 +66,10 @@ class WarpConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def updated(self, **fields: object) -> WarpConfig:
+        """A validated copy with `fields` changed (unknown names and bad values raise `ConfigError`)."""
+        return WarpConfig(**{**self.model_dump(), **fields})
 
     def for_adapter(self, adapter: object, depth: int) -> WarpConfig:
         """This config with the adapter's default layers where the user set none (see `Adapter.default_layers`)."""

@@ -4,12 +4,14 @@ entry points; adapters are collected from every plugin's `register_adapters` hoo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pluggy
 from torch import nn
 
 from . import hookspecs
 from .adapter import Adapter
+from .config import WarpConfig
 from .errors import AdapterNotFoundError, DuplicateAdapterError
 
 logger = logging.getLogger(__name__)
@@ -132,3 +134,23 @@ def get_adapter(transformer: nn.Module | str) -> Adapter:
         f"Expected a transformer one of the registered adapters {sorted(adapters)} understands, but got "
         f"{type(transformer).__name__}. {HOW_TO_ADD}"
     )
+
+
+def make_matcher(config: WarpConfig) -> tuple[Any, list[str]]:
+    """(the matcher `config.matcher` names, []) or (None, [why not]) from the `make_matcher` hook."""
+    pm = get_plugin_manager()
+    matcher = pm.hook.make_matcher(name=config.matcher, config=config)
+    if matcher is not None:
+        return matcher, []
+    names = sorted({n for names in pm.hook.matcher_names() for n in names})
+    return None, [f"Expected WarpConfig.matcher to be one of {names}, but got {config.matcher!r}. Register it."]
+
+
+def make_injector(config: WarpConfig) -> tuple[Any, list[str]]:
+    """(the injector `config.injector` names, []) or (None, [why not]) from the `make_injector` hook."""
+    pm = get_plugin_manager()
+    injector = pm.hook.make_injector(name=config.injector, config=config)
+    if injector is not None:
+        return injector, []
+    names = sorted({n for names in pm.hook.injector_names() for n in names})
+    return None, [f"Expected WarpConfig.injector to be one of {names}, but got {config.injector!r}."]

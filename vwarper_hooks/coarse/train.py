@@ -31,8 +31,8 @@ from torch import nn
 
 from ..errors import ConfigError, SubjectError, SubjectIntegrityError
 from ..files import config_hash, pixel_sha256
+from ..guard import is_active
 from ..images import ImageInput, image_to_video, load_images
-from ..inject import is_active
 from ..plugins import get_adapter
 from ..subject import Subject
 from ..subject.lora import lora_layer_count, lora_targets, peft_lora

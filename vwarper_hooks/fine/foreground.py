@@ -32,14 +32,14 @@ class ForegroundAccumulator:
         self,
         query_video: torch.Tensor,
         key_text: torch.Tensor,
-        subject_positions: torch.Tensor,
+        subject_positions: slice | torch.Tensor,
         key_valid: torch.Tensor | None = None,
     ) -> None:
         """Add one layer's scores.
 
         :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
         :param key_text: (heads, T, d) text keys of the same sample.
-        :param subject_positions: (k,) long positions of the subject token(s) in the text.
+        :param subject_positions: where the subject token's ids sit in the text (a slice, or (k,) long).
         :param key_valid: (T,) bool, False for padding the model masks out of its attention; those
             keys then get no share of the softmax either. None: all keys count.
         """

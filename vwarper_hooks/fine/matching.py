@@ -19,8 +19,13 @@ global matching would spend F times the compute choosing between copies of the s
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
+
+from ..adapter import AttentionCall
+from ..config import WarpConfig
+from ..hookspecs import hookimpl
 
 
 def _grouped(x: torch.Tensor, frames: int, per_frame: bool) -> torch.Tensor:
@@ -111,3 +116,63 @@ def pck(
     if valid is not None:
         ok = ok[valid]
     return float(ok.float().mean()) if ok.numel() else float("nan")
+
+
+class Matcher(Protocol):
+    """How generation tokens find their reference tokens (made by the `make_matcher` hook).
+
+    The session calls `features` on the match layer's attention call of each branch (at step t-1)
+    and `match` once per warp step t with what it returned for both branches.
+    """
+
+    name: str
+
+    def features(self, call: AttentionCall, sample: int) -> Any:
+        """What to keep of `call` for batch row `sample` (copy it: the call's buffers are reused)."""
+
+    def match(self, gen: Any, ref: Any, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow_gen_to_ref, flow_ref_to_gen): (N,) long global token indices of the other branch."""
+
+
+class RopeFreeMatcher:
+    """The paper's matcher (4.2-4.3): RoPE-free query/key of the match layer, eq. 3-4, streamed."""
+
+    name = "rope_free"
+    rotated = False
+
+    def __init__(self, config: WarpConfig) -> None:
+        self.per_frame = config.per_frame_matching
+        self.chunk = config.match_chunk
+
+    def features(self, call: AttentionCall, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = call.query[sample : sample + 1, :, call.video]  # (1, H, N, d)
+        k = call.key[sample : sample + 1, :, call.video]
+        if self.rotated:
+            q, k = call.rope(q), call.rope(k)
+        return q[0].clone(), k[0].clone()
+
+    def match(
+        self, gen: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return match_flows(*gen, *ref, frames=grid[0], per_frame=self.per_frame, chunk=self.chunk)
+
+
+class RotatedMatcher(RopeFreeMatcher):
+    """Post-RoPE query/key (the paper's figure 4-5 ablation: positions pull matches to the same place)."""
+
+    name = "rope"
+    rotated = True
+
+
+BUILTIN_MATCHERS: dict[str, type] = {cls.name: cls for cls in (RopeFreeMatcher, RotatedMatcher)}
+
+
+@hookimpl
+def make_matcher(name: str, config: WarpConfig) -> Matcher | None:
+    cls = BUILTIN_MATCHERS.get(name)
+    return None if cls is None else cls(config)
+
+
+@hookimpl
+def matcher_names() -> list[str]:
+    return sorted(BUILTIN_MATCHERS)

@@ -9,10 +9,8 @@ weights: point the cache at one directory per base model and subject.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +20,15 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_file, config_hash, pixel_sha256
+
 logger = logging.getLogger(__name__)
-
-
-def image_digest(image: Image.Image) -> str:
-    return hashlib.sha256(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Class, config hash and source of a diffusers model (stable across processes)."""
-    config = dict(getattr(model, "config", {}))
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return f"{type(model).__name__}:{hashlib.sha256(blob).hexdigest()[:16]}:{config.get('_name_or_path', '')}"
+    source = dict(getattr(model, "config", {})).get("_name_or_path", "")
+    return f"{type(model).__name__}:{config_hash(model)[:16]}:{source}"
 
 
 @dataclass
@@ -115,19 +110,12 @@ class ReferenceCache:
         if where is None:
             return
         path, text = where
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"text.{k}": v.detach().cpu().contiguous() for k, v in state.text.items()}
         tensors.update(
             clean=state.clean.detach().cpu().contiguous(), trajectory=state.trajectory.detach().cpu().contiguous()
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"key": text})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"key": text})
         logger.info("inversion cached on disk: %s", path)
 
     def clear(self) -> None:
@@ -140,7 +128,7 @@ class ReferenceCache:
 def cache_key(
     image: Image.Image,
     prompt: str,
-    timesteps: torch.Tensor,
+    timesteps: torch.Tensor,  # on the CPU
     call_kwargs: dict,
     model: torch.nn.Module,
     extra: tuple = (),
@@ -153,13 +141,8 @@ def cache_key(
             (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
         )
     )
-    return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, *extra, model_fingerprint(model), id(model))
-
-
-def tensor_digest(x: torch.Tensor) -> str:
-    """Short sha256 of a tensor's values (one host copy: used once per run, for cache keys)."""
-    data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    steps = tuple(timesteps.tolist())  # host timesteps (the step clock's copy): no device read
+    return (pixel_sha256(image)[:16], prompt, steps, shapes, *extra, model_fingerprint(model), id(model))
 
 
 def key_device(key: tuple) -> str:

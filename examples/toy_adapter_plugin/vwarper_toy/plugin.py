@@ -87,12 +87,6 @@ class ToyJointAdapter(Adapter):
     def is_installed(self, transformer: nn.Module) -> int:
         return sum(isinstance(a.processor, VwarperToyProcessor) for a in self.attention_layers(transformer))
 
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[2]
-
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         return latents.shape[2], latents.shape[3], latents.shape[4]
 
