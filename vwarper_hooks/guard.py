@@ -11,7 +11,7 @@ from typing import Any
 from .adapter import Adapter
 from .config import WarpConfig
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
-from .plugins import get_adapter, make_injector, make_matcher
+from .plugins import get_adapter, make_parts
 from .subject.activate import fit_problems
 
 PIPELINE_PARTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
@@ -59,8 +59,8 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Warp
     config = config.for_adapter(adapter, depth)  # other families may default to other layers
     problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
     problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
-    (matcher, matcher_problems), (injector, injector_problems) = make_matcher(config), make_injector(config)
-    problems += matcher_problems + injector_problems + subject_problems(pipe, subject)
+    matcher, injector, part_problems = make_parts(config)
+    problems += part_problems + subject_problems(pipe, subject)
     if problems:
         raise ConfigError(problems)
     return adapter, config, matcher, injector

@@ -136,21 +136,19 @@ def get_adapter(transformer: nn.Module | str) -> Adapter:
     )
 
 
-def make_matcher(config: WarpConfig) -> tuple[Any, list[str]]:
-    """(the matcher `config.matcher` names, []) or (None, [why not]) from the `make_matcher` hook."""
+def make_part(kind: str, config: WarpConfig) -> tuple[Any, list[str]]:
+    """The matcher or injector (`kind`) that `config` names, made by the first plugin that knows the
+    name (the `make_matcher` / `make_injector` hooks): ``(part, [])``, or ``(None, [why not])``."""
     pm = get_plugin_manager()
-    matcher = pm.hook.make_matcher(name=config.matcher, config=config)
-    if matcher is not None:
-        return matcher, []
-    names = sorted({n for names in pm.hook.matcher_names() for n in names})
-    return None, [f"Expected WarpConfig.matcher to be one of {names}, but got {config.matcher!r}. Register it."]
+    name = getattr(config, kind)
+    part = getattr(pm.hook, f"make_{kind}")(name=name, config=config)
+    if part is not None:
+        return part, []
+    names = sorted({n for names in getattr(pm.hook, f"{kind}_names")() for n in names})
+    return None, [f"Expected WarpConfig.{kind} to be one of {names}, but got {name!r}. Register its plugin."]
 
 
-def make_injector(config: WarpConfig) -> tuple[Any, list[str]]:
-    """(the injector `config.injector` names, []) or (None, [why not]) from the `make_injector` hook."""
-    pm = get_plugin_manager()
-    injector = pm.hook.make_injector(name=config.injector, config=config)
-    if injector is not None:
-        return injector, []
-    names = sorted({n for names in pm.hook.injector_names() for n in names})
-    return None, [f"Expected WarpConfig.injector to be one of {names}, but got {config.injector!r}."]
+def make_parts(config: WarpConfig) -> tuple[Any, Any, list[str]]:
+    """(matcher, injector, problems) for `config`, both made through their plugin hooks."""
+    (matcher, problems), (injector, more) = make_part("matcher", config), make_part("injector", config)
+    return matcher, injector, problems + more

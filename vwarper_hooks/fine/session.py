@@ -19,7 +19,7 @@ from typing import Any
 from ..adapter import Adapter
 from ..config import WarpConfig
 from ..errors import ConfigError, SubjectTokenError, VwarperError
-from ..plugins import make_injector, make_matcher
+from ..plugins import make_parts
 from .capture import Branch, Route, Router, RunState
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .matching import Matcher
@@ -82,8 +82,8 @@ class Session:
         Example: ``with vwarper.inject(pipe, subject) as s, s.override(warp_steps=(5, 15)): pipe(...)``
         """
         config = self.config.updated(**fields)
-        (matcher, matcher_problems), (injector, injector_problems) = make_matcher(config), make_injector(config)
-        problems = config.layer_problems(self.depth) + matcher_problems + injector_problems
+        matcher, injector, part_problems = make_parts(config)
+        problems = config.layer_problems(self.depth) + part_problems
         if problems:
             raise ConfigError(problems)
         previous = self.config, self.matcher, self.injector
