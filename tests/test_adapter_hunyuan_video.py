@@ -159,7 +159,7 @@ def test_foreground_score_sees_only_the_unpadded_text_keys(hpipe):
                                           class_word="clock")
     Router.observe_text_attention = spy
     try:
-        with vwarper.inject(hpipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
+        with vwarper.inject(hpipe, subject, vwarper.WarpConfig(warp_steps=(1, 2), fg_softmax="text")) as session:
             handle = hpipe.transformer.register_forward_pre_hook(keep_mask, with_kwargs=True)
             try:
                 hpipe(**tiny_call_kwargs(num_inference_steps=3, max_sequence_length=24))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
@@ -31,6 +33,15 @@ class WarpConfig(BaseModel):
     mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
     injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
     matcher: str = Field("rope_free", description="correspondence matcher: rope_free (the paper's), rope, plugins")
+    head_combine: Literal["probs", "logits"] = Field(
+        "probs", description="eq. 3 heads: per-head softmax then mean (probs) or mean logits then softmax"
+    )
+    fg_softmax: Literal["joint", "text"] = Field(
+        "joint", description="fg score: the model's own softmax over all keys (joint) or over text keys only"
+    )
+    reference_image: int | Literal["best"] = Field(
+        0, description="which reference photo the reference branch uses: an index, or 'best' (chosen per run)"
+    )
     fg_layers: LayerRange | None = Field(None, description="layers averaged for the foreground mask; None: every layer")
     per_frame_matching: bool = Field(
         True, description="match generation frame f against reference frame f (False: global)"
@@ -63,6 +74,8 @@ class WarpConfig(BaseModel):
                     f"Expected {name} as (first, last) with 0 <= first <= last, but got {value}. "
                     f"Swap or fix the bounds."
                 )
+        if isinstance(self.reference_image, int) and self.reference_image < 0:
+            problems.append(f"Expected reference_image >= 0 or 'best', but got {self.reference_image}.")
         if problems:
             raise ValueError("; ".join(problems))
         return self

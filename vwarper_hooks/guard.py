@@ -60,7 +60,7 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Warp
     problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
     problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
     matcher, injector, part_problems = make_parts(config)
-    problems += part_problems + subject_problems(pipe, subject)
+    problems += part_problems + subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
     if problems:
         raise ConfigError(problems)
     return adapter, config, matcher, injector
@@ -74,6 +74,20 @@ def subject_problems(pipe: Any, subject: Any) -> list[str]:
     except SubjectError as exc:
         return [str(exc)]
     return fit_problems(pipe, subject) if subject.has_coarse else []
+
+
+def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[str]:
+    """Whether `config.reference_image` names a photo the subject has, and "best" a matcher that scores."""
+    choice, images = config.reference_image, getattr(subject, "images", None) or []
+    if choice == "best":
+        if matcher is not None and not callable(getattr(matcher, "score", None)):
+            return [f"Expected a matcher with a score() for reference_image='best', but {config.matcher!r} has none. "
+                    "Pass a photo index instead."]
+        return []
+    if images and choice >= len(images):
+        return [f"Expected reference_image below {len(images)} (the subject has {len(images)} photos), but got "
+                f"{choice}. Pass an index from 0 to {len(images) - 1}, or 'best'."]
+    return []
 
 
 def unsupported_modes(pipe: Any) -> list[str]:

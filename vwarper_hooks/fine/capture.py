@@ -28,10 +28,11 @@ import torch
 
 from ..adapter import AttentionCall
 from ..config import WarpConfig
+from ..processors import attend_with_lse
 from .foreground import ForegroundAccumulator
 from .matching import Matcher
 from .plan import StepPlan
-from .warping import Injector, ReferenceFeatures, WarpPlan
+from .warping import Injector, ReferenceFeatures, WarpPlan, key_mask
 
 
 class Branch(str, enum.Enum):
@@ -71,6 +72,33 @@ class RunState:
     ref_match: Any = None
     ref_values: dict[int, ReferenceFeatures] = field(default_factory=dict)
     warp: WarpPlan | None = None
+
+
+def _text_columns(text: slice, subject: slice) -> slice:
+    """The subject token's columns among the attention's keys."""
+    return slice(text.start + subject.start, text.start + subject.stop)
+
+
+def _lse_mask(call: AttentionCall, rows: int | None = None) -> torch.Tensor | None:
+    """The model's key mask for `attend_with_lse` (None where every key counts)."""
+    if call.text_valid is None:
+        return None
+    keep = key_mask(call)
+    return keep if rows is None else keep[rows : rows + 1]
+
+
+def _recording_lse(call: AttentionCall, store: list[torch.Tensor]) -> Any:
+    """An ``attend`` that computes what the call's own one does and keeps the first call's log-sum-exp."""
+    attend = call.attend
+
+    def attend_recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if store:
+            return attend(q, k, v)
+        out, lse = attend_with_lse(q, k, v, _lse_mask(call))
+        store.append(lse)
+        return out
+
+    return attend_recording
 
 
 class Router:
@@ -132,14 +160,33 @@ class Router:
         cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]; separate passes: cond first
         if self.route.pass_index == 0 and layer == run.plan.match_layer and step in run.plan.match_steps:
             run.gen_match = run.matcher.features(call, cond)
-        if call.text.stop > call.text.start and self.wants_text(layer):
+        text_scores = call.text.stop > call.text.start and self.wants_text(layer)
+        joint = text_scores and run.config.fg_softmax == "joint"
+        if text_scores and not joint:
             query = call.rope(call.query[cond : cond + 1, :, call.video])
             valid = None if call.text_valid is None else call.text_valid[cond : cond + 1]
             self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text], valid)
+        lse: list[torch.Tensor] = []
+        if joint:  # the attention below also returns each query's log-sum-exp (first attend only)
+            call.attend = _recording_lse(call, lse)
         if run.warp is not None and layer in run.plan.warp_layers and step in run.plan.warp_steps:
             self.calls[("warp", step, layer)] += 1
-            return run.injector.attend(call, run.ref_values[layer], run.warp)
-        return call.default()
+            out = run.injector.attend(call, run.ref_values[layer], run.warp)
+        else:
+            out = call.default()
+        if joint:
+            self._add_joint(call, cond, lse[0] if lse else None)
+        return out
+
+    def _add_joint(self, call: AttentionCall, cond: int, lse: torch.Tensor | None) -> None:
+        """The joint-softmax foreground score of the conditional sample; q and k are rotated by now."""
+        q, k, v = (x[cond : cond + 1] for x in (call.query, call.key, call.value))
+        if lse is None:  # an injector that attends its own way (the concat baseline): one more pass
+            lse = attend_with_lse(q, k, v, _lse_mask(call, cond))[1]
+        else:
+            lse = lse[cond : cond + 1]
+        subject = _text_columns(call.text, self.run.subject)
+        self.run.foreground.add_joint(q[0, :, call.video], k[0, :, subject], lse[0, :, call.video])
 
     def _reference(self, call: AttentionCall) -> torch.Tensor:
         run, step, layer = self.run, self.route.step, call.layer

@@ -32,18 +32,51 @@ class ReferenceBranch:
 
     def __init__(self, pipe: Any, adapter: Adapter, subject: Any, router: Router, clock: StepClock) -> None:
         self.pipe, self.adapter, self.subject, self.router, self.clock = pipe, adapter, subject, router, clock
-        self.state: ReferenceState | None = None
+        self.states: dict[int, ReferenceState] = {}  # reference photo index -> its state this run
+        self.image = 0  # the photo the branch runs with
+
+    @property
+    def state(self) -> ReferenceState:
+        return self.states[self.image]
 
     def prepare(self, kwargs: dict, latents: torch.Tensor) -> None:
-        """This run's state: from the subject's cache, or made now (text, latent, inversion)."""
+        """This run's state(s): from the subject's cache, or made now (text, latent, inversion).
+
+        With ``reference_image="best"`` every photo is prepared (each inverted once, then cached) and
+        the branch runs with photo 0 until `choose_best` picks one.
+        """
+        config = self.router.run.config
+        choice = config.reference_image
+        indices = range(len(self.subject.images)) if choice == "best" else [choice]
+        self.states = {i: self._state(i, kwargs, latents) for i in indices}
+        self.image = 0 if choice == "best" else choice
+
+    def _state(self, index: int, kwargs: dict, latents: torch.Tensor) -> ReferenceState:
         config = self.router.run.config
         prompt = config.inversion_prompt or self.subject.prompt
-        image = self.subject.images[0]
+        image = self.subject.images[index]
         key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, self.pipe.transformer,
                         extra=self._key_extra(kwargs, config.inversion_refine))
-        self.state = self.subject.reference_cache.get_or_make(
+        return self.subject.reference_cache.get_or_make(
             key, lambda: self._make(kwargs, latents, prompt, image, config.inversion_refine)
         )
+
+    def choose_best(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> list[float]:
+        """Pick the photo whose match-layer features at `step` best match the generation's (the mean of
+        the symmetric map's row maxima); returns every photo's score. One host read, once per run."""
+        run = self.router.run
+        scores, matches = [], []
+        for index in sorted(self.states):
+            self.image = index
+            self.run(step, kwargs, frozenset({run.plan.match_layer}))
+            matches.append(run.ref_match)
+            scores.append(run.matcher.score(run.gen_match, run.ref_match, grid))
+        values = torch.stack(scores).float().cpu().tolist()
+        self.image = int(max(range(len(values)), key=values.__getitem__))
+        run.ref_match = matches[self.image]
+        logger.info("reference photo %d of %d chosen (match scores %s)", self.image, len(values),
+                    ", ".join(f"{v:.4f}" for v in values))
+        return values
 
     def _key_extra(self, kwargs: dict, refine: int) -> tuple:
         """What else the state depends on: the refinement count, per-sample conditioning values
@@ -76,7 +109,8 @@ class ReferenceBranch:
 
     def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
         """One reference forward at `step` through the deepest of `layers` (the router captures)."""
-        timestep = self.adapter.timestep(kwargs).reshape(-1)[:1]
+        # this step's own timestep, from the scheduler's device copy (the call's may be another step's)
+        timestep = self.pipe.scheduler.timesteps[step : step + 1]
         ref_kwargs = self.adapter.reference_kwargs(kwargs, self.state.latents_at(step), self.state.text, timestep)
         route = Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers))
         with self.router.routing(route):
@@ -86,4 +120,4 @@ class ReferenceBranch:
                 pass
 
     def close(self) -> None:
-        self.state = None
+        self.states = {}

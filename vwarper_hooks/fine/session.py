@@ -63,6 +63,9 @@ class Session:
         self._warned: set[str] = set()
         #: where the subject token sat in the latest run's text tokens (None: not found)
         self.subject_positions: slice | None = None
+        #: the reference photo the latest run used, and with reference_image="best" every photo's score
+        self.reference_image: int | None = None
+        self.reference_scores: list[float] | None = None
 
     @property
     def diagnostics(self) -> dict[int, StepDiagnostics]:
@@ -134,11 +137,13 @@ class Session:
         self.subject_positions = subject
         self._diagnostics.clear()
         self._pass = 0
+        self.reference_scores = None
         self.tokens.new_run()
         if plan.warp_steps:
             latents = self.adapter.latents(kwargs)
             self._check_run(latents.shape[0], found is not None)
             self.reference.prepare(kwargs, latents)
+            self.reference_image = self.reference.image
 
     def _check_run(self, batch: int, token_found: bool) -> None:
         if batch not in (1, 2) or (batch == 2 and not self._batched_cfg()):
@@ -169,6 +174,9 @@ class Session:
         run.ref_values = {}  # last step's reference values are never read again: free them now
         if step in plan.warp_steps and run.gen_match is not None and run.ref_match is not None:
             grid = self.adapter.token_grid(self.pipe.transformer, self.adapter.latents(kwargs))
+            if run.config.reference_image == "best" and self.reference_scores is None:
+                self.reference_scores = self.reference.choose_best(step - 1, kwargs, grid)
+                self.reference_image = self.reference.image
             run.warp, diagnostics = plan_warp(run, step, grid)
             if run.config.keep_diagnostics:
                 self._diagnostics.record(diagnostics)
