@@ -57,8 +57,9 @@ class ReferenceBranch:
         image = self.subject.images[index]
         key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, self.pipe.transformer,
                         extra=self._key_extra(kwargs, config.inversion_refine))
+        first = min(s for s in range(self.clock.num_steps) if self.router.run.plan.reference_layers(s))
         return self.subject.reference_cache.get_or_make(
-            key, lambda: self._make(kwargs, latents, prompt, image, config.inversion_refine)
+            key, lambda: self._make(kwargs, latents, prompt, image, config.inversion_refine, first), first
         )
 
     def choose_best(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> list[float]:
@@ -89,7 +90,10 @@ class ReferenceBranch:
         )
         return refine, conditioning, repr(kwargs.get("attention_kwargs"))
 
-    def _make(self, kwargs: dict, latents: torch.Tensor, prompt: str, image: Any, refine: int) -> ReferenceState:
+    def _make(
+        self, kwargs: dict, latents: torch.Tensor, prompt: str, image: Any, refine: int, first: int
+    ) -> ReferenceState:
+        """Text, clean latent and the inversion up to step `first`, the noisiest step the run reads."""
         pipe, adapter = self.pipe, self.adapter
         frames, height, width = adapter.video_shape(pipe, latents)
         with self.router.routing(Route(branch=Branch.INTERNAL)):
@@ -102,10 +106,13 @@ class ReferenceBranch:
                 return pipe.transformer(**ref)[0]
 
             scheduler = self.clock.host_scheduler()
-            logger.info("inverting the reference over %d steps", len(scheduler.timesteps))
-            with pipe.progress_bar(total=len(scheduler.timesteps)) as bar:
-                trajectory = invert_reference(scheduler, denoise, clean, refine=refine, progress=lambda _: bar.update())
-        return ReferenceState(text=text, clean=clean, trajectory=trajectory)
+            steps = len(scheduler.timesteps) - first
+            logger.info("inverting the reference over %d steps", steps)
+            with pipe.progress_bar(total=steps) as bar:
+                trajectory = invert_reference(
+                    scheduler, denoise, clean, refine=refine, progress=lambda _: bar.update(), first=first
+                )
+        return ReferenceState(text=text, clean=clean, trajectory=trajectory, first=first)
 
     def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
         """One reference forward at `step` through the deepest of `layers` (the router captures)."""

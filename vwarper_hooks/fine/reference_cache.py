@@ -37,10 +37,13 @@ class ReferenceState:
 
     text: dict[str, torch.Tensor]  # text conditioning as forward kwargs (batch 1)
     clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
-    trajectory: torch.Tensor  # (steps, 1, *latent)
+    trajectory: torch.Tensor  # (steps - first, 1, *latent): the latents of steps first..steps-1
+    first: int = 0  # the noisiest step inverted (no step before it is ever read)
 
     def latents_at(self, step: int) -> torch.Tensor:
-        return self.trajectory[step]
+        if step < self.first:
+            raise IndexError(f"Expected a step >= {self.first} (the noisiest step inverted), but got {step}.")
+        return self.trajectory[step - self.first]
 
 
 class ReferenceCache:
@@ -61,12 +64,16 @@ class ReferenceCache:
         self.disk_hits = 0
         self.misses = 0
 
-    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState]) -> ReferenceState:
-        if key in self._states:
+    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState], first: int = 0) -> ReferenceState:
+        """The state of `key` whose trajectory reaches step `first`: cached, else ``make()`` (and cached)."""
+        state = self._states.get(key)
+        if state is not None and state.first <= first:
             self.hits += 1
             self._states[key] = self._states.pop(key)  # most recently used last
-            return self._states[key]
+            return state
         state = self._load(key)
+        if state is not None and state.first > first:
+            state = None  # inverted for a later window: not noisy enough for this one
         if state is not None:
             self.disk_hits += 1
         else:
@@ -77,6 +84,7 @@ class ReferenceCache:
             except OSError as exc:  # a cache is an optimisation: never fail the generation over it
                 logger.warning("could not write the inversion cache to %s (%s); kept in memory only",
                                self.directory, exc)
+        self._states.pop(key, None)
         self._states[key] = state
         while len(self._states) > self.max_entries:
             self._states.pop(next(iter(self._states)))  # least recently used first
@@ -95,7 +103,8 @@ class ReferenceCache:
         path, text = where
         try:
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != text:
+                meta = f.metadata() or {}
+                if meta.get("key") != text:
                     return None
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as exc:  # a damaged cache file is recomputed, never trusted
@@ -103,7 +112,8 @@ class ReferenceCache:
             return None
         device = key_device(key)
         text_kwargs = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("text.")}
-        return ReferenceState(text_kwargs, tensors["clean"].to(device), tensors["trajectory"].to(device))
+        first = int(meta.get("first", 0))
+        return ReferenceState(text_kwargs, tensors["clean"].to(device), tensors["trajectory"].to(device), first)
 
     def _save(self, key: tuple, state: ReferenceState) -> None:
         where = self._path(key)
@@ -115,7 +125,7 @@ class ReferenceCache:
             clean=state.clean.detach().cpu().contiguous(), trajectory=state.trajectory.detach().cpu().contiguous()
         )
         with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"key": text})
+            save_file(tensors, str(tmp), metadata={"key": text, "first": str(state.first)})
         logger.info("inversion cached on disk: %s", path)
 
     def clear(self) -> None:
