@@ -51,6 +51,14 @@ class WarpConfig(BaseModel):
     inversion_refine: int = Field(
         0, ge=0, description="fixed-point refinements per DDIM inversion step (0: plain DDIM, as the paper)"
     )
+    cache_reference_features: bool = Field(
+        False, description="keep the reference branch's match Q/K and warp-layer V per step: later calls run no "
+        "reference forward (CogVideoX-5B, 25 frames: ~12 GB in bf16)"
+    )
+    feature_cache_device_gib: float = Field(
+        4.0, ge=0.0, description="cached features stay on the model's device up to this size; beyond it, in "
+        "(pinned) CPU memory, copied to the device step by step"
+    )
     keep_diagnostics: bool = Field(True, description="keep per-step flows and masks on CPU")
 
     def __init__(self, **data: object) -> None:

@@ -20,6 +20,7 @@ from ..adapter import Adapter
 from ..files import tensor_digest
 from ..images import image_to_video
 from .capture import Branch, Route, Router, StopReference
+from .feature_cache import FeatureCache
 from .inversion import invert_reference
 from .reference_cache import ReferenceState, cache_key
 from .steps import StepClock
@@ -34,6 +35,8 @@ class ReferenceBranch:
         self.pipe, self.adapter, self.subject, self.router, self.clock = pipe, adapter, subject, router, clock
         self.states: dict[int, ReferenceState] = {}  # reference photo index -> its state this run
         self.image = 0  # the photo the branch runs with
+        self._features: dict[int, FeatureCache] = {}  # photo index -> its cached features (opt-in)
+        self._steps: list[int] = []  # this run's steps with a reference forward, in order
 
     @property
     def state(self) -> ReferenceState:
@@ -50,6 +53,12 @@ class ReferenceBranch:
         indices = range(len(self.subject.images)) if choice == "best" else [choice]
         self.states = {i: self._state(i, kwargs, latents) for i in indices}
         self.image = 0 if choice == "best" else choice
+        plan = self.router.run.plan
+        self._steps = [s for s in range(self.clock.num_steps) if plan.reference_layers(s)]
+        self._features = {}
+        if config.cache_reference_features:
+            budget = config.feature_cache_device_gib
+            self._features = {i: FeatureCache(state, latents.device, budget) for i, state in self.states.items()}
 
     def _state(self, index: int, kwargs: dict, latents: torch.Tensor) -> ReferenceState:
         config = self.router.run.config
@@ -115,7 +124,19 @@ class ReferenceBranch:
         return ReferenceState(text=text, clean=clean, trajectory=trajectory, first=first)
 
     def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
-        """One reference forward at `step` through the deepest of `layers` (the router captures)."""
+        """One reference forward at `step` through the deepest of `layers` (the router captures), or
+        with ``cache_reference_features`` its features from the cache."""
+        cache = self._features.get(self.image)
+        run = self.router.run
+        if cache is not None and cache.complete(run, step):
+            later = [s for s in self._steps if s > step]
+            cache.load(run, step, later[0] if later else None)
+            return
+        self._forward(step, kwargs, layers)
+        if cache is not None:
+            cache.store(run, step)
+
+    def _forward(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
         # this step's own timestep, from the scheduler's device copy (the call's may be another step's)
         timestep = self.pipe.scheduler.timesteps[step : step + 1]
         ref_kwargs = self.adapter.reference_kwargs(kwargs, self.state.latents_at(step), self.state.text, timestep)
@@ -127,4 +148,4 @@ class ReferenceBranch:
                 pass
 
     def close(self) -> None:
-        self.states = {}
+        self.states, self._features = {}, {}

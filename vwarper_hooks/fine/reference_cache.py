@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,8 @@ class ReferenceState:
     clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
     trajectory: torch.Tensor  # (steps - first, 1, *latent): the latents of steps first..steps-1
     first: int = 0  # the noisiest step inverted (no step before it is ever read)
+    #: reference-branch features per (matcher, step, layer, kind), with cache_reference_features
+    features: dict[tuple[str, int, int, str], torch.Tensor] = field(default_factory=dict)
 
     def latents_at(self, step: int) -> torch.Tensor:
         if step < self.first:
