@@ -49,3 +49,25 @@ def test_another_matcher_or_layer_recomputes(pipe, subject):
         with vwarper.inject(pipe, subject, changed) as session:
             run(pipe, num_inference_steps=3)
         assert sum(n for (branch, _, _), n in session.calls.items() if branch == "reference") > 0
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_a_prepared_subjects_first_call_is_warm(pipe, clock_image, features):
+    config = vwarper.WarpConfig(warp_steps=(1, 3), cache_reference_features=features)
+    fresh = vwarper.Subject.from_images([clock_image], token="<clock>", class_word="clock")
+    with vwarper.inject(pipe, fresh, config):
+        recomputed = run(pipe, num_inference_steps=5)
+
+    prepared = vwarper.Subject.from_images([clock_image], token="<clock>", class_word="clock")
+    calls = pipe.transformer._forward_hooks  # nothing may stay behind after prepare
+    before = len(calls)
+    prepared.prepare(pipe, num_frames=5, height=32, width=32, num_inference_steps=5, config=config,
+                     max_sequence_length=16)
+    assert len(calls) == before and prepared.reference_cache.misses == 1
+    with vwarper.inject(pipe, prepared, config) as session:
+        first = run(pipe, num_inference_steps=5)
+    internal = sum(n for (branch, _, _), n in session.calls.items() if branch == "internal")
+    reference = sum(n for (branch, _, _), n in session.calls.items() if branch == "reference")
+    assert internal == 0 and prepared.reference_cache.misses == 1  # no inversion
+    assert (reference == 0) == features  # with cached features, no reference forward either
+    assert torch.equal(first, recomputed)

@@ -18,7 +18,7 @@ from .errors import (
 from .fine.session import Session, StepDiagnostics
 from .inject import inject
 from .plugins import get_adapter, list_adapters
-from .subject import Subject
+from .subject.subject import Subject
 
 __version__ = "0.2.0"
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config import WarpConfig
 from ..errors import VwarperError
-from ..subject import Subject
+from ..subject.subject import Subject
 from .evaluation import DEFAULT_CLIP, DEFAULT_DINO, VIDEO_SUFFIXES, ClipEmbedder, DinoEmbedder, evaluate
 from .generate import generate_video
 from .loading import load_pipeline

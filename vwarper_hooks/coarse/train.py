@@ -34,8 +34,8 @@ from ..files import config_hash, pixel_sha256
 from ..guard import is_active
 from ..images import ImageInput, image_to_video, load_images
 from ..plugins import get_adapter
-from ..subject import Subject
 from ..subject.lora import lora_layer_count, lora_targets, peft_lora
+from ..subject.subject import Subject
 from ..subject.token import class_word_embedding, input_embedding, subject_token, token_problems
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .config import CoarseConfig

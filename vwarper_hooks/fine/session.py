@@ -33,6 +33,10 @@ from .warping import Injector
 logger = logging.getLogger(__name__)
 
 
+class Prepared(Exception):
+    """Ends a `Session.prepare_call` pipeline call once the reference branch is ready."""
+
+
 def bind_kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
     """A forward call's arguments as keywords (the pipelines pass keywords; tolerate positionals)."""
     if not args:
@@ -58,6 +62,7 @@ class Session:
         self.reference = ReferenceBranch(pipe, adapter, subject, self.router, self.clock)
         self.tokens = SubjectTokens(getattr(pipe, "tokenizer", None), subject.token)
         self._diagnostics = DiagnosticsLog()
+        self._preparing = False
         self._last: tuple[int, int] | None = None  # (run, step) of the latest generation call
         self._pass = 0  # index of that call within its step (CFG as separate calls)
         self._warned: set[str] = set()
@@ -101,6 +106,18 @@ class Session:
         if self.router.route.branch is None:
             self.tokens.observe(text, input_ids)
 
+    def prepare_call(self, **call_kwargs: Any) -> None:
+        """Run ``pipe(**call_kwargs)`` only until its first denoising call: the reference branch's
+        inversion (and, with ``cache_reference_features``, every step's features) is computed and
+        cached on the subject, then the call ends without denoising."""
+        self._preparing = True
+        try:
+            self.pipe(**call_kwargs)
+        except Prepared:
+            pass
+        finally:
+            self._preparing = False
+
     # ----------------------------------------------------------------- model hooks
     def before_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Transformer pre-hook: prepare the step, then route this generation call."""
@@ -113,6 +130,8 @@ class Session:
         where = (self.clock.run, step)
         if self._last is None or where[0] != self._last[0]:
             self._start_run(kwargs)
+            if self._preparing:
+                self._prepare_reference(kwargs)
         pass_index = self._pass + 1 if where == self._last else 0
         self._last, self._pass = where, pass_index
         if pass_index == 0:
@@ -185,6 +204,15 @@ class Session:
         layers = plan.reference_layers(step)
         if layers:
             self.reference.run(step, kwargs, layers)
+
+    def _prepare_reference(self, kwargs: dict) -> None:
+        run = self.router.run
+        if run.config.cache_reference_features and self.reference.states:
+            for step in range(self.clock.num_steps):
+                layers = run.plan.reference_layers(step)
+                if layers:
+                    self.reference.run(step, kwargs, layers)
+        raise Prepared
 
     def _warn_once(self, message: str | None) -> None:
         if message and message not in self._warned:

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..config import WarpConfig
 from ..errors import SubjectError, SubjectMismatchError
 from ..fine.reference_cache import ReferenceCache
 from ..images import check_image
+from ..inject import inject
 from .activate import config_mismatch, fit_problems
 from .store import read_subject, write_subject
 
@@ -64,6 +66,30 @@ class Subject:
         if cache_inversions:
             subject.reference_cache = ReferenceCache(Path(path) / "inversions")
         return subject
+
+    def prepare(
+        self,
+        pipe: Any,
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        config: WarpConfig | None = None,
+        **call_kwargs: Any,
+    ) -> None:
+        """Compute what a generation of this shape needs from the reference branch, now: the inversion
+        (and, with ``config.cache_reference_features``, every step's reference features), cached on
+        this subject (and on disk with ``Subject.load(..., cache_inversions=True)``). The first
+        generation of that shape then costs what a warm call costs.
+
+        :param call_kwargs: other pipeline arguments the generation will use and that condition the
+            reference branch (e.g. ``guidance_scale`` for HunyuanVideo's guidance embedding).
+        """
+        call = dict(prompt=f"a photo of {self.prompt}", num_frames=num_frames, height=height, width=width,
+                    num_inference_steps=num_inference_steps, output_type="latent", **call_kwargs)
+        with inject(pipe, self, config or WarpConfig()) as session:
+            session.prepare_call(**call)
 
     @property
     def prompt(self) -> str:
