@@ -105,8 +105,11 @@ class WarpConfig(BaseModel):
         return self.model_copy(update=update) if update else self
 
     def layer_problems(self, depth: int) -> list[str]:
-        """Every layer index that does not exist in a model of `depth` attention layers."""
-        problems = []
+        """Every layer index that does not exist in a model of `depth` attention layers (none matter
+        with ``warp=False``: the coarse stage alone routes no layer)."""
+        problems: list[str] = []
+        if not self.warp:
+            return problems
         checks = {"match_layer": (self.match_layer,), "warp_layers": self.warp_layers}
         if self.fg_layers is not None:
             checks["fg_layers"] = self.fg_layers

@@ -15,15 +15,15 @@ from typing import Any
 
 from ..errors import SubjectMismatchError
 from ..files import config_hash
-from .lora import lora_shapes, lora_spec, peft_lora
+from .lora import fused_problems, lora_shapes, lora_spec, peft_lora
 from .token import input_embedding, subject_token, token_problems
 
 logger = logging.getLogger(__name__)
 
 def fit_problems(pipe: Any, subject: Any) -> list[str]:
     """Every reason `subject`'s LoRA or token cannot go on `pipe` (empty: it fits)."""
-    problems = []
     transformer = pipe.transformer
+    problems = fused_problems(transformer) if subject.lora is not None else []
     if subject.lora is not None:
         rank, _, targets, _ = lora_spec(subject)
         modules = dict(transformer.named_modules())

@@ -112,6 +112,42 @@ def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
     return rank, alpha, targets, meta
 
 
+def _tuner_layers(transformer: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _adapters_in(layer: nn.Module) -> list[str]:
+    return list(getattr(layer, "lora_A", {}).keys())
+
+
+def fused_problems(transformer: nn.Module) -> list[str]:
+    """A fused LoRA (``fuse_lora()``) cannot take another adapter next to it and come back exactly."""
+    if any(getattr(m, "merged", False) for m in _tuner_layers(transformer)):
+        return [
+            "Expected LoRA weights kept apart from the base weights, but got a fused LoRA (fuse_lora()): its "
+            "weights could not come back exactly. Call pipe.unfuse_lora() before inject() and fuse again after."
+        ]
+    return []
+
+
+def _refuse_fused(transformer: nn.Module) -> None:
+    problems = fused_problems(transformer)
+    if problems:
+        raise SubjectError(problems[0])
+
+
+def _unwrap_empty(transformer: nn.Module, keep: set[nn.Module]) -> None:
+    """Swap every peft wrapper that holds no adapter any more (and was not there before) back for its
+    base layer, so the transformer's modules and state_dict keys are what they were."""
+    for name, module in list(transformer.named_modules()):
+        if module in keep or not hasattr(module, "get_base_layer") or _adapters_in(module):
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(transformer.get_submodule(parent) if parent else transformer, child, module.get_base_layer())
+
+
 @contextmanager
 def peft_lora(
     transformer: nn.Module,
@@ -123,12 +159,14 @@ def peft_lora(
 ) -> Iterator[str]:
     """Add a LoRA adapter (new, from a peft `config`, or loaded from a diffusers `state_dict`).
 
-    Yields the adapter name; on exit removes it completely (see the module docstring).
+    Yields the adapter name; on exit removes it completely (see the module docstring). The user's own
+    LoRAs are theirs: active ones stay active next to ours, disabled ones (``disable_lora()``) stay
+    off while ours is on, one loaded inside the block stays after it, and a fused one is refused.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    had_lora = lora_layer_count(transformer) > 0
-    previous = {m: list(m.active_adapters) for m in transformer.modules() if isinstance(m, BaseTunerLayer)}
+    _refuse_fused(transformer)
+    before = _tuner_layers(transformer)
+    active = {m: list(m.active_adapters) for m in before}
+    disabled = {m: bool(m.disable_adapters) for m in before}
     grads = [(p, p.requires_grad) for p in transformer.parameters()]
     own = vars(transformer)
     flag = ("_hf_peft_config_loaded" in own, own.get("_hf_peft_config_loaded"))
@@ -139,21 +177,33 @@ def peft_lora(
             transformer.load_lora_adapter(
                 dict(state_dict or {}), prefix=LORA_PREFIX, adapter_name=adapter_name, metadata=metadata
             )
-        for module in transformer.modules():  # the user's adapters stay active next to ours
-            if isinstance(module, BaseTunerLayer) and module in previous:
-                module.set_adapter(previous[module] + [adapter_name])
+        for module in before:  # the user's adapters keep their state; ours is on next to them
+            if adapter_name in _adapters_in(module):
+                module.enable_adapters(True)
+                module.set_adapter(([] if disabled[module] else active[module]) + [adapter_name])
         yield adapter_name
     finally:
-        if not had_lora:
-            transformer.unload_lora()
-            if flag[0]:
-                own["_hf_peft_config_loaded"] = flag[1]
-            else:
-                own.pop("_hf_peft_config_loaded", None)
-        elif adapter_name in getattr(transformer, "peft_config", {}):
-            transformer.delete_adapters(adapter_name)
-            for module, active in previous.items():
-                module.set_adapter(active)
+        _remove(transformer, adapter_name, before, active, disabled, flag)
         for param, requires_grad in grads:
             param.requires_grad_(requires_grad)
         logger.debug("LoRA adapter %s removed (%d peft layers left)", adapter_name, lora_layer_count(transformer))
+
+
+def _remove(transformer: nn.Module, name: str, before: list, active: dict, disabled: dict, flag: tuple) -> None:
+    """Take adapter `name` off: all peft layers go when nothing else is left, else only ours."""
+    others = [n for n in getattr(transformer, "peft_config", {}) if n != name]
+    if not others:
+        if name in getattr(transformer, "peft_config", {}):
+            transformer.unload_lora()
+        own = vars(transformer)
+        if flag[0]:
+            own["_hf_peft_config_loaded"] = flag[1]
+        else:
+            own.pop("_hf_peft_config_loaded", None)
+        return
+    if name in transformer.peft_config:
+        transformer.delete_adapters(name)
+    for module in before:
+        module.set_adapter([n for n in active[module] if n in _adapters_in(module)] or active[module])
+        module.enable_adapters(not disabled[module])
+    _unwrap_empty(transformer, set(before))
