@@ -19,23 +19,18 @@ from torch import nn
 
 from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, processor_problems, swap_processors
 
 logger = logging.getLogger(__name__)
 
 
-class VwarperCogVideoXProcessor:
+class VwarperCogVideoXProcessor(RoutedProcessor):
     """Stock `CogVideoXAttnProcessor2_0` arithmetic, with the core's router in the middle.
 
-    When the router does not want the layer, the original processor runs untouched.
+    When the router does not want the layer, the original processor runs untouched (`RoutedProcessor`).
     """
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original = original
-        self.layer = layer
-        self.router = router
-
-    def __call__(
+    def routed(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
@@ -43,14 +38,6 @@ class VwarperCogVideoXProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.router.wants(self.layer):
-            return self.original(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                attention_mask=attention_mask,
-                image_rotary_emb=image_rotary_emb,
-            )
         text_len = encoder_hidden_states.size(1)
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch, seq_len, _ = joint.shape

@@ -30,7 +30,7 @@ from torch import nn
 
 from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, stock_attend, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, processor_problems, stock_attend, swap_processors
 
 logger = logging.getLogger(__name__)
 
@@ -55,30 +55,22 @@ def _text_valid(attention_mask: torch.Tensor | None, n_video: int, n_text: int) 
     return keys[:, 0, n_video:]
 
 
-class VwarperHunyuanVideoProcessor:
+class VwarperHunyuanVideoProcessor(RoutedProcessor):
     """Stock HunyuanVideo attention arithmetic with the core's router in the middle."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original = original
-        self.layer = layer
-        self.router = router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """When the core wants the layer and the call has a text stream (the joint layout routed here)."""
+        return encoder_hidden_states is not None and self.router.wants(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> Any:
-        if encoder_hidden_states is None or not self.router.wants(self.layer):
-            return self.original(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                attention_mask=attention_mask,
-                image_rotary_emb=image_rotary_emb,
-            )
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
         dual = attn.add_q_proj is not None
         stream = hidden_states if dual else torch.cat([hidden_states, encoder_hidden_states], dim=1)

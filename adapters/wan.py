@@ -27,7 +27,7 @@ from torch import nn
 
 from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, stock_attend, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, processor_problems, stock_attend, swap_processors
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,15 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1)).transpose(1, 2)  # (B, H, N, D) view
 
 
-class VwarperWanSelfAttnProcessor:
+class VwarperWanSelfAttnProcessor(RoutedProcessor):
     """Stock Wan self-attention (``attn1``) with the core's router in the middle."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """A self-attention call (no text keys) of a layer the core wants."""
+        return encoder_hidden_states is None and self.router.wants(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
@@ -63,8 +65,6 @@ class VwarperWanSelfAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None or not self.router.wants(self.layer):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
         k = _heads(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
         v = _heads(attn.to_v(hidden_states), attn.heads)
@@ -88,13 +88,15 @@ class VwarperWanSelfAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class VwarperWanCrossAttnProcessor:
+class VwarperWanCrossAttnProcessor(RoutedProcessor):
     """Stock Wan cross-attention (``attn2``); shows the core video queries and text keys when asked."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """A cross-attention call of a layer whose video->text scores the core needs (`wants_text`)."""
+        return encoder_hidden_states is not None and self.router.wants_text(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
@@ -102,14 +104,13 @@ class VwarperWanCrossAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None and self.router.wants_text(self.layer):
-            text = encoder_hidden_states
-            if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
-                text = text[:, text.shape[1] - TEXT_CONTEXT :]
-            with torch.no_grad():
-                q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-                k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
-            self.router.observe_text_attention(self.layer, q, k)
+        text = encoder_hidden_states
+        if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
+            text = text[:, text.shape[1] - TEXT_CONTEXT :]
+        with torch.no_grad():
+            q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+            k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
+        self.router.observe_text_attention(self.layer, q, k)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
 

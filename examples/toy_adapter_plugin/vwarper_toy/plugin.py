@@ -17,21 +17,20 @@ from torch import nn
 from vwarper_hooks import Adapter, AttentionCall, VwarperError
 from vwarper_hooks.adapter import LayerRouter
 from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.processors import RoutedProcessor
 
 from .model import ToyAttnProcessor, apply_rope
 
 
-class VwarperToyProcessor:
-    """The stock toy processor's arithmetic with the core's router in the middle."""
+class VwarperToyProcessor(RoutedProcessor):
+    """The stock toy processor's arithmetic with the core's router in the middle.
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    `RoutedProcessor` runs the stock processor unchanged when the router does not want the layer.
+    """
 
-    def __call__(
+    def routed(
         self, attn: nn.Module, text: torch.Tensor, video: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.router.wants(self.layer):
-            return self.original(attn, text, video, rope)
         n_text, n = text.shape[1], text.shape[1] + video.shape[1]
         joint = torch.cat([text, video], dim=1)
         # RoPE-free Q/K: after the QK-norm, before rotary. Fresh tensors, so rotating in place is safe.
