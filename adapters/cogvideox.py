@@ -17,9 +17,9 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
+from vwarper_hooks.adapter import Adapter, AttentionCall
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor, processor_problems, swap_processors
+from vwarper_hooks.processors import RoutedProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class CogVideoXAdapter(Adapter):
     """Adapter for `CogVideoXTransformer3DModel` (THUDM/CogVideoX-2b, -5b, 1.5)."""
 
     name = "cogvideox"
-    latent_layout = "BFCHW"
+    processor = VwarperCogVideoXProcessor
+    stock_processor = "CogVideoXAttnProcessor2_0"
     batched_kwargs = ("ofs",)
 
     def matches(self, transformer: nn.Module) -> bool:
@@ -100,25 +101,10 @@ class CogVideoXAdapter(Adapter):
         return [block.attn1 for block in transformer.transformer_blocks]
 
     def problems(self, transformer: nn.Module) -> list[str]:
-        layers = self.attention_layers(transformer)
-        problems = processor_problems(layers, "CogVideoXAttnProcessor2_0", (VwarperCogVideoXProcessor,))
+        problems = super().problems(transformer)
         if not transformer.config.use_rotary_positional_embeddings:
             logger.info("CogVideoX without RoPE (2B): raw and RoPE-free Q/K coincide")
         return problems
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        return swap_processors(
-            self.attention_layers(transformer), lambda i, original: VwarperCogVideoXProcessor(original, i, router)
-        )
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        return sum(isinstance(a.processor, VwarperCogVideoXProcessor) for a in self.attention_layers(transformer))
-
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[2]
-
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         frames, height, width = latents.shape[1], latents.shape[3], latents.shape[4]
@@ -140,6 +126,31 @@ class CogVideoXAdapter(Adapter):
             latents.shape[3] * pipe.vae_scale_factor_spatial,
             latents.shape[4] * pipe.vae_scale_factor_spatial,
         )
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """The transformer's sample size in pixels (the pipeline's own default: its height/width are None)."""
+        config, spatial = pipe.transformer.config, pipe.vae_scale_factor_spatial
+        return config.sample_height * spatial, config.sample_width * spatial
+
+    def text_template(self, pipe: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """The transformer's text length (``max_text_seq_length``, 226 in the releases) at T5 width."""
+        config = pipe.transformer.config
+        shape = (1, int(config.max_text_seq_length), int(config.text_embed_dim))
+        return {"encoder_hidden_states": torch.zeros(shape, dtype=pipe.transformer.dtype, device=device)}
+
+    def forward_kwargs(
+        self, pipe: Any, latents: torch.Tensor, timestep: torch.Tensor, text: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Adds the 3D RoPE the pipeline computes (5B, 1.5) and CogVideoX 1.5's ``ofs`` embedding input."""
+        kwargs = super().forward_kwargs(pipe, latents, timestep, text)
+        config, spatial = pipe.transformer.config, pipe.vae_scale_factor_spatial
+        if config.use_rotary_positional_embeddings:
+            height, width = latents.shape[3] * spatial, latents.shape[4] * spatial
+            rope = pipe._prepare_rotary_positional_embeddings(height, width, latents.shape[1], latents.device)
+            kwargs["image_rotary_emb"] = rope
+        if getattr(config, "ofs_embed_dim", None) is not None:
+            kwargs["ofs"] = latents.new_full((1,), 2.0)  # as the pipeline passes it
+        return kwargs
 
 
 @hookimpl

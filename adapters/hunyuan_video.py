@@ -28,9 +28,9 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor, processor_problems, stock_attend, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, stock_attend
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,13 @@ class HunyuanVideoAdapter(Adapter):
     """Adapter for `HunyuanVideoTransformer3DModel` (text-to-video; image-to-video is refused by inject)."""
 
     name = "hunyuan_video"
-    latent_layout = "BCFHW"
+    processor = VwarperHunyuanVideoProcessor
+    stock_processor = STOCK_PROCESSOR
     batched_kwargs = ("guidance",)
     cfg_in_one_batch = False
+    #: distilled guidance the standalone forward (training) conditions on, in the pipeline's units
+    #: before its x1000 scaling; 1.0 as HunyuanVideo LoRA trainers commonly use (generation: 6.0)
+    train_guidance = 1.0
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
@@ -139,25 +143,6 @@ class HunyuanVideoAdapter(Adapter):
     def default_layers(self, depth: int) -> LayerDefaults:
         """The paper's layers scaled to the depth; not validated on real HunyuanVideo weights."""
         return proportional_layers(depth)
-
-    def problems(self, transformer: nn.Module) -> list[str]:
-        layers = self.attention_layers(transformer)
-        return processor_problems(layers, STOCK_PROCESSOR, (VwarperHunyuanVideoProcessor,))
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        return swap_processors(
-            self.attention_layers(transformer), lambda i, original: VwarperHunyuanVideoProcessor(original, i, router)
-        )
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        layers = self.attention_layers(transformer)
-        return sum(isinstance(a.processor, VwarperHunyuanVideoProcessor) for a in layers)
-
-    def timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[1]
-
-    def latents(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
@@ -178,6 +163,17 @@ class HunyuanVideoAdapter(Adapter):
             max_sequence_length=generation.shape[1],
         )
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+
+    def forward_kwargs(
+        self, pipe: Any, latents: torch.Tensor, timestep: torch.Tensor, text: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Adds the guidance embedding input (``train_guidance`` x 1000, as the pipeline scales it) when
+        the transformer has guidance embeds (the released, guidance-distilled model)."""
+        kwargs = super().forward_kwargs(pipe, latents, timestep, text)
+        if getattr(pipe.transformer.config, "guidance_embeds", False):
+            shape, dtype = (latents.shape[0],), pipe.transformer.dtype
+            kwargs["guidance"] = torch.full(shape, self.train_guidance, dtype=dtype, device=latents.device) * 1000.0
+        return kwargs
 
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
         vae = pipe.vae

@@ -4,24 +4,33 @@ exactly as the stock diffusers processor computes it."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-try:  # diffusers >= 0.35: the attention backend dispatcher stock processors use
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
-    import torch.nn.functional as F
 
-    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
-        """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-        )
-        return out.transpose(1, 2)
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
+    """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
+    )
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def _dispatch_attention_fn() -> Callable[..., torch.Tensor]:
+    """diffusers' attention backend dispatcher (>= 0.35), which stock processors use; plain SDPA before.
+    Imported on first use: importing vwarper_hooks does not load diffusers."""
+    try:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    except ImportError:  # pragma: no cover - older diffusers
+        return _sdpa
+    return dispatch_attention_fn
 
 
 class RoutedProcessor:
@@ -88,7 +97,7 @@ def stock_attend(original: Any, attention_mask: torch.Tensor | None) -> Callable
     computes it: its attention backend, the model's mask, no dropout."""
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = dispatch_attention_fn(
+        out = _dispatch_attention_fn()(
             q.transpose(1, 2),
             k.transpose(1, 2),
             v.transpose(1, 2),
@@ -124,7 +133,7 @@ def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -
 
 def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, ...]) -> list[str]:
     """Why `modules` cannot take our processors: fused Q/K/V, or a processor that is neither the
-    stock one (by class name `stock`) nor one of `ours` (an open injection, reported by inject)."""
+    stock one (by class name `stock`; "" accepts any) nor one of `ours` (an open injection, reported by inject)."""
     for i, attn in enumerate(modules):
         if getattr(attn, "fused_projections", False):
             return [
@@ -132,7 +141,7 @@ def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, .
                 "Call transformer.unfuse_qkv_projections() before inject()."
             ]
         processor = attn.processor
-        if not isinstance(processor, ours) and type(processor).__name__ != stock:
+        if stock and not isinstance(processor, ours) and type(processor).__name__ != stock:
             return [
                 f"Expected {stock} on every attention, but layer {i} uses {type(processor).__name__}. "
                 f"Restore it (transformer.set_attn_processor({stock}()) or reload the transformer)."

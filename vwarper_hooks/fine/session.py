@@ -152,7 +152,8 @@ class Session:
         scheduler = self.pipe.scheduler
         counter = getattr(scheduler, "step_index", None)  # flow-matching schedulers count their steps
         hint = counter if counter is not None else (getattr(scheduler, "begin_index", None) or 0)
-        step = step_index(self.adapter.timestep(args, kwargs), getattr(scheduler, "timesteps", None), hint)
+        timestep = self.adapter.timestep(_as_kwargs(module, args, kwargs))
+        step = step_index(timestep, getattr(scheduler, "timesteps", None), hint)
         self.step = step
         if step is None:
             self._wanted = frozenset()
@@ -212,7 +213,7 @@ class Session:
         self._fg.reset()
         self._gen_match = self._ref_match = self._warp = None
         self._positions = None  # prompt_embeds passed: the text encoder did not run, positions unknown
-        latents = self.adapter.latents(args, kwargs)
+        latents = self.adapter.latents(kwargs)
         if self._fresh_positions is not None:  # the pipeline encoded prompts since the last run
             hit = next((p for p in self._fresh_positions if p is not None), None)
             if hit is not None:  # HunyuanVideo crops its prompt template off the encoder output: shift
@@ -248,14 +249,14 @@ class Session:
         self._warp = None
         self._ref_feats = {}  # last step's reference values are never read again: free them now
         if step in plan.warp_steps and self._gen_match is not None and self._ref_match is not None:
-            grid = self.adapter.token_grid(self.transformer, self.adapter.latents(args, kwargs))
+            grid = self.adapter.token_grid(self.transformer, self.adapter.latents(kwargs))
             self._warp = self._make_warp_plan(step, grid)
         if plan.warp_steps and step >= max(plan.warp_steps):
             self._gen_match = self._ref_match = None  # no later warp step matches: free the Q/K clones
         ref_layers = plan.reference_layers(step)
         if not ref_layers:
             return
-        timestep = self.adapter.timestep(args, kwargs).reshape(-1)[:1]
+        timestep = self.adapter.timestep(kwargs).reshape(-1)[:1]
         ref_kwargs = self.adapter.reference_kwargs(
             kwargs, self._reference.latents_at(step), self._reference.text, timestep
         )

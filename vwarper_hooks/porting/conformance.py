@@ -77,7 +77,7 @@ class ConformanceCase:
             return self.transformer(**kwargs)[0]
 
     def latents(self) -> torch.Tensor:
-        return self.adapter.latents((), self.inputs)
+        return self.adapter.latents(self.inputs)
 
     def latent_key(self) -> str:
         latents = self.latents()
