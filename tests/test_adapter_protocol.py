@@ -130,3 +130,13 @@ def test_family_rules_live_in_the_adapters():
     assert any("transformer_2" in p for p in vwarper.get_adapter(wan.transformer).pipeline_problems(wan))
     cog.transformer_2 = cog.transformer  # not a rule of the core: other families decide for themselves
     assert adapter.pipeline_problems(cog) == []
+
+
+def test_the_papers_layers_are_defined_once():
+    from vwarper_hooks import adapter, config
+
+    assert (config.PAPER_DEPTH, config.PAPER_MATCH_LAYER, config.PAPER_WARP_LAYERS) == (42, 12, (20, 29))
+    fields = vwarper.WarpConfig.model_fields
+    assert fields["match_layer"].default is config.PAPER_MATCH_LAYER
+    assert fields["warp_layers"].default is config.PAPER_WARP_LAYERS
+    assert adapter.PAPER_WARP_LAYERS is config.PAPER_WARP_LAYERS  # imported, not a second copy

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from .config import PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS
 from .processors import RoutedProcessor, processor_problems, swap_processors
 
 
@@ -61,12 +62,8 @@ class LayerDefaults:
     warp_layers: tuple[int, int]
 
 
-#: The paper's choice on CogVideoX-5B (42 layers): match at 12, warp 20-29.
-PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS = 42, 12, (20, 29)
-
-
 def proportional_layers(depth: int) -> LayerDefaults:
-    """The paper's layers scaled to a model of `depth` attention layers (42 -> 12 and 20-29).
+    """The paper's layers (`config.PAPER_*`) scaled to a model of `depth` attention layers (42 -> 12 and 20-29).
 
     A heuristic for architectures the paper did not study: the same relative depth, rounded.
     """
