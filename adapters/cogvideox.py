@@ -119,6 +119,15 @@ class CogVideoXAdapter(Adapter):
         latents = latents * vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).to(pipe.transformer.dtype)  # (B, F, C, H, W)
 
+    def encode_still(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        """CogVideoX 1.5 (temporal patch size 2): the first latent frame repeated up to a whole patch,
+        as its pipelines pad; the one frame as is otherwise."""
+        latents = self.encode_video(pipe, video)
+        p_t = pipe.transformer.config.patch_size_t
+        if p_t and latents.shape[1] % p_t:
+            latents = torch.cat([latents[:, :1]] * (p_t - latents.shape[1] % p_t) + [latents], dim=1)
+        return latents
+
     def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
         frames = (latents.shape[1] - 1) * pipe.vae_scale_factor_temporal + 1
         return (

@@ -308,6 +308,14 @@ class Adapter(ABC):
     def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
         """(num_frames, height, width) in pixels that produce latents of this shape."""
 
+    def encode_still(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        """Latents the model trains on for a still photo given as a one-frame video (1, 3, 1, H, W).
+
+        Default: `encode_video`. Override where the transformer needs more latent frames than one
+        (CogVideoX 1.5 repeats the first frame up to its temporal patch size).
+        """
+        return self.encode_video(pipe, video)
+
     def default_size(self, pipe: Any) -> tuple[int, int]:
         """(height, width) in pixels that a stock ``pipe(...)`` call generates at.
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from ..adapter import AttentionCall
+from ..coarse.objective import objective_for
 from ..fine.matching import match_flows, pck
 from ..images import image_to_video
 from ..plugins import get_adapter
@@ -196,9 +197,10 @@ def _forward_kwargs(pipe: Any, latents: torch.Tensor, timestep: int, prompt: str
 
 
 def _noised(pipe: Any, clean: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:
-    alpha = float(pipe.scheduler.alphas_cumprod[timestep])
+    """`clean` noised to model timestep `timestep` the way the scheduler's training objective does it."""
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(clean)
-    return alpha**0.5 * clean + (1 - alpha) ** 0.5 * noise
+    t = torch.full((clean.shape[0],), timestep)
+    return objective_for(pipe.scheduler).noisy_and_target(clean, noise, t)[0]
 
 
 def synthetic_shift(
