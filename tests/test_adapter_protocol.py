@@ -85,8 +85,12 @@ def test_an_adapter_without_processor_says_what_to_set():
     class NoProcessor(_Minimal):
         processor = None
 
+    layers = nn.ModuleList([_Attn()])
     with pytest.raises(NotImplementedError, match="processor"):
-        NoProcessor().install(nn.ModuleList([_Attn()]), router=None)
+        NoProcessor().install(layers, router=None)
+    with pytest.raises(NotImplementedError, match="is_installed"):
+        NoProcessor().is_installed(layers)
+    assert NoProcessor().problems(layers) == []  # nothing of ours to check
 
 
 def test_old_timestep_and_latents_signatures_still_work_with_a_warning():
@@ -98,6 +102,12 @@ def test_old_timestep_and_latents_signatures_still_work_with_a_warning():
 
     assert Old().timestep({"t": 5}) == 5
     assert Old().latents({"hidden_states": 7}) == 7  # the default, untouched
+
+    class New(_Minimal):  # a new-style override with an extra optional argument is left alone
+        def timestep(self, kwargs, scale=1):
+            return kwargs["timestep"] * scale
+
+    assert New().timestep({"timestep": 2}, 3) == 6
 
 
 def test_standalone_call_defaults_come_from_the_pipeline():

@@ -146,15 +146,19 @@ class Adapter(ABC):
     def processor_groups(self, transformer: nn.Module) -> list[ProcessorGroup]:
         """(modules, processor class) pairs that `install` swaps, `is_installed` counts and `problems` checks.
 
-        Default: ``[(attention_layers, processor)]``. A family with a second kind of attention to
-        observe adds a pair (Wan: its cross-attentions with their own processor).
+        Default: ``[(attention_layers, processor)]``; none without a `processor`. A family with a
+        second kind of attention to observe adds a pair (Wan: its cross-attentions, own processor).
         """
-        if self.processor is None:
+        return [] if self.processor is None else [(self.attention_layers(transformer), self.processor)]
+
+    def _groups_or_raise(self, transformer: nn.Module, method: str) -> list[ProcessorGroup]:
+        groups = self.processor_groups(transformer)
+        if not groups:
             raise NotImplementedError(
-                f"Expected {type(self).__name__}.processor (a RoutedProcessor subclass), but got None. "
-                "Set it, or override install() and is_installed()."
+                f"Expected {type(self).__name__}.processor (a RoutedProcessor subclass) for the default "
+                f"{method}(), but got None. Set it, or override install() and is_installed()."
             )
-        return [(self.attention_layers(transformer), self.processor)]
+        return groups
 
     def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
         """Route the layers through `router`; return a function that undoes it.
@@ -169,7 +173,7 @@ class Adapter(ABC):
                 undo()
 
         try:
-            for modules, cls in self.processor_groups(transformer):
+            for modules, cls in self._groups_or_raise(transformer, "install"):
                 undos.append(swap_processors(modules, lambda i, original, cls=cls: cls(original, i, router)))
         except BaseException:
             uninstall()
@@ -181,7 +185,7 @@ class Adapter(ABC):
 
         Default: the modules of `processor_groups` whose processor is one of ours.
         """
-        groups = self.processor_groups(transformer)
+        groups = self._groups_or_raise(transformer, "is_installed")
         ours = tuple(cls for _, cls in groups)
         return sum(isinstance(m.processor, ours) for modules, _ in groups for m in modules)
 
@@ -189,7 +193,7 @@ class Adapter(ABC):
         """Reasons this model cannot be injected as configured. Empty: fine.
 
         Default: `processor_problems` on every `processor_groups` module: fused Q/K/V, or a processor
-        that is neither `stock_processor` (by class name) nor ours.
+        that is neither `stock_processor` (by class name) nor ours. Nothing without a `processor`.
         """
         groups = self.processor_groups(transformer)
         ours = tuple(cls for _, cls in groups)
@@ -353,7 +357,7 @@ def _adopt_old_signature(cls: type, method: str) -> None:
     """Serve a 0.2-style ``timestep(self, args, kwargs)`` / ``latents(...)`` override through the
     new ``(self, kwargs)`` signature, with a DeprecationWarning (the core passes kwargs bound by name)."""
     old = cls.__dict__.get(method)
-    if old is None or len(inspect.signature(old).parameters) != 3:
+    if old is None or list(inspect.signature(old).parameters)[1:] != ["args", "kwargs"]:
         return
     warnings.warn(
         f"{cls.__qualname__}.{method}(self, args, kwargs) is deprecated: the core now passes the forward call's "
