@@ -148,10 +148,10 @@ class HunyuanVideoAdapter(Adapter):
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
         return latents.shape[2] // p_t, latents.shape[3] // p, latents.shape[4] // p
 
-    def text_positions(self, positions: torch.Tensor, ids_length: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    def text_positions(self, positions: slice, ids_length: int, kwargs: dict[str, Any]) -> slice:
         """The pipeline drops the prompt template's first ``crop_start`` ids: shift by what was cropped."""
-        cropped = ids_length - kwargs["encoder_hidden_states"].shape[1]
-        return positions - max(cropped, 0)
+        shift = max(ids_length - kwargs["encoder_hidden_states"].shape[1], 0)
+        return slice(positions.start - shift, positions.stop - shift)
 
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         generation = kwargs["encoder_hidden_states"]

@@ -69,7 +69,7 @@ def test_full_path_reference_matching_masks_warping(fpipe, subject):
     assert d.grid == (2, 2, 2) and d.flow.shape == d.mask.shape == (2, 2, 2)
     assert torch.equal(d.mask, d.fg_mask & d.cc_mask)
     assert 0 < int(d.fg_mask.sum()) < 8  # min-max normalised video->subject-token scores
-    assert int(session._positions[0]) == 4  # "a photo of a <clock>": 5th prompt token (template cropped)
+    assert session.subject_positions == slice(4, 5)  # "a photo of a <clock>": 5th prompt token (template cropped)
     assert torch.isfinite(full).all()
     assert not torch.equal(unmasked, coarse) and not torch.equal(full, unmasked)
 

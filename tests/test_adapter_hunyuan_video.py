@@ -10,8 +10,8 @@ from PIL import Image
 from vwarper_adapters.hunyuan_video import HunyuanVideoAdapter
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.fine.capture import Router
 from vwarper_hooks.fine.inversion import flow_invert, flow_sigmas, invert_reference, is_flow_matching
-from vwarper_hooks.fine.steps import step_index
 from vwarper_hooks.images import image_to_video
 from vwarper_hooks.porting.conformance import case_from_pipeline
 from vwarper_hooks.porting.probes import _Recorder
@@ -45,7 +45,7 @@ def test_flat_index_is_dual_then_single_and_text_follows_video(hpipe):
 def test_subject_positions_account_for_the_cropped_template():
     adapter = HunyuanVideoAdapter()
     kwargs = {"encoder_hidden_states": torch.zeros(1, 16, 32)}
-    assert adapter.text_positions(torch.tensor([6]), 18, kwargs).tolist() == [4]  # 2 template ids cropped
+    assert adapter.text_positions(slice(6, 7), 18, kwargs) == slice(4, 5)  # 2 template ids cropped
 
 
 def test_flow_inversion_is_exact_for_a_constant_velocity():
@@ -107,11 +107,22 @@ def test_flow_inversion_reconstructs_the_reference_latent(clock_image):
     assert refined < plain / 20
 
 
-def test_low_precision_timesteps_still_find_their_step():
-    timesteps = torch.tensor([1000.0, 968.75, 875.5, 500.25])
-    assert step_index(torch.tensor([875.5]).to(torch.bfloat16), timesteps) == 2
-    assert step_index(torch.tensor([968.75]), timesteps) == 1
-    assert step_index(torch.tensor([3.0]).to(torch.bfloat16), timesteps) is None
+def test_bf16_timesteps_that_round_alike_still_get_their_own_steps():
+    """HunyuanVideo casts the timestep to the latent dtype; close timesteps (997.05 and 995.0) round to the
+    same bf16 value. The step clock counts scheduler steps, so it never compares timestep values."""
+    pipe = tiny_hunyuan_video_pipeline().to(torch.bfloat16)
+    subject = vwarper.Subject.from_images([Image.new("RGB", (32, 32), (200, 80, 40))], token="<clock>",
+                                          class_word="clock")
+    seen = []
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)) as session:
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.router.route.step))
+        try:
+            pipe(**tiny_call_kwargs(num_inference_steps=4, sigmas=[1.0, 0.9975, 0.995, 0.5]))
+        finally:
+            handle.remove()
+    timesteps = pipe.scheduler.timesteps
+    assert timesteps[1].to(torch.bfloat16) == timesteps[2].to(torch.bfloat16)  # they do collide
+    assert seen == [0, 1, 2, 3]
 
 
 def test_custom_processor_is_refused(hpipe, subject):
@@ -134,38 +145,30 @@ def test_custom_processor_is_refused(hpipe, subject):
 def test_foreground_score_sees_only_the_unpadded_text_keys(hpipe):
     """HunyuanVideo masks padded prompt tokens out of attention; the fg softmax must do the same."""
     seen, masks = [], []
-    original = vwarper.Session.observe_text_attention
+    original = Router.observe_text_attention
 
     def spy(self, layer, query_video, key_text, text_valid=None):
         seen.append(text_valid)
         return original(self, layer, query_video, key_text, text_valid)
 
     def keep_mask(module, args, kwargs):
-        if session.branch in (None, "generation"):  # not the inversion or the reference branch
+        if session.router.route.branch == "generation":  # not the inversion or the reference branch
             masks.append(kwargs["encoder_attention_mask"])
 
     subject = vwarper.Subject.from_images([Image.new("RGB", (32, 32), (200, 80, 40))], token="<clock>",
                                           class_word="clock")
-    vwarper.Session.observe_text_attention = spy
+    Router.observe_text_attention = spy
     try:
-        with vwarper.inject(hpipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
+        with vwarper.inject(hpipe, subject, vwarper.WarpConfig(warp_steps=(1, 2), fg_softmax="text")) as session:
             handle = hpipe.transformer.register_forward_pre_hook(keep_mask, with_kwargs=True)
             try:
                 hpipe(**tiny_call_kwargs(num_inference_steps=3, max_sequence_length=24))
             finally:
                 handle.remove()
     finally:
-        vwarper.Session.observe_text_attention = original
+        Router.observe_text_attention = original
     assert len(masks) == 3 and all(torch.equal(m, masks[0]) for m in masks)  # one pass per step (no true CFG)
     prompt_mask = masks[0][-1].bool()
     assert seen and all(v is not None for v in seen)
     assert 0 < int(prompt_mask.sum()) < prompt_mask.numel()  # the prompt really is padded
     assert all(torch.equal(v[-1].cpu(), prompt_mask.cpu()) for v in seen)
-
-
-def test_bf16_timesteps_that_collide_are_told_apart_by_the_scheduler_counter():
-    timesteps = torch.tensor([997.05, 995.0, 500.0])  # bf16 spacing near 1000 is 4: close steps collide
-    t = torch.tensor([995.0]).to(torch.bfloat16)  # 997.05 and 995.0 both round to 996 in bf16
-    assert step_index(t, timesteps) == 0  # ambiguous without a hint: the first match
-    assert step_index(t, timesteps, hint=1) == 1 and step_index(t, timesteps, hint=0) == 0
-    assert step_index(t, timesteps, hint=2) == 0  # a hint that does not match is ignored

@@ -7,6 +7,7 @@ import torch
 from vwarper_adapters.wan import WanAdapter, rotate_pairs
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.fine.capture import Router
 from vwarper_hooks.fine.inversion import flow_sigmas, is_flow_matching
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_wan_pipeline
 
@@ -25,19 +26,19 @@ def test_layers_are_self_attentions_and_text_attentions_pair_with_them(wpipe):
 
 def test_foreground_comes_from_the_cross_attention_of_the_conditional_pass(wpipe, subject):
     seen = []
-    original = vwarper.Session.observe_text_attention
+    original = Router.observe_text_attention
 
     def spy(self, layer, query_video, key_text):
-        seen.append((self.step, self._pass, layer, tuple(query_video.shape), tuple(key_text.shape)))
+        seen.append((self.route.step, self.route.pass_index, layer, tuple(query_video.shape), tuple(key_text.shape)))
         return original(self, layer, query_video, key_text)
 
-    vwarper.Session.observe_text_attention = spy
+    Router.observe_text_attention = spy
     try:
         config = vwarper.WarpConfig(warp_steps=(1, 3), fg_layers=(1, 2))
         with vwarper.inject(wpipe, subject, config) as session:
             wpipe(**tiny_call_kwargs(num_inference_steps=4))
     finally:
-        vwarper.Session.observe_text_attention = original
+        Router.observe_text_attention = original
     # fg accumulates at steps 0..2 (before the last warp step), layers 1-2, conditional pass only
     assert {(s, p, layer) for s, p, layer, _, _ in seen} == {(s, 0, layer) for s in range(3) for layer in (1, 2)}
     assert all(q == (1, 2, 8, 16) and k == (1, 2, 16, 16) for *_, q, k in seen)

@@ -11,7 +11,6 @@ from torch import nn
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.adapter import AttentionCall
-from vwarper_hooks.fine.steps import step_index
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 LAYER = 12
@@ -89,7 +88,7 @@ def test_captured_value_includes_lora_delta():
 def test_step_index_for_every_step(pipe, subject, guidance):
     seen = []
     with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)) as session:
-        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.step))
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.router.route.step))
         try:
             run(pipe, num_inference_steps=5, guidance_scale=guidance)
         finally:
@@ -97,12 +96,43 @@ def test_step_index_for_every_step(pipe, subject, guidance):
     assert seen == [0, 1, 2, 3, 4]
 
 
-def test_calls_outside_the_denoising_loop_have_no_step(pipe):
-    pipe.scheduler.set_timesteps(5)
-    timesteps = pipe.scheduler.timesteps
-    assert [step_index(t, timesteps) for t in timesteps] == list(range(5))
-    assert step_index(torch.tensor([int(timesteps[0]) + 1]), timesteps) is None  # e.g. an inversion pass
-    assert step_index(torch.tensor([5]), None) is None
+def test_calls_outside_the_denoising_loop_have_no_step(pipe, subject):
+    """Before the first set_timesteps and after a run's last scheduler.step, a transformer call is
+    not a denoising step: it runs stock (no route), e.g. a user's own forward inside the block."""
+    from vwarper_hooks.porting.conformance import forward_inputs
+
+    inputs = forward_inputs(pipe)
+    seen = []
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.router.route.step))
+        try:
+            with torch.no_grad():
+                pipe.transformer(**inputs)  # before any pipeline call
+            run(pipe, num_inference_steps=3)
+            with torch.no_grad():
+                pipe.transformer(**inputs)  # after the run ended
+        finally:
+            handle.remove()
+    assert seen[0] is None and seen[-1] is None
+    assert [s for s in seen[1:-1] if s is not None] == [0, 0, 1, 1, 2, 2]  # each step also runs the reference
+
+
+def test_the_clock_reads_no_tensor_value(pipe):
+    """The step comes from counting scheduler calls: the scheduler's timesteps are never compared."""
+    from vwarper_hooks.fine.steps import StepClock
+
+    clock = StepClock(pipe.scheduler)
+    with clock.installed():
+        assert clock.current() is None
+        pipe.scheduler.set_timesteps(4)
+        pipe.scheduler.timesteps = pipe.scheduler.timesteps.to("meta")  # values unreadable from now on
+        seen = []
+        for _ in range(4):
+            seen.append(clock.current())
+            clock._on_step((), {})
+        assert seen == [0, 1, 2, 3] and clock.current() is None
+        assert clock.host_timesteps().device.type == "cpu" and len(clock.host_timesteps()) == 4
+    assert "step" not in pipe.scheduler.__dict__ and "set_timesteps" not in pipe.scheduler.__dict__
 
 
 def _untouched(pipe, processors) -> bool:

@@ -320,16 +320,21 @@ def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
 
 
 def test_inversion_cache_keeps_the_most_recently_used_states():
-    from vwarper_hooks.fine.reference_cache import ReferenceCache
+    from vwarper_hooks.fine.reference_cache import ReferenceCache, ReferenceState
 
     cache = ReferenceCache(max_entries=2)
     made = []
 
-    def make(name):
-        return lambda: made.append(name) or name
+    def make(name, first=0):
+        return lambda: made.append(name) or ReferenceState({}, torch.zeros(1), torch.zeros(4 - first, 1), first)
 
     for name in ("a", "b", "a", "c", "a", "b"):  # "b" is evicted by "c" (a was used more recently)
         cache.get_or_make((name,), make(name))
     assert made == ["a", "b", "c", "b"] and (cache.hits, cache.misses) == (2, 4)
+    made.clear()
+    cache.get_or_make(("d",), make("d", first=2), first=2)
+    assert cache.get_or_make(("d",), make("d", first=3), first=3).first == 2  # reaches step 3 too
+    assert cache.get_or_make(("d",), make("d", first=1), first=1).first == 1  # not noisy enough: made again
+    assert made == ["d", "d"]
     with pytest.raises(ValueError, match="max_entries"):
         ReferenceCache(max_entries=0)

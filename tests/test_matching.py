@@ -12,35 +12,67 @@ from vwarper_hooks.fine.matching import match_flows, pck
 from vwarper_hooks.testing import tie_query_key, tiny_cogvideox_transformer
 
 
-def dense_flows(q_gen, k_gen, q_ref, k_ref, frames, per_frame):
+def dense_map(q_gen, k_gen, q_ref, k_ref, rows, head_combine):
+    """C_hat of eq. 3-4 for one group of tokens, with full matrices, head by head."""
+    heads, _, dim = q_gen.shape
+    logits = torch.stack([q_gen[h, rows] @ k_ref[h, rows].T for h in range(heads)]) / dim**0.5  # (H, n, n)
+    logits_rev = torch.stack([q_ref[h, rows] @ k_gen[h, rows].T for h in range(heads)]) / dim**0.5
+    if head_combine == "logits":  # mean logits, one softmax
+        forward, backward = logits.mean(0).softmax(dim=1), logits_rev.mean(0).softmax(dim=1)
+    else:  # DiffTrack: softmax per head, probabilities averaged
+        forward, backward = logits.softmax(dim=2).mean(0), logits_rev.softmax(dim=2).mean(0)
+    return (forward + backward.T) / 2  # C_gen->ref + C_ref->gen^T
+
+
+def dense_flows(q_gen, k_gen, q_ref, k_ref, frames, per_frame, head_combine="probs"):
     """Eq. 3-4 written out with full matrices, head by head (independent of the streamed code)."""
-    heads, tokens, dim = q_gen.shape
+    tokens = q_gen.shape[1]
     groups = frames if per_frame else 1
     n = tokens // groups
     g2r, r2g = [], []
     for g in range(groups):
-        rows = slice(g * n, (g + 1) * n)
-        logits = torch.stack([q_gen[h, rows] @ k_ref[h, rows].T for h in range(heads)]).mean(0) / dim**0.5
-        logits_rev = torch.stack([q_ref[h, rows] @ k_gen[h, rows].T for h in range(heads)]).mean(0) / dim**0.5
-        c_hat = (logits.softmax(dim=1) + logits_rev.softmax(dim=1).T) / 2  # C_gen->ref + C_ref->gen^T
+        c_hat = dense_map(q_gen, k_gen, q_ref, k_ref, slice(g * n, (g + 1) * n), head_combine)
         g2r.append(c_hat.argmax(dim=1) + g * n)
         r2g.append(c_hat.argmax(dim=0) + g * n)
     return torch.cat(g2r), torch.cat(r2g)
 
 
+@pytest.mark.parametrize("head_combine", ["probs", "logits"])
 @pytest.mark.parametrize("per_frame", [True, False])
 @pytest.mark.parametrize("chunk", [1, 7, 16, 48, 1000])
-def test_chunked_matcher_equals_dense(per_frame, chunk):
+def test_chunked_matcher_equals_dense(per_frame, chunk, head_combine):
     g = torch.Generator().manual_seed(chunk)
     frames, n = 3, 16
     q_gen, k_gen, q_ref, k_ref = (torch.randn(2, frames * n, 8, generator=g, dtype=torch.float64) for _ in range(4))
-    streamed = match_flows(q_gen, k_gen, q_ref, k_ref, frames=frames, per_frame=per_frame, chunk=chunk)
-    dense = dense_flows(q_gen, k_gen, q_ref, k_ref, frames=frames, per_frame=per_frame)
+    streamed = match_flows(q_gen, k_gen, q_ref, k_ref, frames=frames, per_frame=per_frame, chunk=chunk,
+                           head_combine=head_combine)
+    dense = dense_flows(q_gen, k_gen, q_ref, k_ref, frames=frames, per_frame=per_frame, head_combine=head_combine)
     assert torch.equal(streamed[0], dense[0]) and torch.equal(streamed[1], dense[1])
     if per_frame:  # flows stay inside the frame they start in
         assert torch.equal(streamed[0] // n, torch.arange(frames * n) // n)
     else:  # global matching does cross frames for random features
         assert not torch.equal(streamed[0] // n, torch.arange(frames * n) // n)
+
+
+def test_the_two_head_readings_disagree_where_heads_disagree():
+    """8 heads of random features (as eq. 3 sees at init): per-head probabilities and mean logits pick
+    different matches for many tokens, so the tests above really tell the readings apart."""
+    g = torch.Generator().manual_seed(0)
+    q_gen, k_gen, q_ref, k_ref = (torch.randn(8, 64, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    probs = match_flows(q_gen, k_gen, q_ref, k_ref, frames=1, head_combine="probs")[0]
+    logits = match_flows(q_gen, k_gen, q_ref, k_ref, frames=1, head_combine="logits")[0]
+    assert (probs != logits).float().mean() > 0.3
+    assert torch.equal(probs, dense_flows(q_gen, k_gen, q_ref, k_ref, 1, False, "probs")[0])
+    assert torch.equal(logits, dense_flows(q_gen, k_gen, q_ref, k_ref, 1, False, "logits")[0])
+
+
+def test_match_score_is_the_mean_of_the_symmetric_maps_row_maxima():
+    g = torch.Generator().manual_seed(1)
+    q_gen, k_gen, q_ref, k_ref = (torch.randn(2, 32, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    *_, score = match_flows(q_gen, k_gen, q_ref, k_ref, frames=2, chunk=5, with_score=True)
+    dense = torch.cat([dense_map(q_gen, k_gen, q_ref, k_ref, slice(i * 16, (i + 1) * 16), "probs").max(1).values
+                       for i in range(2)])
+    assert torch.allclose(score, dense.mean().float())
 
 
 def test_identical_branches_give_identity_flow_and_full_cycle_mask():

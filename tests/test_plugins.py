@@ -130,7 +130,9 @@ def test_every_hook_is_documented_and_tested():
         name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "vwarper_hooks_spec")
     ]
     assert set(specs) == set(hookspecs.ALL_HOOKS)
-    sources = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name)
+    tests = [p for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name]
+    examples = list((Path(__file__).parents[1] / "examples").rglob("*.py"))  # plugins the tests load
+    sources = "\n".join(p.read_text() for p in tests + examples)
     here = Path(__file__).read_text().split("def test_every_hook_is_documented_and_tested")[0]
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""

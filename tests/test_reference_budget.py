@@ -15,9 +15,13 @@ def test_reference_forward_runs_only_needed_steps_and_layers(pipe, subject):
     config = vwarper.WarpConfig(warp_steps=(3, 5), warp_layers=(20, 29), match_layer=12, mask=False)
     counts: Counter[tuple[str, int | None, int]] = Counter()
     with vwarper.inject(pipe, subject, config) as session:
+
+        def route():
+            return session.router.route
+
         handles = [
             block.attn1.register_forward_pre_hook(
-                lambda module, args, i=i: counts.update([(session.branch or "other", session.step, i)])
+                lambda module, args, i=i: counts.update([(route().branch or "other", route().step, i)])
             )
             for i, block in enumerate(pipe.transformer.transformer_blocks)
         ]
@@ -34,14 +38,14 @@ def test_reference_forward_runs_only_needed_steps_and_layers(pipe, subject):
     assert all(n == 1 for (branch, _, _), n in counts.items() if branch == "reference")
     generation = Counter(step for (branch, step, _) in counts if branch == "generation")
     assert generation == {step: 42 for step in range(8)}
-    # inversion (8 steps x 42 layers, full depth) ran once, before the first step
-    assert sum(n for (branch, _, _), n in counts.items() if branch == "internal") == 8 * 42
+    # inversion ran once, before the first step, full depth, up to step 2 only: steps 0-1 are never read
+    assert sum(n for (branch, _, _), n in counts.items() if branch == "internal") == 6 * 42
 
 
 def test_no_reference_branch_without_warping(pipe, subject):
     seen = []
     with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)) as session:
-        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.branch))
+        handle = pipe.transformer.register_forward_pre_hook(lambda *a: seen.append(session.router.route.branch))
         try:
             out = run(pipe, num_inference_steps=4)
         finally:
@@ -72,14 +76,17 @@ def test_reference_features_are_freed_after_their_last_use(pipe, subject):
     with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 2))) as session:
         run(pipe, num_inference_steps=5)
         # steps 3-4 need no reference values or match features: nothing of them stays alive
-        assert session._ref_feats == {} and session._gen_match is None and session._ref_match is None
+        run_state = session.router.run
+        assert run_state.ref_values == {} and run_state.gen_match is None and run_state.ref_match is None
 
 
 def test_a_clipped_warp_window_is_logged(pipe, subject, caplog):
-    with caplog.at_level("WARNING", logger="vwarper_hooks.fine.steps"):
+    with caplog.at_level("WARNING", logger="vwarper_hooks.fine.session"):
         with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp_steps=(0, 6), mask=False)):
             run(pipe, num_inference_steps=4)
-    assert "warp steps [0, 4, 5, 6] dropped" in caplog.text
+            run(pipe, num_inference_steps=4)
+    assert "warp steps 0, 4-6 dropped" in caplog.text  # ranges, not every step number
+    assert caplog.text.count("dropped") == 1  # once per inject, not once per call
 
 
 def test_prompt_embeds_after_a_prompt_do_not_reuse_old_token_positions(pipe, subject):

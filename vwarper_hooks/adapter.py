@@ -229,11 +229,11 @@ class Adapter(ABC):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""
 
-    def text_positions(self, positions: torch.Tensor, ids_length: int, kwargs: dict[str, Any]) -> torch.Tensor:
-        """Map subject-token positions in the text encoder's input ids to the transformer's text tokens.
+    def text_positions(self, positions: slice, ids_length: int, kwargs: dict[str, Any]) -> slice:
+        """Map the subject token's place in the tokenizer's ``input_ids`` to the transformer's text tokens.
 
-        :param positions: (k,) positions found in the ``input_ids`` the pipeline gave its text encoder.
-        :param ids_length: length of that ``input_ids`` row.
+        :param positions: where the token's ids sit in the ``input_ids`` row the pipeline encoded.
+        :param ids_length: length of that row.
         :param kwargs: a generation forward call's kwargs.
         Default: the same positions (the pipeline feeds every encoder output position to the transformer).
         """

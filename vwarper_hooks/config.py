@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
@@ -36,6 +38,16 @@ class WarpConfig(BaseModel):
     warp: bool = Field(True, description="False: coarse stage only, no reference branch")
     mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
     injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
+    matcher: str = Field("rope_free", description="correspondence matcher: rope_free (the paper's), rope, plugins")
+    head_combine: Literal["probs", "logits"] = Field(
+        "probs", description="eq. 3 heads: per-head softmax then mean (probs) or mean logits then softmax"
+    )
+    fg_softmax: Literal["joint", "text"] = Field(
+        "joint", description="fg score: the model's own softmax over all keys (joint) or over text keys only"
+    )
+    reference_image: int | Literal["best"] = Field(
+        0, description="which reference photo the reference branch uses: an index, or 'best' (chosen per run)"
+    )
     fg_layers: LayerRange | None = Field(None, description="layers averaged for the foreground mask; None: every layer")
     per_frame_matching: bool = Field(
         True, description="match generation frame f against reference frame f (False: global)"
@@ -44,6 +56,14 @@ class WarpConfig(BaseModel):
     inversion_prompt: str | None = Field(None, description="prompt for DDIM inversion; None: subject prompt")
     inversion_refine: int = Field(
         0, ge=0, description="fixed-point refinements per DDIM inversion step (0: plain DDIM, as the paper)"
+    )
+    cache_reference_features: bool = Field(
+        False, description="keep the reference branch's match Q/K and warp-layer V per step: later calls run no "
+        "reference forward (CogVideoX-5B, 25 frames: ~12 GB in bf16)"
+    )
+    feature_cache_device_gib: float = Field(
+        4.0, ge=0.0, description="cached features stay on the model's device up to this size; beyond it, in "
+        "(pinned) CPU memory, copied to the device step by step"
     )
     keep_diagnostics: bool = Field(True, description="keep per-step flows and masks on CPU")
 
@@ -68,9 +88,15 @@ class WarpConfig(BaseModel):
                     f"Expected {name} as (first, last) with 0 <= first <= last, but got {value}. "
                     f"Swap or fix the bounds."
                 )
+        if isinstance(self.reference_image, int) and self.reference_image < 0:
+            problems.append(f"Expected reference_image >= 0 or 'best', but got {self.reference_image}.")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def updated(self, **fields: object) -> WarpConfig:
+        """A validated copy with `fields` changed (unknown names and bad values raise `ConfigError`)."""
+        return WarpConfig(**{**self.model_dump(), **fields})
 
     def for_adapter(self, adapter: object, depth: int) -> WarpConfig:
         """This config with the adapter's default layers where the user set none (see `Adapter.default_layers`)."""

@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from .adapter import Adapter
     from .config import WarpConfig
+    from .fine.matching import Matcher
     from .fine.warping import Injector
 
 PROJECT_NAME = "vwarper_hooks"
@@ -30,6 +31,27 @@ def register_adapters(register: Callable[[Adapter], None]) -> None:
 
     :param register: call it once per adapter instance, e.g. ``register(MyModelAdapter())``.
         A name already registered by another plugin raises `DuplicateAdapterError`.
+    """
+
+
+@hookspec(firstresult=True)
+def make_matcher(name: str, config: WarpConfig) -> Matcher | None:
+    """Build the matcher called `name` (``WarpConfig.matcher``): it turns the match layer's
+    attention calls of both branches into flows (generation -> reference and back).
+
+    Stops at the first non-None result. Return None for names your plugin does not provide.
+
+    :param name: the matcher name the user asked for, e.g. ``"rope_free"`` (the paper's).
+    :param config: the active `WarpConfig`.
+    :return: an object implementing the `vwarper_hooks.fine.matching.Matcher` protocol, or None.
+    """
+
+
+@hookspec
+def matcher_names() -> list[str]:
+    """Names of the matchers this plugin can make (used in error messages).
+
+    :return: a list of names accepted by this plugin's `make_matcher`.
     """
 
 
@@ -55,6 +77,8 @@ def injector_names() -> list[str]:
 
 ALL_HOOKS: dict[str, Any] = {
     "register_adapters": register_adapters,
+    "make_matcher": make_matcher,
+    "matcher_names": matcher_names,
     "make_injector": make_injector,
     "injector_names": injector_names,
 }

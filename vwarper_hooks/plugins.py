@@ -4,12 +4,14 @@ entry points; adapters are collected from every plugin's `register_adapters` hoo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pluggy
 from torch import nn
 
 from . import hookspecs
 from .adapter import Adapter
+from .config import WarpConfig
 from .errors import AdapterNotFoundError, DuplicateAdapterError
 
 logger = logging.getLogger(__name__)
@@ -132,3 +134,21 @@ def get_adapter(transformer: nn.Module | str) -> Adapter:
         f"Expected a transformer one of the registered adapters {sorted(adapters)} understands, but got "
         f"{type(transformer).__name__}. {HOW_TO_ADD}"
     )
+
+
+def make_part(kind: str, config: WarpConfig) -> tuple[Any, list[str]]:
+    """The matcher or injector (`kind`) that `config` names, made by the first plugin that knows the
+    name (the `make_matcher` / `make_injector` hooks): ``(part, [])``, or ``(None, [why not])``."""
+    pm = get_plugin_manager()
+    name = getattr(config, kind)
+    part = getattr(pm.hook, f"make_{kind}")(name=name, config=config)
+    if part is not None:
+        return part, []
+    names = sorted({n for names in getattr(pm.hook, f"{kind}_names")() for n in names})
+    return None, [f"Expected WarpConfig.{kind} to be one of {names}, but got {name!r}. Register its plugin."]
+
+
+def make_parts(config: WarpConfig) -> tuple[Any, Any, list[str]]:
+    """(matcher, injector, problems) for `config`, both made through their plugin hooks."""
+    (matcher, problems), (injector, more) = make_part("matcher", config), make_part("injector", config)
+    return matcher, injector, problems + more

@@ -147,3 +147,37 @@ def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, .
                 f"Restore it (transformer.set_attn_processor({stock}()) or reload the transformer)."
             ]
     return []
+
+
+def attend_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and each query's log-sum-exp over the keys, from one fused kernel.
+
+    Tensors are (batch, heads, tokens, head_dim); `keep` is a (batch, 1, 1, keys) bool key mask or
+    None. The flash kernel for CPU and the memory-efficient kernel elsewhere (CUDA, and the meta
+    device, where the FLOP counter sees it) return the log-sum-exp they compute anyway, so the
+    joint-softmax foreground score costs no second attention pass. A kernel that refuses the inputs
+    falls back to the math path plus a streamed log-sum-exp (one more Q K^T).
+    """
+    bias = None if keep is None else torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(
+        ~keep.to(q.device), float("-inf")
+    )
+    n = q.shape[2]
+    try:
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
+        else:
+            if bias is not None:
+                bias = bias.expand(q.shape[0], q.shape[1], n, k.shape[2])
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)[:2]
+        return out, lse[..., :n].float()
+    except RuntimeError:  # pragma: no cover - a backend without these kernels
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        scale = q.shape[-1] ** -0.5
+        lse = torch.cat([
+            torch.logsumexp((q[:, :, i : i + 1024] @ k.transpose(-1, -2) * scale).float()
+                            + (0 if bias is None else bias.float()), dim=-1)
+            for i in range(0, n, 1024)
+        ], dim=2)
+        return out, lse

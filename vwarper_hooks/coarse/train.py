@@ -18,8 +18,8 @@ from typing import Any
 from ..adapter import Adapter
 from ..errors import ConfigError, SubjectError
 from ..files import config_hash, pixel_sha256
+from ..guard import is_active
 from ..images import ImageInput, load_images
-from ..inject import is_active
 from ..plugins import get_adapter
 from ..subject import Subject
 from ..subject.lora import lora_layer_count, lora_targets

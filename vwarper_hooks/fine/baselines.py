@@ -11,18 +11,7 @@ import torch
 from ..adapter import AttentionCall
 from ..config import WarpConfig
 from ..hookspecs import hookimpl
-from .warping import Injector, ReferenceFeatures, WarpPlan
-
-
-def _key_mask(call: AttentionCall, video_keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean key mask (batch, 1, 1, tokens): the text keys the model attends to (all of them
-    unless `call.text_valid` masks padding) plus the kept video keys (all when `video_keep` is None)."""
-    keep = torch.ones(call.key.shape[0], call.key.shape[2], dtype=torch.bool, device=call.key.device)
-    if video_keep is not None:
-        keep[:, call.video] = video_keep
-    if call.text_valid is not None:
-        keep[:, call.text] = call.text_valid.to(keep.device)
-    return keep[:, None, None, :]
+from .warping import Injector, ReferenceFeatures, WarpPlan, key_mask
 
 
 class KeyValueReplace:
@@ -41,8 +30,8 @@ class KeyValueReplace:
         k_ref, v_ref = k.clone(), v.clone()
         k_ref[:, :, call.video] = ref.key.to(k.dtype).expand(batch, -1, -1, -1)
         v_ref[:, :, call.video] = ref.value.to(v.dtype).expand(batch, -1, -1, -1)
-        f_ref = _masked_attend(q, k_ref, v_ref, _key_mask(call, plan.ref_mask))
-        f_gen = _masked_attend(q, k, v, _key_mask(call, ~plan.mask))
+        f_ref = _masked_attend(q, k_ref, v_ref, key_mask(call, plan.ref_mask))
+        f_gen = _masked_attend(q, k, v, key_mask(call, ~plan.mask))
         rows = plan.mask[None, None, :, None]
         out = stock.clone()
         out[:, :, call.video] = torch.where(rows, f_ref[:, :, call.video], f_gen[:, :, call.video])
@@ -71,7 +60,7 @@ class TokenConcat:
         keep = None
         if call.text_valid is not None:  # the model masks padded text keys: so do we; reference keys all count
             extra = torch.ones(call.key.shape[0], 1, 1, ref.key.shape[2], dtype=torch.bool, device=k.device)
-            keep = torch.cat([_key_mask(call), extra], dim=-1)
+            keep = torch.cat([key_mask(call), extra], dim=-1)
         return _masked_attend(call.query, k, v, keep)
 
 

@@ -34,3 +34,24 @@ class StepDiagnostics:
             cpu(self.cc_mask, torch.bool),
             cpu(self.mask, torch.bool),
         )
+
+
+class DiagnosticsLog:
+    """Warp step -> `StepDiagnostics` of the latest run, kept on the model's device while the run
+    goes (the denoising loop never waits on a device-to-host copy) and moved to the CPU when read."""
+
+    def __init__(self) -> None:
+        self._steps: dict[int, StepDiagnostics] = {}
+
+    def record(self, diagnostics: StepDiagnostics) -> None:
+        self._steps[diagnostics.step] = diagnostics
+
+    def clear(self) -> None:
+        self._steps.clear()
+
+    def read(self) -> dict[int, StepDiagnostics]:
+        """Every step's diagnostics on the CPU, on the (frames, height, width) grid."""
+        for step, d in self._steps.items():
+            if d.flow.device.type != "cpu" or d.flow.dtype != torch.int32:
+                self._steps[step] = d.to_cpu()
+        return self._steps

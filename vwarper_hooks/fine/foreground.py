@@ -1,11 +1,19 @@
 """Foreground score (paper appendix A): where the subject is, from its token's attention.
 
-For every video query (post-RoPE) of the conditional sample, softmax over the text
-keys (the video->text block of the joint attention), take the probability mass on the subject
-token(s), average over heads, and accumulate over the configured layers and the steps so far.
-The softmax runs over text keys only: that is the V->T block the paper names, and it costs
-O(N x text) instead of a second full attention. The running mean is min-max normalised over all
-video tokens and thresholded at tau_fg.
+"The softmax-normalized attention between the subject text token and all video tokens in the
+video-text attention blocks", for every video query (post-RoPE) of the conditional sample: the
+probability mass on the subject token(s), averaged over heads, accumulated over the configured
+layers and the steps so far, min-max normalised over all video tokens and thresholded at tau_fg.
+Two readings of "softmax-normalized" (`WarpConfig.fg_softmax`):
+
+- ``"joint"`` (default; Seg4Diff's, the paper's reference [19], same lab): the model's own attention
+  probabilities, a softmax over all keys of the joint attention, read at the subject columns.
+  `add_joint` takes each query's log-sum-exp from the attention kernel the layer runs anyway, so
+  only the subject columns' logits are extra: O(N x k) per layer.
+- ``"text"``: a softmax over the text keys only (the video->text block on its own): `add`, O(N x T).
+
+Where text sits in a separate cross-attention (Wan), the model's own softmax is over text keys:
+the two readings coincide there.
 """
 
 from __future__ import annotations
@@ -32,14 +40,14 @@ class ForegroundAccumulator:
         self,
         query_video: torch.Tensor,
         key_text: torch.Tensor,
-        subject_positions: torch.Tensor,
+        subject_positions: slice | torch.Tensor,
         key_valid: torch.Tensor | None = None,
     ) -> None:
         """Add one layer's scores.
 
         :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
         :param key_text: (heads, T, d) text keys of the same sample.
-        :param subject_positions: (k,) long positions of the subject token(s) in the text.
+        :param subject_positions: where the subject token's ids sit in the text (a slice, or (k,) long).
         :param key_valid: (T,) bool, False for padding the model masks out of its attention; those
             keys then get no share of the softmax either. None: all keys count.
         """
@@ -53,6 +61,25 @@ class ForegroundAccumulator:
             block = block.float() if bias is None else block.float() + bias
             probs = block.softmax(dim=-1)[..., subject_positions].sum(-1)  # (heads, c)
             scores[start : start + _FG_CHUNK] = probs.mean(0)
+        self._accumulate(scores)
+
+    @torch.no_grad()
+    def add_joint(self, query_video: torch.Tensor, key_subject: torch.Tensor, lse: torch.Tensor) -> None:
+        """Add one layer's scores under the model's own (joint) softmax.
+
+        :param query_video: (heads, N, d) post-RoPE video queries of the conditional sample.
+        :param key_subject: (heads, k, d) the subject token's keys, as the attention sees them.
+        :param lse: (heads, N) each video query's log-sum-exp over every key of the attention.
+        """
+        scale = 1.0 / math.sqrt(query_video.shape[-1])
+        scores = torch.empty(query_video.shape[1], dtype=torch.float32, device=query_video.device)
+        for start in range(0, query_video.shape[1], _FG_CHUNK):
+            logits = (query_video[:, start : start + _FG_CHUNK] @ key_subject.transpose(-1, -2)).float() * scale
+            probs = torch.exp(logits - lse[:, start : start + _FG_CHUNK, None].float()).sum(-1)  # (heads, c)
+            scores[start : start + _FG_CHUNK] = probs.mean(0)
+        self._accumulate(scores)
+
+    def _accumulate(self, scores: torch.Tensor) -> None:
         self.total = scores if self.total is None else self.total + scores
         self.count += 1
 

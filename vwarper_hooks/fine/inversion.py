@@ -59,8 +59,10 @@ def flow_invert(
     sigmas: torch.Tensor,
     refine: int = 0,
     progress: Callable[[int], None] | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
-    """Euler inversion of a flow-matching model; returns (steps, *clean.shape) aligned with `timesteps`.
+    """Euler inversion of a flow-matching model; returns (steps - first, *clean.shape): the latents of
+    ``timesteps[first:]`` (steps before `first` are not computed).
 
     :param timesteps: the pipeline's timesteps (descending), passed to the model as they are.
     :param sigmas: (steps + 1,) descending noise levels, ``sigmas[i]`` belonging to ``timesteps[i]``, last 0.
@@ -70,7 +72,7 @@ def flow_invert(
         raise ValueError(f"Expected {steps + 1} sigmas, but got {sigmas.numel()}.")
     latent = clean.float()
     out: list[torch.Tensor] = []
-    for k, i in enumerate(range(steps - 1, -1, -1)):  # from the least noisy step up to the noisiest
+    for k, i in enumerate(range(steps - 1, first - 1, -1)):  # from the least noisy step up to `first`
         t_batch = timesteps[i].reshape(1).to(clean.device)
         delta = float(sigmas[i] - sigmas[i + 1])  # > 0: going up in noise
         velocity = denoise(latent.to(clean.dtype), t_batch).float()
@@ -94,8 +96,10 @@ def ddim_invert(
     prediction_type: str,
     refine: int = 0,
     progress: Callable[[int], None] | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
-    """Deterministic DDIM inversion; returns (steps, *clean.shape) aligned with `timesteps` (descending).
+    """Deterministic DDIM inversion; returns (steps - first, *clean.shape): the latents of
+    ``timesteps[first:]`` (descending; the noisier steps before `first` are not computed).
 
     Walks the timesteps upwards. Plain DDIM inversion (``refine=0``, the paper's) evaluates the
     model at the next, noisier timestep on the current latent. ``refine=k`` then runs k
@@ -104,7 +108,7 @@ def ddim_invert(
     """
     if prediction_type not in ("v_prediction", "epsilon"):
         raise SubjectError(f"Expected a v_prediction or epsilon scheduler, but got {prediction_type!r}.")
-    ascending = list(reversed(timesteps.tolist()))
+    ascending = list(reversed(timesteps.tolist()))[: len(timesteps) - first]
     latent = clean.float()
     alpha_in = float(final_alpha_cumprod)
     out = []
@@ -158,11 +162,14 @@ def invert_reference(
     clean: torch.Tensor,
     refine: int = 0,
     progress: Callable[[int], None] | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
-    """Invert `clean` over ``scheduler.timesteps`` with the scheme that fits the scheduler (DDIM or flow)."""
+    """Invert `clean` over ``scheduler.timesteps[first:]`` with the scheme that fits the scheduler (DDIM or
+    flow); steps before `first` (noisier than any step whose latent is read) are never computed."""
     timesteps = scheduler.timesteps
     if is_flow_matching(scheduler):
-        return flow_invert(denoise, clean, timesteps, flow_sigmas(scheduler), refine=refine, progress=progress)
+        sigmas = flow_sigmas(scheduler)
+        return flow_invert(denoise, clean, timesteps, sigmas, refine=refine, progress=progress, first=first)
     if getattr(scheduler, "alphas_cumprod", None) is None:
         raise SubjectError(
             f"Expected a DDIM-style (alphas_cumprod) or flow-matching scheduler, but got {type(scheduler).__name__}. "
@@ -177,4 +184,5 @@ def invert_reference(
         scheduler.config.prediction_type,
         refine=refine,
         progress=progress,
+        first=first,
     )

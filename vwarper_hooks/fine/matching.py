@@ -1,14 +1,23 @@
 """RoPE-free Q/K correspondence between the generation and reference branches (paper eq. 3-4).
 
-Logits: ``L[i, j] = mean_h <Q_gen[h, i], K_ref[h, j]> / sqrt(d)``: heads are combined by
-averaging their scaled logits (the same as concatenating heads and dividing by H * sqrt(d)).
+Per head h (the attention's own temperature 1/sqrt(d)):
 
-    C_gen->ref = softmax_j(L),   C_ref->gen = softmax_i(L')   with  L' = Q_ref K_gen^T
+    L_h[i, j] = <Q_gen[h, i], K_ref[h, j]> / sqrt(d),   L'_h[j, i] = <Q_ref[h, j], K_gen[h, i]> / sqrt(d)
+
+``head_combine="probs"`` (default; DiffTrack's reading, the lab whose analysis the paper follows):
+a softmax per head, then the probabilities averaged over heads, in both directions:
+
+    C_gen->ref = mean_h softmax_j(L_h),   C_ref->gen = mean_h softmax_i(L'_h)
+
+``head_combine="logits"``: the logits averaged over heads first, then one softmax (the same as
+concatenating heads and scaling by 1/(H sqrt(d))). Either way:
+
     C_hat = (C_gen->ref + C_ref->gen^T) / 2
     flow_gen->ref[i] = argmax_j C_hat[i, j],   flow_ref->gen[j] = argmax_i C_hat[i, j]
 
-The N x N matrix is never held: pass 1 streams row log-sum-exps of L and L', pass 2 streams
-blocks of gen rows, taking row argmaxes and a running column max. Memory O(groups x chunk x n).
+The N x N matrix is never held: pass 1 streams each head's row log-sum-exps of L_h and L'_h, pass 2
+streams blocks of gen rows, head by head, taking row argmaxes and a running column max. Memory
+O(groups x chunk x n), whatever the number of heads.
 
 Matching is grouped: per-frame (default) matches generation frame f against reference frame f;
 global matches all generation tokens against all reference tokens. Per-frame is the default
@@ -19,29 +28,44 @@ global matching would spend F times the compute choosing between copies of the s
 from __future__ import annotations
 
 import math
+from typing import Any, Literal, Protocol
 
 import torch
 
+from ..adapter import AttentionCall
+from ..config import WarpConfig
+from ..hookspecs import hookimpl
 
-def _grouped(x: torch.Tensor, frames: int, per_frame: bool) -> torch.Tensor:
-    """(H, N, d) -> (G, n, H*d), G = frames if per_frame else 1."""
+HeadCombine = Literal["probs", "logits"]
+
+
+def _grouped(x: torch.Tensor, frames: int, per_frame: bool, combine: HeadCombine) -> torch.Tensor:
+    """(H, N, d) -> (G, h, n, d'): G = frames if per_frame else 1; h = H, d' = d for "probs";
+    h = 1, d' = H*d (heads concatenated) for "logits"."""
     heads, tokens, dim = x.shape
     groups = frames if per_frame else 1
-    x = x.reshape(heads, groups, tokens // groups, dim)
-    return x.permute(1, 2, 0, 3).reshape(groups, tokens // groups, heads * dim)
-
-
-def _scale(q: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    return q * (1.0 / (heads * math.sqrt(head_dim)))
+    x = x.reshape(heads, groups, tokens // groups, dim).permute(1, 0, 2, 3)  # (G, H, n, d)
+    if combine == "logits":
+        x = x.permute(0, 2, 1, 3).reshape(groups, 1, tokens // groups, heads * dim)
+    return x
 
 
 def _row_logsumexp(q: torch.Tensor, k: torch.Tensor, chunk: int) -> torch.Tensor:
-    """logsumexp over keys of q @ k^T, streamed over blocks of q rows. (G, n)."""
-    out = torch.empty(q.shape[:2], dtype=q.dtype, device=q.device)
-    for start in range(0, q.shape[1], chunk):
-        block = q[:, start : start + chunk] @ k.transpose(1, 2)
-        out[:, start : start + chunk] = torch.logsumexp(block, dim=-1)
+    """Per head, logsumexp over keys of q @ k^T, streamed over blocks of q rows and heads. (G, h, n)."""
+    out = torch.empty(q.shape[:3], dtype=q.dtype, device=q.device)
+    for head in range(q.shape[1]):
+        for start in range(0, q.shape[2], chunk):
+            block = q[:, head, start : start + chunk] @ k[:, head].transpose(1, 2)
+            out[:, head, start : start + chunk] = torch.logsumexp(block, dim=-1)
     return out
+
+
+def _mean_probs(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """mean_h exp(q_h k_h^T - lse_h): (G, h, a, d), (G, h, b, d), (G, h, a) -> (G, a, b)."""
+    total = torch.zeros(q.shape[0], q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
+    for head in range(q.shape[1]):
+        total += torch.exp(q[:, head] @ k[:, head].transpose(1, 2) - lse[:, head, :, None])
+    return total / q.shape[1]
 
 
 def match_flows(
@@ -52,42 +76,52 @@ def match_flows(
     frames: int,
     per_frame: bool = True,
     chunk: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    head_combine: HeadCombine = "probs",
+    with_score: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Bidirectional argmax flows from RoPE-free features of one generation and one reference sample.
 
     :param q_gen, k_gen, q_ref, k_ref: (heads, N, head_dim) video-token features, N = frames x h x w.
     :param frames: number of token frames (groups for per-frame matching).
-    :return: (flow_gen_to_ref, flow_ref_to_gen), each (N,) long: global token indices of the other branch.
+    :param head_combine: "probs" (per-head softmax, probabilities averaged) or "logits" (see module doc).
+    :param with_score: also return the mean over generation tokens of max_j C_hat[i, j], a 0-d tensor
+        (how well the two branches match; used to pick the best reference photo).
+    :return: (flow_gen_to_ref, flow_ref_to_gen), each (N,) long: global token indices of the other
+        branch (plus the score with `with_score`).
     """
     heads, tokens, head_dim = q_gen.shape
     if q_ref.shape != q_gen.shape or k_ref.shape != k_gen.shape:
         raise ValueError(f"Expected equal gen/ref shapes, but got {tuple(q_gen.shape)} and {tuple(q_ref.shape)}.")
     if tokens % frames:
         raise ValueError(f"Expected tokens divisible by frames, but got {tokens} tokens and {frames} frames.")
-    qg = _scale(_grouped(q_gen, frames, per_frame), heads, head_dim)
-    qr = _scale(_grouped(q_ref, frames, per_frame), heads, head_dim)
-    kg, kr = _grouped(k_gen, frames, per_frame), _grouped(k_ref, frames, per_frame)
-    groups, n, _ = qg.shape
+    if head_combine not in ("probs", "logits"):
+        raise ValueError(f"Expected head_combine 'probs' or 'logits', but got {head_combine!r}.")
+    scale = 1.0 / ((heads if head_combine == "logits" else 1) * math.sqrt(head_dim))
+    qg, qr = (_grouped(x, frames, per_frame, head_combine) * scale for x in (q_gen, q_ref))
+    kg, kr = (_grouped(x, frames, per_frame, head_combine) for x in (k_gen, k_ref))
+    groups, n = qg.shape[0], qg.shape[2]
 
-    lse_gen = _row_logsumexp(qg, kr, chunk)  # (G, n) rows of L
-    lse_ref = _row_logsumexp(qr, kg, chunk)  # (G, n) rows of L'
+    lse_gen = _row_logsumexp(qg, kr, chunk)  # (G, h, n) rows of L_h
+    lse_ref = _row_logsumexp(qr, kg, chunk)  # (G, h, n) rows of L'_h
 
     flow_g2r = torch.empty(groups, n, dtype=torch.long, device=qg.device)
+    row_best = torch.empty(groups, n, dtype=qg.dtype, device=qg.device)
     col_best = torch.full((groups, n), -1.0, dtype=qg.dtype, device=qg.device)
     flow_r2g = torch.zeros(groups, n, dtype=torch.long, device=qg.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        forward = torch.exp(qg[:, start:stop] @ kr.transpose(1, 2) - lse_gen[:, start:stop, None])
-        backward = torch.exp(qr @ kg[:, start:stop].transpose(1, 2) - lse_ref[:, :, None]).transpose(1, 2)
-        sym = 0.5 * (forward + backward)  # (G, c, n): rows = gen tokens start..stop
-        flow_g2r[:, start:stop] = sym.argmax(dim=-1)
+        forward = _mean_probs(qg[:, :, start:stop], kr, lse_gen[:, :, start:stop])  # (G, c, n)
+        backward = _mean_probs(qr, kg[:, :, start:stop], lse_ref).transpose(1, 2)  # (G, c, n)
+        sym = 0.5 * (forward + backward)  # rows = gen tokens start..stop
+        row_best[:, start:stop], flow_g2r[:, start:stop] = sym.max(dim=-1)
         block_best, block_arg = sym.max(dim=1)
         better = block_best > col_best
         col_best = torch.where(better, block_best, col_best)
         flow_r2g = torch.where(better, block_arg + start, flow_r2g)
 
     offsets = (torch.arange(groups, device=qg.device) * n)[:, None]
-    return (flow_g2r + offsets).reshape(-1), (flow_r2g + offsets).reshape(-1)
+    flows = (flow_g2r + offsets).reshape(-1), (flow_r2g + offsets).reshape(-1)
+    return (*flows, row_best.float().mean()) if with_score else flows
 
 
 def token_coords(index: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -111,3 +145,78 @@ def pck(
     if valid is not None:
         ok = ok[valid]
     return float(ok.float().mean()) if ok.numel() else float("nan")
+
+
+class Matcher(Protocol):
+    """How generation tokens find their reference tokens (made by the `make_matcher` hook).
+
+    The session calls `features` on the match layer's attention call of each branch (at step t-1)
+    and `match` once per warp step t with what it returned for both branches.
+    """
+
+    name: str
+
+    def features(self, call: AttentionCall, sample: int) -> Any:
+        """What to keep of `call` for batch row `sample` (copy it: the call's buffers are reused)."""
+
+    def match(self, gen: Any, ref: Any, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow_gen_to_ref, flow_ref_to_gen): (N,) long global token indices of the other branch.
+
+        Optional: ``score(gen, ref, grid)`` -> 0-d tensor, higher for a better match; needed for
+        ``WarpConfig(reference_image="best")``.
+        """
+
+
+class RopeFreeMatcher:
+    """The paper's matcher (4.2-4.3): RoPE-free query/key of the match layer, eq. 3-4, streamed."""
+
+    name = "rope_free"
+    rotated = False
+
+    def __init__(self, config: WarpConfig) -> None:
+        self.per_frame = config.per_frame_matching
+        self.chunk = config.match_chunk
+        self.head_combine = config.head_combine
+
+    def features(self, call: AttentionCall, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = call.query[sample : sample + 1, :, call.video]  # (1, H, N, d)
+        k = call.key[sample : sample + 1, :, call.video]
+        if self.rotated:
+            q, k = call.rope(q), call.rope(k)
+        return q[0].clone(), k[0].clone()
+
+    def match(
+        self, gen: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._flows(gen, ref, grid, with_score=False)
+
+    def score(
+        self, gen: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """How well `ref` matches `gen`: the mean of the symmetric map's row maxima (a 0-d tensor)."""
+        return self._flows(gen, ref, grid, with_score=True)[2]
+
+    def _flows(self, gen: tuple, ref: tuple, grid: tuple[int, int, int], with_score: bool) -> tuple:
+        return match_flows(*gen, *ref, frames=grid[0], per_frame=self.per_frame, chunk=self.chunk,
+                           head_combine=self.head_combine, with_score=with_score)
+
+
+class RotatedMatcher(RopeFreeMatcher):
+    """Post-RoPE query/key (the paper's figure 4-5 ablation: positions pull matches to the same place)."""
+
+    name = "rope"
+    rotated = True
+
+
+BUILTIN_MATCHERS: dict[str, type] = {cls.name: cls for cls in (RopeFreeMatcher, RotatedMatcher)}
+
+
+@hookimpl
+def make_matcher(name: str, config: WarpConfig) -> Matcher | None:
+    cls = BUILTIN_MATCHERS.get(name)
+    return None if cls is None else cls(config)
+
+
+@hookimpl
+def matcher_names() -> list[str]:
+    return sorted(BUILTIN_MATCHERS)

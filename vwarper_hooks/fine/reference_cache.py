@@ -9,12 +9,10 @@ weights: point the cache at one directory per base model and subject.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,18 +20,15 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_file, config_hash, pixel_sha256
+
 logger = logging.getLogger(__name__)
-
-
-def image_digest(image: Image.Image) -> str:
-    return hashlib.sha256(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Class, config hash and source of a diffusers model (stable across processes)."""
-    config = dict(getattr(model, "config", {}))
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return f"{type(model).__name__}:{hashlib.sha256(blob).hexdigest()[:16]}:{config.get('_name_or_path', '')}"
+    source = dict(getattr(model, "config", {})).get("_name_or_path", "")
+    return f"{type(model).__name__}:{config_hash(model)[:16]}:{source}"
 
 
 @dataclass
@@ -42,10 +37,15 @@ class ReferenceState:
 
     text: dict[str, torch.Tensor]  # text conditioning as forward kwargs (batch 1)
     clean: torch.Tensor  # (1, *latent) VAE latent of the repeated image
-    trajectory: torch.Tensor  # (steps, 1, *latent)
+    trajectory: torch.Tensor  # (steps - first, 1, *latent): the latents of steps first..steps-1
+    first: int = 0  # the noisiest step inverted (no step before it is ever read)
+    #: reference-branch features per (matcher, step, layer, kind), with cache_reference_features
+    features: dict[tuple[str, int, int, str], torch.Tensor] = field(default_factory=dict)
 
     def latents_at(self, step: int) -> torch.Tensor:
-        return self.trajectory[step]
+        if step < self.first:
+            raise IndexError(f"Expected a step >= {self.first} (the noisiest step inverted), but got {step}.")
+        return self.trajectory[step - self.first]
 
 
 class ReferenceCache:
@@ -66,12 +66,16 @@ class ReferenceCache:
         self.disk_hits = 0
         self.misses = 0
 
-    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState]) -> ReferenceState:
-        if key in self._states:
+    def get_or_make(self, key: tuple, make: Callable[[], ReferenceState], first: int = 0) -> ReferenceState:
+        """The state of `key` whose trajectory reaches step `first`: cached, else ``make()`` (and cached)."""
+        state = self._states.get(key)
+        if state is not None and state.first <= first:
             self.hits += 1
             self._states[key] = self._states.pop(key)  # most recently used last
-            return self._states[key]
+            return state
         state = self._load(key)
+        if state is not None and state.first > first:
+            state = None  # inverted for a later window: not noisy enough for this one
         if state is not None:
             self.disk_hits += 1
         else:
@@ -82,6 +86,7 @@ class ReferenceCache:
             except OSError as exc:  # a cache is an optimisation: never fail the generation over it
                 logger.warning("could not write the inversion cache to %s (%s); kept in memory only",
                                self.directory, exc)
+        self._states.pop(key, None)
         self._states[key] = state
         while len(self._states) > self.max_entries:
             self._states.pop(next(iter(self._states)))  # least recently used first
@@ -100,7 +105,8 @@ class ReferenceCache:
         path, text = where
         try:
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != text:
+                meta = f.metadata() or {}
+                if meta.get("key") != text:
                     return None
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as exc:  # a damaged cache file is recomputed, never trusted
@@ -108,26 +114,20 @@ class ReferenceCache:
             return None
         device = key_device(key)
         text_kwargs = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("text.")}
-        return ReferenceState(text_kwargs, tensors["clean"].to(device), tensors["trajectory"].to(device))
+        first = int(meta.get("first", 0))
+        return ReferenceState(text_kwargs, tensors["clean"].to(device), tensors["trajectory"].to(device), first)
 
     def _save(self, key: tuple, state: ReferenceState) -> None:
         where = self._path(key)
         if where is None:
             return
         path, text = where
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"text.{k}": v.detach().cpu().contiguous() for k, v in state.text.items()}
         tensors.update(
             clean=state.clean.detach().cpu().contiguous(), trajectory=state.trajectory.detach().cpu().contiguous()
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"key": text})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"key": text, "first": str(state.first)})
         logger.info("inversion cached on disk: %s", path)
 
     def clear(self) -> None:
@@ -140,7 +140,7 @@ class ReferenceCache:
 def cache_key(
     image: Image.Image,
     prompt: str,
-    timesteps: torch.Tensor,
+    timesteps: torch.Tensor,  # on the CPU
     call_kwargs: dict,
     model: torch.nn.Module,
     extra: tuple = (),
@@ -153,13 +153,8 @@ def cache_key(
             (k, tuple(v.shape[1:]), str(v.dtype), str(v.device)) for k, v in call_kwargs.items() if torch.is_tensor(v)
         )
     )
-    return (image_digest(image), prompt, tuple(timesteps.tolist()), shapes, *extra, model_fingerprint(model), id(model))
-
-
-def tensor_digest(x: torch.Tensor) -> str:
-    """Short sha256 of a tensor's values (one host copy: used once per run, for cache keys)."""
-    data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    steps = tuple(timesteps.tolist())  # host timesteps (the step clock's copy): no device read
+    return (pixel_sha256(image)[:16], prompt, steps, shapes, *extra, model_fingerprint(model), id(model))
 
 
 def key_device(key: tuple) -> str:

@@ -1,98 +1,97 @@
-"""Which denoising step a transformer call belongs to, and what V-Warper does at each step.
+"""The step clock: which denoising step a transformer call belongs to, from scheduler state alone.
 
-Step indices are 0-based positions in ``pipe.scheduler.timesteps``. A transformer call whose
-timestep is not in that list (an inversion pass, a call outside the pipeline) has no step.
+Step indices are 0-based positions in ``pipe.scheduler.timesteps``. The clock wraps the
+scheduler's ``set_timesteps`` (a new run begins at step 0) and ``step`` (the next step begins),
+so finding the step never reads a tensor value: no device sync per transformer call, and it
+works on the meta device. A transformer call before the first ``set_timesteps``, or after the
+run's last ``scheduler.step``, has no step (e.g. a user's own forward between pipeline calls).
+
+Every diffusers denoising loop calls ``scheduler.step`` exactly once per step; CFG run as two
+transformer calls (Wan, true-CFG HunyuanVideo) gives two calls with the same step.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+import copy
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import torch
 
-from ..config import WarpConfig
 
-logger = logging.getLogger(__name__)
+@contextmanager
+def wrap_method(obj: Any, name: str, after: Callable[[tuple, dict], None]) -> Iterator[None]:
+    """Call ``after(args, kwargs)`` after every ``obj.name(...)`` for the block; restores exactly what
+    was there before (an instance attribute such as someone else's wrapper, or the class method)."""
+    original = getattr(obj, name)
+    missing = object()
+    before = obj.__dict__.get(name, missing)
 
+    @functools.wraps(original)  # pipelines inspect the signature (e.g. for `sigmas`)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        after(args, kwargs)
+        return out
 
-def step_index(
-    timestep: torch.Tensor | float | int, timesteps: torch.Tensor | None, hint: int | None = None
-) -> int | None:
-    """Position of `timestep` (first element if batched) in `timesteps`, or None if absent.
-
-    :param hint: the scheduler's own step counter, if it keeps one: breaks ties when a low-precision
-        timestep matches several entries (two close timesteps can round to the same bf16 value).
-    """
-    if timesteps is None or len(timesteps) == 0:
-        return None
-    t = timestep.reshape(-1)[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
-    hits = (timesteps.to(t.device).to(torch.float64) == t.to(torch.float64)).nonzero()
-    if not len(hits) and t.is_floating_point() and torch.finfo(t.dtype).bits < 32:
-        # HunyuanVideo casts the timestep to the latent dtype (bf16 / fp16): compare at that precision.
-        hits = (timesteps.to(t.device).to(t.dtype) == t).nonzero()
-        if hint is not None and len(hits) > 1 and bool((hits[:, 0] == hint).any()):
-            return hint
-    return int(hits[0, 0]) if len(hits) else None
-
-
-def _span(bounds: tuple[int, int] | None) -> frozenset[int]:
-    return frozenset() if bounds is None else frozenset(range(bounds[0], bounds[1] + 1))
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        if before is missing:
+            delattr(obj, name)  # the instance attribute goes; the class method shows again
+        else:
+            setattr(obj, name, before)
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    """Layers each branch needs at each step, derived once from a `WarpConfig` and the step count.
+class StepClock:
+    """Counts runs and steps of one scheduler. `current()` is the step of the transformer call now."""
 
-    Matching at step t uses match-layer Q/K of step t-1 (paper 4.3), so warping starts at step 1
-    at the earliest; the foreground score is accumulated from step 0 up to t-1.
-    """
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.run = 0  # increases at every set_timesteps
+        self.step = 0
+        self.num_steps = 0
+        self._call: tuple[tuple, dict] = ((), {})  # the last set_timesteps arguments
+        self._host: torch.Tensor | None = None
 
-    warp_steps: frozenset[int]
-    match_steps: frozenset[int]  # steps whose match-layer features are captured (t-1 for warp t)
-    fg_steps: frozenset[int]
-    match_layer: int
-    warp_layers: frozenset[int]
-    fg_layers: frozenset[int]
-    _gen: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
-    _ref: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
+    @contextmanager
+    def installed(self) -> Iterator[StepClock]:
+        with ExitStack() as stack:
+            stack.enter_context(wrap_method(self.scheduler, "set_timesteps", self._on_set_timesteps))
+            stack.enter_context(wrap_method(self.scheduler, "step", self._on_step))
+            yield self
 
-    @classmethod
-    def build(cls, config: WarpConfig, num_steps: int, depth: int) -> StepPlan:
-        if not config.warp:
-            empty: frozenset[int] = frozenset()
-            return cls(empty, empty, empty, config.match_layer, empty, empty)
-        wanted = _span(config.warp_steps)
-        warp = frozenset(s for s in wanted if 1 <= s < num_steps)
-        if warp != wanted:
-            dropped = sorted(wanted - warp)
-            logger.warning(
-                "warp steps %s dropped: a %d-step run has steps 0-%d, and step 0 has no previous step to "
-                "match from", dropped, num_steps, num_steps - 1,
-            )
-        match = frozenset(s - 1 for s in warp)
-        fg = frozenset(range(0, max(warp))) if (warp and config.mask) else frozenset()
-        fg_layers = _span(config.fg_layers) if config.fg_layers is not None else frozenset(range(depth))
-        plan = cls(warp, match, fg, config.match_layer, _span(config.warp_layers), fg_layers)
-        for step in range(num_steps):
-            plan._gen[step] = plan._layers(step, generation=True)
-            plan._ref[step] = plan._layers(step, generation=False)
-        return plan
+    def _on_set_timesteps(self, args: tuple, kwargs: dict) -> None:
+        self.run += 1
+        self.step = 0
+        self.num_steps = len(self.scheduler.timesteps)
+        self._call, self._host = (args, kwargs), None
 
-    def _layers(self, step: int, generation: bool) -> frozenset[int]:
-        layers: set[int] = set()
-        if step in self.match_steps:
-            layers.add(self.match_layer)
-        if step in self.warp_steps:
-            layers |= self.warp_layers
-        if generation and step in self.fg_steps:
-            layers |= self.fg_layers
-        return frozenset(layers)
+    def _on_step(self, args: tuple, kwargs: dict) -> None:
+        self.step += 1
 
-    def generation_layers(self, step: int | None) -> frozenset[int]:
-        """Layers of the generation branch the core must see at `step`."""
-        return self._gen.get(step, frozenset()) if step is not None else frozenset()
+    def current(self) -> int | None:
+        """The step the next transformer call belongs to, or None outside a denoising loop."""
+        return self.step if self.run and self.step < self.num_steps else None
 
-    def reference_layers(self, step: int | None) -> frozenset[int]:
-        """Layers the reference branch must run at `step` (empty: no reference forward)."""
-        return self._ref.get(step, frozenset()) if step is not None else frozenset()
+    def host_scheduler(self) -> Any:
+        """A copy of the scheduler whose timesteps (and sigmas) were set on the CPU with this run's
+        arguments: the same values as the pipeline's, readable without a device-to-host copy."""
+        args, kwargs = self._call
+        bound = inspect.signature(self.scheduler.set_timesteps).bind_partial(*args, **kwargs).arguments
+        if "device" in bound:
+            bound["device"] = "cpu"
+        host = copy.deepcopy(self.scheduler)
+        host.__dict__.pop("set_timesteps", None)  # our wrapper must not count this call
+        host.__dict__.pop("step", None)
+        host.set_timesteps(**bound)
+        return host
+
+    def host_timesteps(self) -> torch.Tensor:
+        """This run's timesteps on the CPU (computed once per run)."""
+        if self._host is None:
+            self._host = self.host_scheduler().timesteps.cpu()
+        return self._host

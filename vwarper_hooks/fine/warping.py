@@ -47,6 +47,17 @@ class Injector(Protocol):
         """Attention output (B, heads, tokens, d) with reference appearance injected."""
 
 
+def key_mask(call: AttentionCall, video_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean key mask (batch, 1, 1, tokens): the text keys the model attends to (all of them
+    unless `call.text_valid` masks padding) plus the kept video keys (all when `video_keep` is None)."""
+    keep = torch.ones(call.key.shape[0], call.key.shape[2], dtype=torch.bool, device=call.key.device)
+    if video_keep is not None:
+        keep[:, call.video] = video_keep
+    if call.text_valid is not None:
+        keep[:, call.text] = call.text_valid.to(keep.device)
+    return keep[:, None, None, :]
+
+
 class ValueWarp:
     """Eq. 7-9: video values become M * V_ref[flow] + (1 - M) * V_gen; text values untouched."""
 

@@ -1,0 +1,54 @@
+"""A third-party matcher plugin: every generation token reads the reference token at the same place.
+
+It is the "no correspondence" ablation of V-Warper (value warping without matching), and the
+smallest complete example of the `make_matcher` hook. Register it from a plugin module exposed
+under the ``vwarper_hooks`` entry-point group, or at run time::
+
+    from vwarper_hooks.plugins import register_plugin
+    register_plugin(SamePositionPlugin(), name="same-position")
+    with vwarper.inject(pipe, subject, vwarper.WarpConfig(matcher="same_position")):
+        ...
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.config import WarpConfig
+from vwarper_hooks.hookspecs import hookimpl
+
+
+class SamePositionMatcher:
+    """Flows that map each video token to itself, in both directions."""
+
+    name = "same_position"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def features(self, call: AttentionCall, sample: int) -> int:
+        return call.video.stop - call.video.start  # only the number of video tokens is needed
+
+    def match(self, gen: int, ref: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        flow = torch.arange(gen)
+        return flow, flow.clone()
+
+
+class SamePositionPlugin:
+    """The plugin object: pluggy calls its `@hookimpl` methods."""
+
+    def __init__(self) -> None:
+        self.made: list[SamePositionMatcher] = []
+
+    @hookimpl
+    def make_matcher(self, name: str, config: WarpConfig) -> SamePositionMatcher | None:
+        if name != SamePositionMatcher.name:
+            return None  # not ours: pluggy asks the next plugin
+        self.made.append(SamePositionMatcher())
+        return self.made[-1]
+
+    @hookimpl
+    def matcher_names(self) -> list[str]:
+        return [SamePositionMatcher.name]

@@ -1,0 +1,51 @@
+"""Cached reference features: a warm call runs no reference forward and no inversion, bit for bit the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run
+
+import vwarper_hooks as vwarper
+
+
+def _reference_calls(session) -> int:
+    return sum(n for (branch, _, _), n in session.calls.items() if branch in ("reference", "internal"))
+
+
+@pytest.mark.parametrize("injector", ["value_warp", "kv_replace"])
+def test_cached_features_skip_the_reference_forward_and_change_nothing(pipe, subject, injector):
+    plain = vwarper.WarpConfig(warp_steps=(1, 3), injector=injector)
+    cached = plain.updated(cache_reference_features=True)
+    with vwarper.inject(pipe, subject, plain) as session:
+        recomputed = run(pipe, num_inference_steps=5)
+    assert _reference_calls(session) > 0
+    with vwarper.inject(pipe, subject, cached) as session:
+        first = run(pipe, num_inference_steps=5)  # fills the cache (the inversion is cached already)
+    assert _reference_calls(session) > 0
+    with vwarper.inject(pipe, subject, cached) as session:
+        warm = run(pipe, num_inference_steps=5)
+    assert _reference_calls(session) == 0  # no reference forward, no inversion
+    assert sum(n for (kind, _, _), n in session.calls.items() if kind == "warp") == 3 * 10
+    assert torch.equal(first, recomputed) and torch.equal(warm, recomputed)
+
+
+def test_features_beyond_the_device_budget_live_on_the_cpu(pipe, subject):
+    config = vwarper.WarpConfig(warp_steps=(1, 2), cache_reference_features=True, feature_cache_device_gib=0.0)
+    with vwarper.inject(pipe, subject, config):
+        run(pipe, num_inference_steps=3)
+    state = next(iter(subject.reference_cache._states.values()))
+    assert state.features and all(t.device.type == "cpu" for t in state.features.values())
+    with vwarper.inject(pipe, subject, config) as session:
+        out = run(pipe, num_inference_steps=3)
+    assert _reference_calls(session) == 0 and torch.isfinite(out).all()
+
+
+def test_another_matcher_or_layer_recomputes(pipe, subject):
+    config = vwarper.WarpConfig(warp_steps=(1, 2), cache_reference_features=True, mask=False)
+    with vwarper.inject(pipe, subject, config):
+        run(pipe, num_inference_steps=3)
+    for changed in (config.updated(matcher="rope"), config.updated(warp_layers=(30, 31))):
+        with vwarper.inject(pipe, subject, changed) as session:
+            run(pipe, num_inference_steps=3)
+        assert sum(n for (branch, _, _), n in session.calls.items() if branch == "reference") > 0

@@ -1,0 +1,201 @@
+"""Capture and routing: the `LayerRouter` the adapters' attention processors talk to.
+
+The router's state is explicit and in two parts:
+
+- `Route` (what the forward running now is): which branch, which step and CFG pass, which layers
+  the core must see, and for the reference branch the deepest layer it needs (then it stops).
+  The session sets it around each forward with `Router.routing`; between forwards it is idle and
+  every processor runs the stock computation.
+- `RunState` (what one pipeline call has gathered): its config, plan, matcher and injector, the
+  subject token's place, the foreground accumulator, the match features of both branches, the
+  reference values of the warp layers, and the step's warp plan.
+
+Per routed call: the generation branch hands the match layer to the matcher, the subject's text
+attention to the foreground score, and the warp layers to the injector; the reference branch
+hands over its match features and warp-layer values, and stops after its deepest layer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..adapter import AttentionCall
+from ..config import WarpConfig
+from ..processors import attend_with_lse
+from .foreground import ForegroundAccumulator
+from .matching import Matcher
+from .plan import StepPlan
+from .warping import Injector, ReferenceFeatures, WarpPlan, key_mask
+
+
+class Branch(str, enum.Enum):
+    """Which forward is running: the user's generation, our reference branch, or our own inversion."""
+
+    GENERATION = "generation"
+    REFERENCE = "reference"
+    INTERNAL = "internal"
+
+
+class StopReference(Exception):
+    """Raised after the deepest layer the reference branch needs (its forward ends there)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """The forward running now, as far as routing goes (the default: none of ours, all stock)."""
+
+    branch: Branch | None = None
+    step: int | None = None
+    pass_index: int = 0
+    layers: frozenset[int] = frozenset()
+    deepest: int = -1
+
+
+@dataclass
+class RunState:
+    """Everything one pipeline call gathers, dropped when the next call starts or the session closes."""
+
+    config: WarpConfig
+    plan: StepPlan
+    matcher: Matcher
+    injector: Injector
+    subject: slice | None  # the subject token's ids in the prompt's text tokens (None: unknown)
+    foreground: ForegroundAccumulator = field(default_factory=ForegroundAccumulator)
+    gen_match: Any = None
+    ref_match: Any = None
+    ref_values: dict[int, ReferenceFeatures] = field(default_factory=dict)
+    warp: WarpPlan | None = None
+
+
+def _text_columns(text: slice, subject: slice) -> slice:
+    """The subject token's columns among the attention's keys."""
+    return slice(text.start + subject.start, text.start + subject.stop)
+
+
+def _lse_mask(call: AttentionCall, rows: int | None = None) -> torch.Tensor | None:
+    """The model's key mask for `attend_with_lse` (None where every key counts)."""
+    if call.text_valid is None:
+        return None
+    keep = key_mask(call)
+    return keep if rows is None else keep[rows : rows + 1]
+
+
+def _recording_lse(call: AttentionCall, store: list[torch.Tensor]) -> Any:
+    """An ``attend`` that computes what the call's own one does and keeps the first call's log-sum-exp."""
+    attend = call.attend
+
+    def attend_recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if store:
+            return attend(q, k, v)
+        out, lse = attend_with_lse(q, k, v, _lse_mask(call))
+        store.append(lse)
+        return out
+
+    return attend_recording
+
+
+class Router:
+    """Implements `vwarper_hooks.adapter.LayerRouter` for one session."""
+
+    def __init__(self) -> None:
+        self.route = Route()
+        self.run: RunState | None = None
+        #: (branch, step, layer) -> routed attention calls; ("warp", step, layer) counts injections
+        self.calls: Counter[tuple[str, int, int]] = Counter()
+
+    @contextmanager
+    def routing(self, route: Route) -> Iterator[None]:
+        """Route calls as `route` says for the block, then go idle again (also after an error)."""
+        previous, self.route = self.route, route
+        try:
+            yield
+        finally:
+            self.route = previous
+
+    # ----------------------------------------------------------------- the LayerRouter protocol
+    def wants(self, layer: int) -> bool:
+        return layer in self.route.layers
+
+    def wants_text(self, layer: int) -> bool:
+        """True when video->text scores of `layer` feed the foreground mask now."""
+        route, run = self.route, self.run
+        return (
+            route.branch is Branch.GENERATION
+            and route.pass_index == 0
+            and run is not None
+            and run.subject is not None
+            and run.plan.wants_text(route.step, layer)
+        )
+
+    def observe_text_attention(
+        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
+    ) -> None:
+        """Accumulate the subject token's share of video->text attention.
+
+        :param query_video: (B, heads, N, d) video queries as the attention sees them (post-RoPE);
+            the last sample of the batch is the conditional one.
+        :param key_text: (B, heads, T, d) text keys.
+        :param text_valid: (B, T) bool, False for padded text keys the model masks out; None: all real.
+        """
+        valid = None if text_valid is None else text_valid[-1]
+        self.run.foreground.add(query_video[-1], key_text[-1], self.run.subject, valid)
+
+    def process(self, call: AttentionCall) -> torch.Tensor:
+        route = self.route
+        self.calls[(route.branch.value, -1 if route.step is None else route.step, call.layer)] += 1
+        if route.branch is Branch.REFERENCE:
+            return self._reference(call)
+        return self._generation(call)
+
+    # ----------------------------------------------------------------- per branch
+    def _generation(self, call: AttentionCall) -> torch.Tensor:
+        run, step, layer = self.run, self.route.step, call.layer
+        cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]; separate passes: cond first
+        if self.route.pass_index == 0 and layer == run.plan.match_layer and step in run.plan.match_steps:
+            run.gen_match = run.matcher.features(call, cond)
+        text_scores = call.text.stop > call.text.start and self.wants_text(layer)
+        joint = text_scores and run.config.fg_softmax == "joint"
+        if text_scores and not joint:
+            query = call.rope(call.query[cond : cond + 1, :, call.video])
+            valid = None if call.text_valid is None else call.text_valid[cond : cond + 1]
+            self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text], valid)
+        lse: list[torch.Tensor] = []
+        if joint:  # the attention below also returns each query's log-sum-exp (first attend only)
+            call.attend = _recording_lse(call, lse)
+        if run.warp is not None and layer in run.plan.warp_layers and step in run.plan.warp_steps:
+            self.calls[("warp", step, layer)] += 1
+            out = run.injector.attend(call, run.ref_values[layer], run.warp)
+        else:
+            out = call.default()
+        if joint:
+            self._add_joint(call, cond, lse[0] if lse else None)
+        return out
+
+    def _add_joint(self, call: AttentionCall, cond: int, lse: torch.Tensor | None) -> None:
+        """The joint-softmax foreground score of the conditional sample; q and k are rotated by now."""
+        q, k, v = (x[cond : cond + 1] for x in (call.query, call.key, call.value))
+        if lse is None:  # an injector that attends its own way (the concat baseline): one more pass
+            lse = attend_with_lse(q, k, v, _lse_mask(call, cond))[1]
+        else:
+            lse = lse[cond : cond + 1]
+        subject = _text_columns(call.text, self.run.subject)
+        self.run.foreground.add_joint(q[0, :, call.video], k[0, :, subject], lse[0, :, call.video])
+
+    def _reference(self, call: AttentionCall) -> torch.Tensor:
+        run, step, layer = self.run, self.route.step, call.layer
+        if layer == run.plan.match_layer and step in run.plan.match_steps:
+            run.ref_match = run.matcher.features(call, 0)
+        call.rotate_(call.query, call.key)
+        if step in run.plan.warp_steps and layer in run.plan.warp_layers:
+            key = call.key[:, :, call.video] if run.injector.needs_reference_keys else None
+            run.ref_values[layer] = ReferenceFeatures(value=call.value[:, :, call.video], key=key)
+        if layer >= self.route.deepest:
+            raise StopReference
+        return call.attend(call.query, call.key, call.value)

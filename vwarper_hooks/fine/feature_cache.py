@@ -1,0 +1,101 @@
+"""Cached reference features: a warm call with ``cache_reference_features=True`` runs no reference forward.
+
+The reference branch is conditioned on the subject prompt, not on the user's, so what it hands the
+core (the match layer's features per match step, the warp layers' values per warp step, and their
+keys for the baselines) is a pure function of subject, photo, size, timesteps and model, exactly like
+the inversion trajectory. They are kept in that trajectory's `ReferenceState.features`, in the model
+dtype, keyed by (matcher, step, layer, kind).
+
+Placement: on the model's device while the state's features stay under
+``WarpConfig.feature_cache_device_gib``; beyond that in CPU memory (pinned when CUDA is there), each
+step's tensors copied to the device on a side stream one step ahead (prefetch), so the denoising
+loop does not wait for the copy. CogVideoX-5B at 25 frames, 480x720: 10 warp layers x 17 steps of
+V (58 MB each in bf16) plus 18 steps of match Q/K = about 12 GB, which is why the cache is opt-in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .capture import RunState
+from .reference_cache import ReferenceState
+from .warping import ReferenceFeatures
+
+Key = tuple[str, int, int, str]
+
+
+def _match_keys(run: RunState, step: int) -> list[Key]:
+    return [(run.config.matcher, step, run.plan.match_layer, "match")] if step in run.plan.match_steps else []
+
+
+def _warp_keys(run: RunState, step: int) -> list[Key]:
+    if step not in run.plan.warp_steps:
+        return []
+    kinds = ("value", "key") if run.injector.needs_reference_keys else ("value",)
+    return [(run.config.matcher, step, layer, kind) for layer in sorted(run.plan.warp_layers) for kind in kinds]
+
+
+class FeatureCache:
+    """Stores a step's reference features after its forward; serves them instead of the next forward."""
+
+    def __init__(self, state: ReferenceState, device: torch.device, budget_gib: float) -> None:
+        self.state, self.device = state, device
+        self.budget = int(budget_gib * 2**30)
+        self._on_device = sum(t.numel() * t.element_size() for t in state.features.values() if t.device == device)
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._prefetched: dict[Key, torch.Tensor] = {}
+
+    def complete(self, run: RunState, step: int) -> bool:
+        """Whether every feature `step` needs is cached (a matcher's features only when they are tensors)."""
+        keys = _match_keys(run, step) + _warp_keys(run, step)
+        return bool(keys) and all(key in self.state.features for key in keys)
+
+    def store(self, run: RunState, step: int) -> None:
+        """Keep what the reference forward of `step` captured (clones: the forward's buffers go away)."""
+        for key in _match_keys(run, step):
+            match = run.ref_match
+            if isinstance(match, tuple) and all(isinstance(t, torch.Tensor) for t in match):
+                self._keep(key, torch.stack(match))  # (2, heads, N, d): the RoPE-free Q and K
+        for key in _warp_keys(run, step):
+            features = run.ref_values.get(key[2])
+            if features is not None:  # a partial forward (choosing the best photo) captures no values
+                self._keep(key, features.value if key[3] == "value" else features.key)
+
+    def _keep(self, key: Key, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._on_device + size <= self.budget:
+            self._on_device += size
+            self.state.features[key] = tensor.detach().clone()
+        else:
+            host = tensor.detach().to("cpu", copy=True)
+            self.state.features[key] = host.pin_memory() if torch.cuda.is_available() else host
+
+    def load(self, run: RunState, step: int, next_step: int | None) -> None:
+        """Put `step`'s cached features where the reference forward would have put them."""
+        for key in _match_keys(run, step):
+            q, k = self._fetch(key)
+            run.ref_match = (q, k)
+        for key in _warp_keys(run, step):
+            features = run.ref_values.setdefault(key[2], ReferenceFeatures(value=None))
+            setattr(features, key[3], self._fetch(key))  # "value" or "key"
+        if next_step is not None:
+            self._prefetch(_match_keys(run, next_step) + _warp_keys(run, next_step))
+
+    def _fetch(self, key: Key) -> Any:
+        tensor = self._prefetched.pop(key, None)
+        if tensor is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._side)
+            tensor.record_stream(torch.cuda.current_stream(self.device))
+            return tensor
+        return self.state.features[key].to(self.device, non_blocking=True)
+
+    def _prefetch(self, keys: list[Key]) -> None:
+        if self._side is None:
+            return
+        with torch.cuda.stream(self._side):
+            for key in keys:
+                cached = self.state.features.get(key)
+                if cached is not None and cached.device != self.device:
+                    self._prefetched[key] = cached.to(self.device, non_blocking=True)

@@ -1,0 +1,151 @@
+"""The reference branch (paper 4.2): the reference image, repeated over time, inverted in step with
+the generation, and run through the transformer where its features are needed.
+
+`ReferenceBranch.prepare` builds the branch's state once per pipeline call: the subject prompt's
+text conditioning, the image's VAE latent, and its inversion over the pipeline's own timesteps
+(`trajectory[i]` is the reference latent at ``timesteps[i]``). The state is a pure function of
+subject, image, size, timesteps and model, so it is cached on the `Subject` (see
+`reference_cache`). `ReferenceBranch.run` then runs one reference forward at a step, through the
+layers the plan needs and no further.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..adapter import Adapter
+from ..files import tensor_digest
+from ..images import image_to_video
+from .capture import Branch, Route, Router, StopReference
+from .feature_cache import FeatureCache
+from .inversion import invert_reference
+from .reference_cache import ReferenceState, cache_key
+from .steps import StepClock
+
+logger = logging.getLogger(__name__)
+
+
+class ReferenceBranch:
+    """The reference branch of one session."""
+
+    def __init__(self, pipe: Any, adapter: Adapter, subject: Any, router: Router, clock: StepClock) -> None:
+        self.pipe, self.adapter, self.subject, self.router, self.clock = pipe, adapter, subject, router, clock
+        self.states: dict[int, ReferenceState] = {}  # reference photo index -> its state this run
+        self.image = 0  # the photo the branch runs with
+        self._features: dict[int, FeatureCache] = {}  # photo index -> its cached features (opt-in)
+        self._steps: list[int] = []  # this run's steps with a reference forward, in order
+
+    @property
+    def state(self) -> ReferenceState:
+        return self.states[self.image]
+
+    def prepare(self, kwargs: dict, latents: torch.Tensor) -> None:
+        """This run's state(s): from the subject's cache, or made now (text, latent, inversion).
+
+        With ``reference_image="best"`` every photo is prepared (each inverted once, then cached) and
+        the branch runs with photo 0 until `choose_best` picks one.
+        """
+        config = self.router.run.config
+        choice = config.reference_image
+        indices = range(len(self.subject.images)) if choice == "best" else [choice]
+        self.states = {i: self._state(i, kwargs, latents) for i in indices}
+        self.image = 0 if choice == "best" else choice
+        plan = self.router.run.plan
+        self._steps = [s for s in range(self.clock.num_steps) if plan.reference_layers(s)]
+        self._features = {}
+        if config.cache_reference_features:
+            budget = config.feature_cache_device_gib
+            self._features = {i: FeatureCache(state, latents.device, budget) for i, state in self.states.items()}
+
+    def _state(self, index: int, kwargs: dict, latents: torch.Tensor) -> ReferenceState:
+        config = self.router.run.config
+        prompt = config.inversion_prompt or self.subject.prompt
+        image = self.subject.images[index]
+        key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, self.pipe.transformer,
+                        extra=self._key_extra(kwargs, config.inversion_refine))
+        first = min(s for s in range(self.clock.num_steps) if self.router.run.plan.reference_layers(s))
+        return self.subject.reference_cache.get_or_make(
+            key, lambda: self._make(kwargs, latents, prompt, image, config.inversion_refine, first), first
+        )
+
+    def choose_best(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> list[float]:
+        """Pick the photo whose match-layer features at `step` best match the generation's (the mean of
+        the symmetric map's row maxima); returns every photo's score. One host read, once per run."""
+        run = self.router.run
+        scores, matches = [], []
+        for index in sorted(self.states):
+            self.image = index
+            self.run(step, kwargs, frozenset({run.plan.match_layer}))
+            matches.append(run.ref_match)
+            scores.append(run.matcher.score(run.gen_match, run.ref_match, grid))
+        values = torch.stack(scores).float().cpu().tolist()
+        self.image = int(max(range(len(values)), key=values.__getitem__))
+        run.ref_match = matches[self.image]
+        logger.info("reference photo %d of %d chosen (match scores %s)", self.image, len(values),
+                    ", ".join(f"{v:.4f}" for v in values))
+        return values
+
+    def _key_extra(self, kwargs: dict, refine: int) -> tuple:
+        """What else the state depends on: the refinement count, per-sample conditioning values
+        (e.g. HunyuanVideo's guidance: one host read per run; meta tensors have no values) and the
+        attention kwargs."""
+        conditioning = tuple(
+            (name, "meta" if kwargs[name].is_meta else tensor_digest(kwargs[name]))
+            for name in self.adapter.batched_kwargs
+            if torch.is_tensor(kwargs.get(name))
+        )
+        return refine, conditioning, repr(kwargs.get("attention_kwargs"))
+
+    def _make(
+        self, kwargs: dict, latents: torch.Tensor, prompt: str, image: Any, refine: int, first: int
+    ) -> ReferenceState:
+        """Text, clean latent and the inversion up to step `first`, the noisiest step the run reads."""
+        pipe, adapter = self.pipe, self.adapter
+        frames, height, width = adapter.video_shape(pipe, latents)
+        with self.router.routing(Route(branch=Branch.INTERNAL)):
+            text = adapter.encode_text(pipe, prompt, kwargs)
+            video = image_to_video(image, frames, height, width)
+            clean = adapter.encode_video(pipe, video).to(latents.dtype)
+
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
+                return pipe.transformer(**ref)[0]
+
+            scheduler = self.clock.host_scheduler()
+            steps = len(scheduler.timesteps) - first
+            logger.info("inverting the reference over %d steps", steps)
+            with pipe.progress_bar(total=steps) as bar:
+                trajectory = invert_reference(
+                    scheduler, denoise, clean, refine=refine, progress=lambda _: bar.update(), first=first
+                )
+        return ReferenceState(text=text, clean=clean, trajectory=trajectory, first=first)
+
+    def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
+        """One reference forward at `step` through the deepest of `layers` (the router captures), or
+        with ``cache_reference_features`` its features from the cache."""
+        cache = self._features.get(self.image)
+        run = self.router.run
+        if cache is not None and cache.complete(run, step):
+            later = [s for s in self._steps if s > step]
+            cache.load(run, step, later[0] if later else None)
+            return
+        self._forward(step, kwargs, layers)
+        if cache is not None:
+            cache.store(run, step)
+
+    def _forward(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
+        # this step's own timestep, from the scheduler's device copy (the call's may be another step's)
+        timestep = self.pipe.scheduler.timesteps[step : step + 1]
+        ref_kwargs = self.adapter.reference_kwargs(kwargs, self.state.latents_at(step), self.state.text, timestep)
+        route = Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers))
+        with self.router.routing(route):
+            try:
+                self.pipe.transformer(**ref_kwargs)
+            except StopReference:
+                pass
+
+    def close(self) -> None:
+        self.states, self._features = {}, {}

@@ -1,0 +1,110 @@
+"""Everything `inject` checks before it touches the pipeline, reported at once in one `ConfigError`.
+
+Also the registry of open injections (`is_active`): a pipeline takes one `inject` at a time, and
+`train_subject` refuses a pipeline with an open one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .adapter import Adapter
+from .config import WarpConfig
+from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
+from .plugins import get_adapter, make_parts
+from .subject.activate import fit_problems
+
+PIPELINE_PARTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
+
+_active: set[int] = set()  # id() of transformers with an active injection
+
+
+def is_active(pipe: Any) -> bool:
+    """True while an `inject` block is open on this pipeline."""
+    return id(getattr(pipe, "transformer", None)) in _active
+
+
+def mark_active(pipe: Any) -> None:
+    _active.add(id(pipe.transformer))
+
+
+def mark_inactive(pipe: Any) -> None:
+    _active.discard(id(pipe.transformer))
+
+
+def check_pipeline(pipe: Any) -> None:
+    missing = [p for p in PIPELINE_PARTS if getattr(pipe, p, None) is None]
+    if missing or not callable(pipe):
+        raise VwarperError(
+            f"Expected a diffusers video pipeline with {', '.join(PIPELINE_PARTS)}, but got "
+            f"{type(pipe).__name__} (missing: {', '.join(missing) or 'a __call__'}). "
+            "Pass the pipeline itself, e.g. CogVideoXPipeline.from_pretrained('THUDM/CogVideoX-5b')."
+        )
+
+
+def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, WarpConfig, Any, Any]:
+    """Check everything `inject` needs; raise one error listing every problem.
+
+    Returns the adapter, `config` with the adapter's default layers filled in, the matcher and the
+    injector (both made through their plugin hooks).
+    """
+    check_pipeline(pipe)
+    if is_active(pipe):
+        raise InjectionActiveError(
+            "Expected no active injection on this pipeline, but an inject() block is already open. "
+            "Leave it before entering another."
+        )
+    adapter = get_adapter(pipe.transformer)
+    depth = len(adapter.attention_layers(pipe.transformer))
+    config = config.for_adapter(adapter, depth)  # other families may default to other layers
+    problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
+    problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
+    matcher, injector, part_problems = make_parts(config)
+    problems += part_problems + subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
+    if problems:
+        raise ConfigError(problems)
+    return adapter, config, matcher, injector
+
+
+def subject_problems(pipe: Any, subject: Any) -> list[str]:
+    if subject is None or not hasattr(subject, "token"):
+        return [f"Expected a vwarper.Subject, but got {type(subject).__name__}."]
+    try:
+        subject.check()
+    except SubjectError as exc:
+        return [str(exc)]
+    return fit_problems(pipe, subject) if subject.has_coarse else []
+
+
+def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[str]:
+    """Whether `config.reference_image` names a photo the subject has, and "best" a matcher that scores."""
+    choice, images = config.reference_image, getattr(subject, "images", None) or []
+    if choice == "best":
+        if matcher is not None and not callable(getattr(matcher, "score", None)):
+            return [f"Expected a matcher with a score() for reference_image='best', but {config.matcher!r} has none. "
+                    "Pass a photo index instead."]
+        return []
+    if images and choice >= len(images):
+        return [f"Expected reference_image below {len(images)} (the subject has {len(images)} photos), but got "
+                f"{choice}. Pass an index from 0 to {len(images) - 1}, or 'best'."]
+    return []
+
+
+def unsupported_modes(pipe: Any) -> list[str]:
+    """Modes no family supports yet: image-conditioned inputs and step caches."""
+    problems = []
+    transformer = pipe.transformer
+    config = transformer.config
+    channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if channels_in and channels_out and channels_in != channels_out:
+        problems.append(
+            f"Expected a text-to-video transformer (in_channels == out_channels), but got in_channels={channels_in}, "
+            f"out_channels={channels_out}: an image-to-video model, whose extra conditioning channels the "
+            "reference branch does not build yet. Use the text-to-video checkpoint."
+        )
+    if getattr(transformer, "is_cache_enabled", False):
+        problems.append(
+            "Expected no diffusers cache on the transformer, but one is enabled (FirstBlockCache, FasterCache, ...): "
+            "the reference branch would share its cached residuals. Call transformer.disable_cache() first."
+        )
+    return problems
