@@ -17,25 +17,20 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerRouter
+from vwarper_hooks.adapter import Adapter, AttentionCall
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, swap_processors
+from vwarper_hooks.processors import RoutedProcessor
 
 logger = logging.getLogger(__name__)
 
 
-class VwarperCogVideoXProcessor:
+class VwarperCogVideoXProcessor(RoutedProcessor):
     """Stock `CogVideoXAttnProcessor2_0` arithmetic, with the core's router in the middle.
 
-    When the router does not want the layer, the original processor runs untouched.
+    When the router does not want the layer, the original processor runs untouched (`RoutedProcessor`).
     """
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original = original
-        self.layer = layer
-        self.router = router
-
-    def __call__(
+    def routed(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
@@ -43,14 +38,6 @@ class VwarperCogVideoXProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.router.wants(self.layer):
-            return self.original(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                attention_mask=attention_mask,
-                image_rotary_emb=image_rotary_emb,
-            )
         text_len = encoder_hidden_states.size(1)
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch, seq_len, _ = joint.shape
@@ -103,7 +90,8 @@ class CogVideoXAdapter(Adapter):
     """Adapter for `CogVideoXTransformer3DModel` (THUDM/CogVideoX-2b, -5b, 1.5)."""
 
     name = "cogvideox"
-    latent_layout = "BFCHW"
+    processor = VwarperCogVideoXProcessor
+    stock_processor = "CogVideoXAttnProcessor2_0"
     batched_kwargs = ("ofs",)
 
     def matches(self, transformer: nn.Module) -> bool:
@@ -113,19 +101,10 @@ class CogVideoXAdapter(Adapter):
         return [block.attn1 for block in transformer.transformer_blocks]
 
     def problems(self, transformer: nn.Module) -> list[str]:
-        layers = self.attention_layers(transformer)
-        problems = processor_problems(layers, "CogVideoXAttnProcessor2_0", (VwarperCogVideoXProcessor,))
+        problems = super().problems(transformer)
         if not transformer.config.use_rotary_positional_embeddings:
             logger.info("CogVideoX without RoPE (2B): raw and RoPE-free Q/K coincide")
         return problems
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        return swap_processors(
-            self.attention_layers(transformer), lambda i, original: VwarperCogVideoXProcessor(original, i, router)
-        )
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        return sum(isinstance(a.processor, VwarperCogVideoXProcessor) for a in self.attention_layers(transformer))
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         frames, height, width = latents.shape[1], latents.shape[3], latents.shape[4]
@@ -140,6 +119,15 @@ class CogVideoXAdapter(Adapter):
         latents = latents * vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).to(pipe.transformer.dtype)  # (B, F, C, H, W)
 
+    def encode_still(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
+        """CogVideoX 1.5 (temporal patch size 2): the first latent frame repeated up to a whole patch,
+        as its pipelines pad; the one frame as is otherwise."""
+        latents = self.encode_video(pipe, video)
+        p_t = pipe.transformer.config.patch_size_t
+        if p_t and latents.shape[1] % p_t:
+            latents = torch.cat([latents[:, :1]] * (p_t - latents.shape[1] % p_t) + [latents], dim=1)
+        return latents
+
     def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
         frames = (latents.shape[1] - 1) * pipe.vae_scale_factor_temporal + 1
         return (
@@ -147,6 +135,31 @@ class CogVideoXAdapter(Adapter):
             latents.shape[3] * pipe.vae_scale_factor_spatial,
             latents.shape[4] * pipe.vae_scale_factor_spatial,
         )
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """The transformer's sample size in pixels (the pipeline's own default: its height/width are None)."""
+        config, spatial = pipe.transformer.config, pipe.vae_scale_factor_spatial
+        return config.sample_height * spatial, config.sample_width * spatial
+
+    def text_template(self, pipe: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """The transformer's text length (``max_text_seq_length``, 226 in the releases) at T5 width."""
+        config = pipe.transformer.config
+        shape = (1, int(config.max_text_seq_length), int(config.text_embed_dim))
+        return {"encoder_hidden_states": torch.zeros(shape, dtype=pipe.transformer.dtype, device=device)}
+
+    def forward_kwargs(
+        self, pipe: Any, latents: torch.Tensor, timestep: torch.Tensor, text: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Adds the 3D RoPE the pipeline computes (5B, 1.5) and CogVideoX 1.5's ``ofs`` embedding input."""
+        kwargs = super().forward_kwargs(pipe, latents, timestep, text)
+        config, spatial = pipe.transformer.config, pipe.vae_scale_factor_spatial
+        if config.use_rotary_positional_embeddings:
+            height, width = latents.shape[3] * spatial, latents.shape[4] * spatial
+            rope = pipe._prepare_rotary_positional_embeddings(height, width, latents.shape[1], latents.device)
+            kwargs["image_rotary_emb"] = rope
+        if getattr(config, "ofs_embed_dim", None) is not None:
+            kwargs["ofs"] = latents.new_full((1,), 2.0)  # as the pipeline passes it
+        return kwargs
 
 
 @hookimpl

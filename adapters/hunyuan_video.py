@@ -28,9 +28,9 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, stock_attend, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, stock_attend
 
 logger = logging.getLogger(__name__)
 
@@ -55,30 +55,22 @@ def _text_valid(attention_mask: torch.Tensor | None, n_video: int, n_text: int) 
     return keys[:, 0, n_video:]
 
 
-class VwarperHunyuanVideoProcessor:
+class VwarperHunyuanVideoProcessor(RoutedProcessor):
     """Stock HunyuanVideo attention arithmetic with the core's router in the middle."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original = original
-        self.layer = layer
-        self.router = router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """When the core wants the layer and the call has a text stream (the joint layout routed here)."""
+        return encoder_hidden_states is not None and self.router.wants(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> Any:
-        if encoder_hidden_states is None or not self.router.wants(self.layer):
-            return self.original(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                attention_mask=attention_mask,
-                image_rotary_emb=image_rotary_emb,
-            )
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
         dual = attn.add_q_proj is not None
         stream = hidden_states if dual else torch.cat([hidden_states, encoder_hidden_states], dim=1)
@@ -133,9 +125,13 @@ class HunyuanVideoAdapter(Adapter):
     """Adapter for `HunyuanVideoTransformer3DModel` (text-to-video; image-to-video is refused by inject)."""
 
     name = "hunyuan_video"
-    latent_layout = "BCFHW"
+    processor = VwarperHunyuanVideoProcessor
+    stock_processor = STOCK_PROCESSOR
     batched_kwargs = ("guidance",)
     cfg_in_one_batch = False
+    #: distilled guidance the standalone forward (training) conditions on, in the pipeline's units
+    #: before its x1000 scaling; 1.0 as HunyuanVideo LoRA trainers commonly use (generation: 6.0)
+    train_guidance = 1.0
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
@@ -147,19 +143,6 @@ class HunyuanVideoAdapter(Adapter):
     def default_layers(self, depth: int) -> LayerDefaults:
         """The paper's layers scaled to the depth; not validated on real HunyuanVideo weights."""
         return proportional_layers(depth)
-
-    def problems(self, transformer: nn.Module) -> list[str]:
-        layers = self.attention_layers(transformer)
-        return processor_problems(layers, STOCK_PROCESSOR, (VwarperHunyuanVideoProcessor,))
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        return swap_processors(
-            self.attention_layers(transformer), lambda i, original: VwarperHunyuanVideoProcessor(original, i, router)
-        )
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        layers = self.attention_layers(transformer)
-        return sum(isinstance(a.processor, VwarperHunyuanVideoProcessor) for a in layers)
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
@@ -180,6 +163,17 @@ class HunyuanVideoAdapter(Adapter):
             max_sequence_length=generation.shape[1],
         )
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+
+    def forward_kwargs(
+        self, pipe: Any, latents: torch.Tensor, timestep: torch.Tensor, text: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Adds the guidance embedding input (``train_guidance`` x 1000, as the pipeline scales it) when
+        the transformer has guidance embeds (the released, guidance-distilled model)."""
+        kwargs = super().forward_kwargs(pipe, latents, timestep, text)
+        if getattr(pipe.transformer.config, "guidance_embeds", False):
+            shape, dtype = (latents.shape[0],), pipe.transformer.dtype
+            kwargs["guidance"] = torch.full(shape, self.train_guidance, dtype=dtype, device=latents.device) * 1000.0
+        return kwargs
 
     def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
         vae = pipe.vae

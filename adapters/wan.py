@@ -12,7 +12,8 @@ heads), before rotary. Values are the self-attention values; ``AttentionCall.tex
 
 Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (30 layers, 1.3B: match 9,
 warp 14-21; 40 layers, 14B: match 11, warp 19-28). NOT validated on real weights.
-Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed (inject refuses it),
+Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed (refused in
+`WanAdapter.pipeline_problems`),
 and per-token timesteps (``expand_timesteps``, TI2V-5B) are not supported by the reference branch (refused too).
 """
 
@@ -25,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, LayerRouter, proportional_layers
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
 from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import processor_problems, stock_attend, swap_processors
+from vwarper_hooks.processors import RoutedProcessor, stock_attend
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,15 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1)).transpose(1, 2)  # (B, H, N, D) view
 
 
-class VwarperWanSelfAttnProcessor:
+class VwarperWanSelfAttnProcessor(RoutedProcessor):
     """Stock Wan self-attention (``attn1``) with the core's router in the middle."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """A self-attention call (no text keys) of a layer the core wants."""
+        return encoder_hidden_states is None and self.router.wants(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
@@ -63,8 +66,6 @@ class VwarperWanSelfAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None or not self.router.wants(self.layer):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
         k = _heads(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
         v = _heads(attn.to_v(hidden_states), attn.heads)
@@ -88,13 +89,15 @@ class VwarperWanSelfAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class VwarperWanCrossAttnProcessor:
+class VwarperWanCrossAttnProcessor(RoutedProcessor):
     """Stock Wan cross-attention (``attn2``); shows the core video queries and text keys when asked."""
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """A cross-attention call of a layer whose video->text scores the core needs (`wants_text`)."""
+        return encoder_hidden_states is not None and self.router.wants_text(self.layer)
 
-    def __call__(
+    def routed(
         self,
         attn: nn.Module,
         hidden_states: torch.Tensor,
@@ -102,14 +105,13 @@ class VwarperWanCrossAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None and self.router.wants_text(self.layer):
-            text = encoder_hidden_states
-            if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
-                text = text[:, text.shape[1] - TEXT_CONTEXT :]
-            with torch.no_grad():
-                q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-                k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
-            self.router.observe_text_attention(self.layer, q, k)
+        text = encoder_hidden_states
+        if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
+            text = text[:, text.shape[1] - TEXT_CONTEXT :]
+        with torch.no_grad():
+            q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+            k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
+        self.router.observe_text_attention(self.layer, q, k)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
 
@@ -117,7 +119,8 @@ class WanAdapter(Adapter):
     """Adapter for `WanTransformer3DModel` (Wan 2.1 text-to-video; image-to-video is refused by inject)."""
 
     name = "wan"
-    latent_layout = "BCFHW"
+    processor = VwarperWanSelfAttnProcessor
+    stock_processor = STOCK_PROCESSOR
     batched_kwargs = ("encoder_hidden_states_image",)
     cfg_in_one_batch = False
     text_attention_outside = True
@@ -132,49 +135,36 @@ class WanAdapter(Adapter):
         """The cross-attention of each layer (same flat index)."""
         return [block.attn2 for block in transformer.blocks]
 
+    def processor_groups(self, transformer: nn.Module) -> list[tuple[list[nn.Module], type]]:
+        """The self-attentions (routed) and the cross-attentions (observed for video->text scores)."""
+        return [
+            (self.attention_layers(transformer), VwarperWanSelfAttnProcessor),
+            (self.text_attention_layers(transformer), VwarperWanCrossAttnProcessor),
+        ]
+
     def default_layers(self, depth: int) -> LayerDefaults:
         """The paper's layers scaled to the depth; not validated on real Wan weights."""
         return proportional_layers(depth)
 
     def pipeline_problems(self, pipe: Any) -> list[str]:
+        """Wan 2.2's two-expert pipelines and per-token timesteps are refused."""
+        problems = []
+        if getattr(pipe, "transformer_2", None) is not None:
+            # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
+            # inversion would use the wrong expert for part of the trajectory.
+            problems.append(
+                "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
+                "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
+                "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
+            )
         config = getattr(pipe, "config", None)
         if config is not None and getattr(config, "expand_timesteps", False):
-            return [
+            problems.append(
                 "Expected a Wan pipeline with one timestep per step, but got expand_timesteps=True "
                 "(Wan 2.2 TI2V-5B per-token timesteps), which the reference branch does not support yet. "
                 "Use a Wan 2.1 T2V model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."
-            ]
-        return []
-
-    def problems(self, transformer: nn.Module) -> list[str]:
-        ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)
-        return processor_problems(self.attention_layers(transformer), STOCK_PROCESSOR, ours) or processor_problems(
-            self.text_attention_layers(transformer), STOCK_PROCESSOR, ours
-        )
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        undo_self = swap_processors(
-            self.attention_layers(transformer), lambda i, original: VwarperWanSelfAttnProcessor(original, i, router)
-        )
-        try:
-            undo_cross = swap_processors(
-                self.text_attention_layers(transformer),
-                lambda i, original: VwarperWanCrossAttnProcessor(original, i, router),
             )
-        except BaseException:
-            undo_self()
-            raise
-
-        def uninstall() -> None:
-            undo_cross()
-            undo_self()
-
-        return uninstall
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        ours = (VwarperWanSelfAttnProcessor, VwarperWanCrossAttnProcessor)
-        layers = self.attention_layers(transformer) + self.text_attention_layers(transformer)
-        return sum(isinstance(a.processor, ours) for a in layers)
+        return problems
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size

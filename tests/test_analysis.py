@@ -108,3 +108,12 @@ def test_dino_pseudo_ground_truth_sees_the_whole_frame():
                       do_resize=False)["pixel_values"]
     cropped = processor(images=[frame], return_tensors="pt")["pixel_values"]
     assert torch.equal(kept, whole) and not torch.equal(cropped, whole)
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+def test_known_shift_runs_on_flow_matching_families(family):
+    """The analysis asks the adapter for the forward call and the scheduler's objective for the noise."""
+    from vwarper_hooks.testing import tiny_pipeline
+
+    result = synthetic_shift(tiny_pipeline(family, tie_qk=True), sample_images()[0], shift=2, frames=5, size=(64, 64))
+    assert result.grid == (2, 4, 4) and result.curve("qk_ropefree") == [1.0] * 6

@@ -150,11 +150,16 @@ def test_fresh_run_refuses_to_clobber_an_earlier_runs_checkpoints(pipe, tmp_path
     assert lora_layer_count(pipe.transformer) == 0 and hook_count(pipe) == 0
 
 
-def test_training_another_family_is_refused_clearly():
+def test_training_with_a_scheduler_of_unknown_objective_is_refused_clearly():
+    """Every family trains (tests/test_coarse_families.py); what is refused is a scheduler whose
+    training objective the trainer does not know, whatever the family."""
+    from diffusers import EulerDiscreteScheduler
+
     from vwarper_hooks.testing import tiny_wan_pipeline
 
     wan = tiny_wan_pipeline()
-    with pytest.raises(vwarper.ConfigError, match="Expected a CogVideoX pipeline"):
+    wan.scheduler = EulerDiscreteScheduler(prediction_type="sample")
+    with pytest.raises(vwarper.ConfigError, match="training objective the coarse trainer knows"):
         vwarper.train_subject(wan, IMAGES, "<sks-w>", "clock", vwarper.CoarseConfig(steps=1, **FAST),
                               progress=False)
     assert lora_layer_count(wan.transformer) == 0

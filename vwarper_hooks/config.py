@@ -11,6 +11,12 @@ from .errors import ConfigError
 LayerRange = tuple[int, int]
 StepRange = tuple[int, int]
 
+#: The paper's choice on CogVideoX-5B (42 attention layers): match at 12, warp 20-29 (appendix A).
+#: `WarpConfig`'s defaults; `adapter.proportional_layers` scales them to other depths.
+PAPER_DEPTH: int = 42
+PAPER_MATCH_LAYER: int = 12
+PAPER_WARP_LAYERS: LayerRange = (20, 29)
+
 
 class WarpConfig(BaseModel):
     """Settings of V-Warper's fine appearance injection.
@@ -24,8 +30,8 @@ class WarpConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    match_layer: int = Field(12, ge=0, description="layer whose RoPE-free Q/K give correspondences")
-    warp_layers: LayerRange = Field((20, 29), description="layers whose video values are warped")
+    match_layer: int = Field(PAPER_MATCH_LAYER, ge=0, description="layer whose RoPE-free Q/K give correspondences")
+    warp_layers: LayerRange = Field(PAPER_WARP_LAYERS, description="layers whose video values are warped")
     warp_steps: StepRange = Field((3, 19), description="denoising steps in which warping happens")
     tau_fg: float = Field(0.3, ge=0.0, description="foreground threshold on min-max normalised V->T attention")
     tau_cc: float = Field(0.1, ge=0.0, description="cycle-consistency threshold (eq. 5)")

@@ -93,14 +93,6 @@ def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[s
 def unsupported_modes(pipe: Any) -> list[str]:
     """Modes no family supports yet: image-conditioned inputs and step caches."""
     problems = []
-    if getattr(pipe, "transformer_2", None) is not None:
-        # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
-        # inversion would use the wrong expert for part of the trajectory.
-        problems.append(
-            "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
-            "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
-            "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
-        )
     transformer = pipe.transformer
     config = transformer.config
     channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)

@@ -1,26 +1,95 @@
-"""Helpers for adapters' attention processors: install them all-or-nothing, check what they replace,
-and attend exactly as the stock diffusers processor would."""
+"""Helpers for adapters' attention processors: a `RoutedProcessor` base that asks the core's router
+before doing anything, all-or-nothing installation, a check of what they replace, and attention
+exactly as the stock diffusers processor computes it."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-try:  # diffusers >= 0.35: the attention backend dispatcher stock processors use
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-except ImportError:  # pragma: no cover - older diffusers: plain SDPA on (B, N, H, D) inputs
-    import torch.nn.functional as F
 
-    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
-        """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-        )
-        return out.transpose(1, 2)
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
+    """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
+    )
+    return out.transpose(1, 2)
 
+
+@functools.cache
+def _dispatch_attention_fn() -> Callable[..., torch.Tensor]:
+    """diffusers' attention backend dispatcher (>= 0.35), which stock processors use; plain SDPA before.
+    Imported on first use: importing vwarper_hooks does not load diffusers."""
+    try:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+    except ImportError:  # pragma: no cover - older diffusers
+        return _sdpa
+    return dispatch_attention_fn
+
+
+class RoutedProcessor:
+    """Base of an adapter's attention processor: the stock processor unless the core wants the layer.
+
+    A subclass writes only its own arithmetic, `routed` (project, QK-normalise, hand an
+    `AttentionCall` to ``self.router``, project out), and optionally `wanted`. Calling the
+    processor runs ``self.routed(attn, *args, **kwargs)`` when ``self.wanted(*args, **kwargs)`` is
+    true, else ``self.original(attn, *args, **kwargs)`` with the arguments exactly as received, so
+    layers the core does not want stay bit-identical to stock.
+
+    diffusers' `Attention.forward` passes the processor only the keyword arguments its
+    ``__call__`` names (it reads ``inspect.signature(processor.__call__)`` and silently drops the
+    rest, e.g. ``image_rotary_emb``). So every subclass gets a ``__call__`` whose signature is that
+    of its `routed` method (see `__init_subclass__`); a subclass that writes ``__call__`` itself
+    keeps its own.
+    """
+
+    def __init__(self, original: Any, layer: int, router: Any) -> None:
+        #: the processor this one replaced (restored on uninstall, called for unwanted layers)
+        self.original = original
+        #: flat layer index (`Adapter.attention_layers`)
+        self.layer = layer
+        #: the core's `LayerRouter`
+        self.router = router
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" not in cls.__dict__:
+            cls.__call__ = _dispatch_named_like(cls.routed, cls.__qualname__)
+
+    def wanted(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether this call goes through `routed` (arguments as the processor got them, after ``attn``).
+
+        Default: ``self.router.wants(self.layer)``.
+        """
+        return self.router.wants(self.layer)
+
+    def routed(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        """The stock processor's arithmetic with ``self.router`` in the middle (subclasses write it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define routed(attn, ...)")
+
+    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.wanted(*args, **kwargs):
+            return self.routed(attn, *args, **kwargs)
+        return self.original(attn, *args, **kwargs)
+
+
+def _dispatch_named_like(routed: Callable[..., Any], owner: str) -> Callable[..., Any]:
+    """`RoutedProcessor.__call__` for one subclass, showing `routed`'s signature to diffusers."""
+    dispatch = RoutedProcessor.__call__
+
+    def __call__(self: RoutedProcessor, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        return dispatch(self, attn, *args, **kwargs)
+
+    __call__.__signature__ = inspect.signature(routed)  # type: ignore[attr-defined]
+    __call__.__qualname__ = f"{owner}.__call__"
+    __call__.__doc__ = f"Route through `{owner}.routed` when wanted, else the original processor."
+    return __call__
 
 
 def stock_attend(original: Any, attention_mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
@@ -28,7 +97,7 @@ def stock_attend(original: Any, attention_mask: torch.Tensor | None) -> Callable
     computes it: its attention backend, the model's mask, no dropout."""
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = dispatch_attention_fn(
+        out = _dispatch_attention_fn()(
             q.transpose(1, 2),
             k.transpose(1, 2),
             v.transpose(1, 2),
@@ -64,7 +133,7 @@ def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -
 
 def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, ...]) -> list[str]:
     """Why `modules` cannot take our processors: fused Q/K/V, or a processor that is neither the
-    stock one (by class name `stock`) nor one of `ours` (an open injection, reported by inject)."""
+    stock one (by class name `stock`; "" accepts any) nor one of `ours` (an open injection, reported by inject)."""
     for i, attn in enumerate(modules):
         if getattr(attn, "fused_projections", False):
             return [
@@ -72,7 +141,7 @@ def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, .
                 "Call transformer.unfuse_qkv_projections() before inject()."
             ]
         processor = attn.processor
-        if not isinstance(processor, ours) and type(processor).__name__ != stock:
+        if stock and not isinstance(processor, ours) and type(processor).__name__ != stock:
             return [
                 f"Expected {stock} on every attention, but layer {i} uses {type(processor).__name__}. "
                 f"Restore it (transformer.set_attn_processor({stock}()) or reload the transformer)."

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from ..adapter import AttentionCall
+from ..coarse.objective import objective_for
 from ..fine.matching import match_flows, pck
 from ..images import image_to_video
 from ..plugins import get_adapter
@@ -185,25 +186,21 @@ def score(
     return result
 
 
-def _forward_kwargs(pipe: Any, latents: torch.Tensor, timestep: int, prompt: str, pixel_size: tuple[int, int]) -> dict:
-    """Transformer kwargs for a batch of latents (the way `train_subject` builds them)."""
-    from ..coarse.train import rotary_kwargs, text_template
-
+def _forward_kwargs(pipe: Any, latents: torch.Tensor, timestep: int, prompt: str) -> dict:
+    """Transformer kwargs for a batch of latents: the adapter's standalone call, as training makes it."""
     transformer, adapter = pipe.transformer, get_adapter(pipe.transformer)
     device = latents.device
     with torch.no_grad():
-        text = adapter.encode_text(pipe, prompt, text_template(transformer, device))
-    batch = latents.shape[0]
-    text = {k: v.expand(batch, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in text.items()}
-    base = rotary_kwargs(pipe, *pixel_size, latents.shape[1], device)
-    t = torch.full((batch,), timestep, device=device, dtype=torch.long)
-    return adapter.reference_kwargs(base, latents.to(transformer.dtype), text, t)
+        text = adapter.encode_text(pipe, prompt, adapter.text_template(pipe, device))
+    t = torch.full((latents.shape[0],), timestep, device=device, dtype=torch.long)
+    return adapter.forward_kwargs(pipe, latents.to(transformer.dtype), t, text)
 
 
 def _noised(pipe: Any, clean: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:
-    alpha = float(pipe.scheduler.alphas_cumprod[timestep])
+    """`clean` noised to model timestep `timestep` the way the scheduler's training objective does it."""
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)).to(clean)
-    return alpha**0.5 * clean + (1 - alpha) ** 0.5 * noise
+    t = torch.full((clean.shape[0],), timestep)
+    return objective_for(pipe.scheduler).noisy_and_target(clean, noise, t)[0]
 
 
 def synthetic_shift(
@@ -215,8 +212,7 @@ def synthetic_shift(
     Tokens in the first `shift` columns have no source and are left out.
     """
     transformer, adapter = pipe.transformer, get_adapter(pipe.transformer)
-    height, width = size or (transformer.config.sample_height * pipe.vae_scale_factor_spatial,
-                             transformer.config.sample_width * pipe.vae_scale_factor_spatial)
+    height, width = size or adapter.default_size(pipe)
     device = pipe._execution_device
     with torch.no_grad():
         clean = adapter.encode_video(pipe, image_to_video(reference, frames, height, width).to(device))
@@ -224,7 +220,7 @@ def synthetic_shift(
     grid = adapter.token_grid(transformer, ref)
     per_token = ref.shape[-1] // grid[2]
     gen = torch.roll(ref, shifts=shift * per_token, dims=-1)
-    features = capture_features(pipe, _forward_kwargs(pipe, torch.cat([ref, gen]), timestep, prompt, (height, width)))
+    features = capture_features(pipe, _forward_kwargs(pipe, torch.cat([ref, gen]), timestep, prompt))
     idx = torch.arange(grid[0] * grid[1] * grid[2])
     result = score(features, idx - shift, grid, alpha, valid=idx % grid[2] >= shift, mode=f"known shift of {shift}")
     picture = resize(reference, height, width)
@@ -251,7 +247,7 @@ def dense_matcher_truth(
         ref_clean = adapter.encode_video(pipe, image_to_video(reference, frames, height, width).to(device))
     ref, gen = _noised(pipe, ref_clean.float(), timestep, seed), _noised(pipe, gen_clean.float(), timestep, seed)
     grid = adapter.token_grid(transformer, ref)
-    features = capture_features(pipe, _forward_kwargs(pipe, torch.cat([ref, gen]), timestep, prompt, (height, width)))
+    features = capture_features(pipe, _forward_kwargs(pipe, torch.cat([ref, gen]), timestep, prompt))
     shown = [Image.fromarray(video[frame_for_latent(f, grid[0], frames)]) for f in range(grid[0])]
     picture = resize(reference, height, width)
     target = matcher(shown, Image.fromarray(picture), grid)

@@ -25,7 +25,7 @@ class CoarseConfig(BaseModel):
     ``weight_decay=1e-4`` (the diffusers LoRA scripts' value) are our choices.
 
     ``mixed_precision="bf16"`` with gradient checkpointing is the setting meant for
-    CogVideoX-5B on one GPU (see docs/coarse_training.md); use ``"no"`` on CPU for exact,
+    a multi-billion-parameter model on one GPU (see docs/coarse_training.md); use ``"no"`` on CPU for exact,
     deterministic runs. ``fp16`` needs CUDA.
     """
 

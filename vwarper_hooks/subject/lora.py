@@ -42,11 +42,17 @@ def _linear(module: nn.Module) -> nn.Module:
 
 
 def lora_targets(transformer: nn.Module) -> list[str]:
-    """Module names of K, V and O of every attention layer, in layer order."""
+    """Module names of K, V and O of every attention layer, in layer order.
+
+    An attention without an output projection (diffusers' ``pre_only`` attention, whose output the
+    block projects together with its MLP, e.g. HunyuanVideo's single-stream blocks) gets K and V only.
+    """
     names = {id(m): n for n, m in transformer.named_modules()}
     targets = []
     for i, attn in enumerate(get_adapter(transformer).attention_layers(transformer)):
         for proj in LORA_PROJECTIONS:
+            if proj == "to_out.0" and getattr(attn, "to_out", None) is None:
+                continue
             name = f"{names[id(attn)]}.{proj}"
             try:
                 module = _linear(transformer.get_submodule(name))

@@ -15,23 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from vwarper_hooks import Adapter, AttentionCall, VwarperError
-from vwarper_hooks.adapter import LayerRouter
 from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.processors import RoutedProcessor
 
-from .model import ToyAttnProcessor, apply_rope
+from .model import apply_rope
 
 
-class VwarperToyProcessor:
-    """The stock toy processor's arithmetic with the core's router in the middle."""
+class VwarperToyProcessor(RoutedProcessor):
+    """The stock toy processor's arithmetic with the core's router in the middle.
 
-    def __init__(self, original: Any, layer: int, router: LayerRouter) -> None:
-        self.original, self.layer, self.router = original, layer, router
+    `RoutedProcessor` runs the stock processor unchanged when the router does not want the layer.
+    """
 
-    def __call__(
+    def routed(
         self, attn: nn.Module, text: torch.Tensor, video: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.router.wants(self.layer):
-            return self.original(attn, text, video, rope)
         n_text, n = text.shape[1], text.shape[1] + video.shape[1]
         joint = torch.cat([text, video], dim=1)
         # RoPE-free Q/K: after the QK-norm, before rotary. Fresh tensors, so rotating in place is safe.
@@ -58,7 +56,8 @@ class ToyJointAdapter(Adapter):
     """Adapter for `vwarper_toy.model.ToyJointTransformer` (flat index i = ``blocks[i].attn``)."""
 
     name = "toy_joint"
-    latent_layout = "BCFHW"
+    processor = VwarperToyProcessor  # installed on every layer by the default install()
+    stock_processor = "ToyAttnProcessor"  # problems() refuses any other processor on those layers
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "ToyJointTransformer"
@@ -66,26 +65,7 @@ class ToyJointAdapter(Adapter):
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         return [block.attn for block in transformer.blocks]
 
-    def problems(self, transformer: nn.Module) -> list[str]:
-        for i, attn in enumerate(self.attention_layers(transformer)):
-            if not isinstance(attn.processor, (ToyAttnProcessor, VwarperToyProcessor)):
-                return [f"Expected ToyAttnProcessor on every layer, but layer {i} uses another. Reset it."]
-        return []
-
-    def install(self, transformer: nn.Module, router: LayerRouter) -> Callable[[], None]:
-        layers = self.attention_layers(transformer)
-        originals = [attn.processor for attn in layers]
-        for i, attn in enumerate(layers):
-            attn.set_processor(VwarperToyProcessor(originals[i], i, router))
-
-        def uninstall() -> None:
-            for attn, original in zip(layers, originals, strict=True):
-                attn.set_processor(original)
-
-        return uninstall
-
-    def is_installed(self, transformer: nn.Module) -> int:
-        return sum(isinstance(a.processor, VwarperToyProcessor) for a in self.attention_layers(transformer))
+    # timestep() and latents() keep their defaults: the forward names them timestep and hidden_states.
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         return latents.shape[2], latents.shape[3], latents.shape[4]
