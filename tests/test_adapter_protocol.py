@@ -78,7 +78,7 @@ def test_default_install_counts_problems_and_reads_kwargs():
     layers[1].processor = object()
     assert "layer 1 uses object" in adapter.problems(layers)[0]
     kwargs = {"timestep": torch.tensor([3]), "hidden_states": torch.zeros(1)}
-    assert adapter.timestep(kwargs) is kwargs["timestep"] and adapter.latents(kwargs) is kwargs["hidden_states"]
+    assert adapter.latents(kwargs) is kwargs["hidden_states"]
 
 
 def test_an_adapter_without_processor_says_what_to_set():
@@ -93,21 +93,20 @@ def test_an_adapter_without_processor_says_what_to_set():
     assert NoProcessor().problems(layers) == []  # nothing of ours to check
 
 
-def test_old_timestep_and_latents_signatures_still_work_with_a_warning():
-    with pytest.warns(DeprecationWarning, match=r"timestep\(self, kwargs\)"):
+def test_the_old_latents_signature_still_works_with_a_warning():
+    with pytest.warns(DeprecationWarning, match=r"latents\(self, kwargs\)"):
 
         class Old(_Minimal):
-            def timestep(self, args, kwargs):
-                return kwargs["t"] if "t" in kwargs else args[0]
+            def latents(self, args, kwargs):
+                return kwargs["x"] if "x" in kwargs else args[0]
 
-    assert Old().timestep({"t": 5}) == 5
-    assert Old().latents({"hidden_states": 7}) == 7  # the default, untouched
+    assert Old().latents({"x": 5}) == 5
 
     class New(_Minimal):  # a new-style override with an extra optional argument is left alone
-        def timestep(self, kwargs, scale=1):
-            return kwargs["timestep"] * scale
+        def latents(self, kwargs, scale=1):
+            return kwargs["hidden_states"] * scale
 
-    assert New().timestep({"timestep": 2}, 3) == 6
+    assert New().latents({"hidden_states": 2}, 3) == 6
 
 
 def test_standalone_call_defaults_come_from_the_pipeline():

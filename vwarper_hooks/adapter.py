@@ -123,8 +123,7 @@ class Adapter(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for method in ("timestep", "latents"):
-            _adopt_old_signature(cls, method)
+        _adopt_old_signature(cls, "latents")  # 0.1's timestep(args, kwargs) is simply no longer called
 
     # ------------------------------------------------------------------ the model's layers
     @abstractmethod
@@ -211,13 +210,6 @@ class Adapter(ABC):
         return []
 
     # ------------------------------------------------------------------ one forward call
-    def timestep(self, kwargs: dict[str, Any]) -> torch.Tensor:
-        """The timestep of one transformer forward call, from its arguments bound by name.
-
-        Default: ``kwargs["timestep"]``.
-        """
-        return kwargs["timestep"]
-
     def latents(self, kwargs: dict[str, Any]) -> torch.Tensor:
         """The video latents of one transformer forward call, from its arguments bound by name.
 
@@ -354,7 +346,7 @@ def call_default(pipe: Any, name: str) -> Any:
 
 
 def _adopt_old_signature(cls: type, method: str) -> None:
-    """Serve a 0.2-style ``timestep(self, args, kwargs)`` / ``latents(...)`` override through the
+    """Serve a 0.1-style ``latents(self, args, kwargs)`` override through the
     new ``(self, kwargs)`` signature, with a DeprecationWarning (the core passes kwargs bound by name)."""
     old = cls.__dict__.get(method)
     if old is None or list(inspect.signature(old).parameters)[1:] != ["args", "kwargs"]:
