@@ -61,7 +61,7 @@ class VwarperHunyuanVideoProcessor(RoutedProcessor):
     def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                *args: Any, **kwargs: Any) -> bool:
         """When the core wants the layer and the call has a text stream (the joint layout routed here)."""
-        return encoder_hidden_states is not None and self.router.wants(self.layer)
+        return encoder_hidden_states is not None and super().wanted()
 
     def routed(
         self,

@@ -56,7 +56,7 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
     def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                *args: Any, **kwargs: Any) -> bool:
         """A self-attention call (no text keys) of a layer the core wants."""
-        return encoder_hidden_states is None and self.router.wants(self.layer)
+        return encoder_hidden_states is None and super().wanted()
 
     def routed(
         self,
@@ -94,8 +94,12 @@ class VwarperWanCrossAttnProcessor(RoutedProcessor):
 
     def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                *args: Any, **kwargs: Any) -> bool:
-        """A cross-attention call of a layer whose video->text scores the core needs (`wants_text`)."""
-        return encoder_hidden_states is not None and self.router.wants_text(self.layer)
+        """A cross-attention call of a layer whose video->text scores the core needs (`asks`)."""
+        return encoder_hidden_states is not None and super().wanted()
+
+    def asks(self) -> bool:
+        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
+        return self.router.wants_text(self.layer)
 
     def routed(
         self,

@@ -27,6 +27,12 @@ from .config import PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS
 from .processors import RoutedProcessor, processor_problems, swap_processors
 
 
+def base_model(transformer: nn.Module) -> nn.Module:
+    """The model itself: ``torch.compile(transformer)`` wraps it (``_orig_mod``); adapters, processors
+    and LoRA work on the model inside, while calls and forward hooks go through the wrapper."""
+    return getattr(transformer, "_orig_mod", transformer)
+
+
 @dataclass
 class AttentionCall:
     """One attention computation of one layer, as the core sees it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .adapter import Adapter
+from .adapter import Adapter, base_model
 from .config import WarpConfig
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
 from .plugins import get_adapter, make_parts
@@ -55,9 +55,10 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Warp
             "Leave it before entering another."
         )
     adapter = get_adapter(pipe.transformer)
-    depth = len(adapter.attention_layers(pipe.transformer))
+    model = base_model(pipe.transformer)
+    depth = len(adapter.attention_layers(model))
     config = config.for_adapter(adapter, depth)  # other families may default to other layers
-    problems = config.layer_problems(depth) + adapter.problems(pipe.transformer)
+    problems = config.layer_problems(depth) + adapter.problems(model)
     problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
     matcher, injector, part_problems = make_parts(config)
     problems += part_problems + subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
@@ -93,7 +94,7 @@ def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[s
 def unsupported_modes(pipe: Any) -> list[str]:
     """Modes no family supports yet: image-conditioned inputs and step caches."""
     problems = []
-    transformer = pipe.transformer
+    transformer = base_model(pipe.transformer)
     config = transformer.config
     channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
     if channels_in and channels_out and channels_in != channels_out:

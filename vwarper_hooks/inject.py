@@ -4,7 +4,9 @@ Everything is validated first (`guard`) and all problems are reported at once. I
 through one ExitStack, in this order: the subject's coarse stage (LoRA + token), the step clock on
 the scheduler, the tokenizer watch, the attention processors (after the LoRA, so they see the
 LoRA-wrapped projections) and the transformer hooks. On exit, normal or by exception, everything
-comes off in reverse order and the pipeline computes exactly what it computed before.
+comes off in reverse order and the pipeline computes exactly what it computed before. A
+``torch.compile``d transformer works: the processors and LoRA go on the model inside, the hooks on
+the compiled wrapper (README, "torch.compile").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from .adapter import base_model
 from .config import WarpConfig
 from .fine.session import Session
 from .fine.tokens import watch_tokenizer
@@ -45,7 +48,7 @@ def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterato
         stack.callback(session.close)
         stack.enter_context(session.clock.installed())
         stack.enter_context(watch_tokenizer(pipe, session.on_tokenized))
-        stack.callback(adapter.install(transformer, session.router))
+        stack.callback(adapter.install(base_model(transformer), session.router))
         stack.callback(transformer.register_forward_pre_hook(session.before_forward, with_kwargs=True).remove)
         stack.callback(
             transformer.register_forward_hook(session.after_forward, with_kwargs=True, always_call=True).remove

@@ -10,7 +10,7 @@ import pluggy
 from torch import nn
 
 from . import hookspecs
-from .adapter import Adapter
+from .adapter import Adapter, base_model
 from .config import WarpConfig
 from .errors import AdapterNotFoundError, DuplicateAdapterError
 
@@ -127,8 +127,9 @@ def get_adapter(transformer: nn.Module | str) -> Adapter:
         raise AdapterNotFoundError(
             f"Expected one of the registered adapters {sorted(adapters)}, but got {transformer!r}. {HOW_TO_ADD}"
         )
+    model = base_model(transformer)  # torch.compile's wrapper: the model inside decides
     for adapter, _ in adapters.values():
-        if adapter.matches(transformer):
+        if adapter.matches(model):
             return adapter
     raise AdapterNotFoundError(
         f"Expected a transformer one of the registered adapters {sorted(adapters)} understands, but got "

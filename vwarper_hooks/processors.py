@@ -37,10 +37,15 @@ class RoutedProcessor:
     """Base of an adapter's attention processor: the stock processor unless the core wants the layer.
 
     A subclass writes only its own arithmetic, `routed` (project, QK-normalise, hand an
-    `AttentionCall` to ``self.router``, project out), and optionally `wanted`. Calling the
-    processor runs ``self.routed(attn, *args, **kwargs)`` when ``self.wanted(*args, **kwargs)`` is
-    true, else ``self.original(attn, *args, **kwargs)`` with the arguments exactly as received, so
+    `AttentionCall` to ``self.router``, project out), and optionally `asks` and `wanted`. Calling
+    the processor runs ``self.routed(attn, *args, **kwargs)`` when ``self.wanted(*args, **kwargs)``
+    is true, else ``self.original(attn, *args, **kwargs)`` with the arguments exactly as received, so
     layers the core does not want stay bit-identical to stock.
+
+    torch.compile: the core's router sets ``self.active`` (from `asks`) whenever its route changes,
+    outside any compiled code, so what a compiled block reads per call is one boolean flag, not the
+    layer index or the router's state (no recompile per layer or per step). `routed` runs eagerly
+    behind one graph break (``torch.compiler.disable``); a stock layer's block stays compiled whole.
 
     diffusers' `Attention.forward` passes the processor only the keyword arguments its
     ``__call__`` names (it reads ``inspect.signature(processor.__call__)`` and silently drops the
@@ -49,6 +54,9 @@ class RoutedProcessor:
     keeps its own.
     """
 
+    #: whether the core wants this layer now; kept up to date by a router that has ``register``
+    active = False
+
     def __init__(self, original: Any, layer: int, router: Any) -> None:
         #: the processor this one replaced (restored on uninstall, called for unwanted layers)
         self.original = original
@@ -56,27 +64,50 @@ class RoutedProcessor:
         self.layer = layer
         #: the core's `LayerRouter`
         self.router = router
+        #: True when the router keeps `active` up to date; a plain `LayerRouter` is asked per call
+        self.managed = callable(getattr(router, "register", None))
+        if self.managed:
+            router.register(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__call__" not in cls.__dict__:
             cls.__call__ = _dispatch_named_like(cls.routed, cls.__qualname__)
+        cls._routed_eagerly = _eager(cls.routed)
+
+    def asks(self) -> bool:
+        """The router's answer for this layer now (evaluated by the router when its route changes).
+
+        Default: ``self.router.wants(self.layer)``; an attention that only shows the core text scores
+        asks ``self.router.wants_text(self.layer)``.
+        """
+        return self.router.wants(self.layer)
 
     def wanted(self, *args: Any, **kwargs: Any) -> bool:
         """Whether this call goes through `routed` (arguments as the processor got them, after ``attn``).
 
-        Default: ``self.router.wants(self.layer)``.
+        Default: ``self.active`` (or `asks` for a router that does not manage the flag). A subclass
+        adds conditions on the call's own arguments, e.g. ``encoder_hidden_states is None and ...``.
         """
-        return self.router.wants(self.layer)
+        return self.active if self.managed else self.asks()
 
     def routed(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
         """The stock processor's arithmetic with ``self.router`` in the middle (subclasses write it)."""
         raise NotImplementedError(f"{type(self).__name__} must define routed(attn, ...)")
 
+    def _routed_eagerly(self, attn: Any, *args: Any, **kwargs: Any) -> Any:  # replaced per subclass
+        return self.routed(attn, *args, **kwargs)
+
     def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.wanted(*args, **kwargs):
-            return self.routed(attn, *args, **kwargs)
+            return self._routed_eagerly(attn, *args, **kwargs)
         return self.original(attn, *args, **kwargs)
+
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, never traced by torch.compile: its Python state changes every step (one graph break)."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return fn if disable is None else disable(fn)
 
 
 def _dispatch_named_like(routed: Callable[..., Any], owner: str) -> Callable[..., Any]:

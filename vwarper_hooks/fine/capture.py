@@ -105,10 +105,33 @@ class Router:
     """Implements `vwarper_hooks.adapter.LayerRouter` for one session."""
 
     def __init__(self) -> None:
-        self.route = Route()
+        self._processors: list[Any] = []
+        self._route = Route()
         self.run: RunState | None = None
         #: (branch, step, layer) -> routed attention calls; ("warp", step, layer) counts injections
         self.calls: Counter[tuple[str, int, int]] = Counter()
+
+    def register(self, processor: Any) -> None:
+        """A `RoutedProcessor` installed for this router: its ``active`` flag follows every route."""
+        self._processors.append(processor)
+        processor.active = processor.asks()
+
+    @property
+    def route(self) -> Route:
+        return self._route
+
+    @route.setter
+    def route(self, route: Route) -> None:
+        """Set the route and, outside any compiled code, every processor's ``active`` flag."""
+        self._route = route
+        for processor in self._processors:
+            processor.active = processor.asks()
+
+    def release(self) -> None:
+        """Forget the processors (they are uninstalled): their flags go back to off."""
+        for processor in self._processors:
+            processor.active = False
+        self._processors = []
 
     @contextmanager
     def routing(self, route: Route) -> Iterator[None]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..adapter import Adapter
+from ..adapter import Adapter, base_model
 from ..files import tensor_digest
 from ..images import image_to_video
 from .capture import Branch, Route, Router, StopReference
@@ -64,7 +64,7 @@ class ReferenceBranch:
         config = self.router.run.config
         prompt = config.inversion_prompt or self.subject.prompt
         image = self.subject.images[index]
-        key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, self.pipe.transformer,
+        key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, base_model(self.pipe.transformer),
                         extra=self._key_extra(kwargs, config.inversion_refine))
         first = min(s for s in range(self.clock.num_steps) if self.router.run.plan.reference_layers(s))
         return self.subject.reference_cache.get_or_make(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..adapter import Adapter
+from ..adapter import Adapter, base_model
 from ..config import WarpConfig
 from ..errors import ConfigError, SubjectTokenError, VwarperError
 from ..plugins import make_parts
@@ -55,7 +55,7 @@ class Session:
         self, pipe: Any, adapter: Adapter, subject: Any, config: WarpConfig, matcher: Matcher, injector: Injector
     ) -> None:
         self.pipe, self.adapter, self.subject = pipe, adapter, subject
-        self.depth = len(adapter.attention_layers(pipe.transformer))
+        self.depth = len(adapter.attention_layers(base_model(pipe.transformer)))
         self.config, self.matcher, self.injector = config, matcher, injector
         self.clock = StepClock(pipe.scheduler)
         self.router = Router()
@@ -223,4 +223,5 @@ class Session:
         """Drop every tensor this session holds (the cache on the subject stays)."""
         self.router.run = None
         self.router.route = Route()
+        self.router.release()
         self.reference.close()

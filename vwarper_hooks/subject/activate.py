@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from ..adapter import base_model
 from ..errors import SubjectMismatchError
 from ..files import config_hash
 from .lora import fused_problems, lora_shapes, lora_spec, peft_lora
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def fit_problems(pipe: Any, subject: Any) -> list[str]:
     """Every reason `subject`'s LoRA or token cannot go on `pipe` (empty: it fits)."""
-    transformer = pipe.transformer
+    transformer = base_model(pipe.transformer)
     problems = fused_problems(transformer) if subject.lora is not None else []
     if subject.lora is not None:
         rank, _, targets, _ = lora_spec(subject)
@@ -59,11 +60,12 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
 
 def config_mismatch(pipe: Any, subject: Any) -> str | None:
     """Why `subject` was trained for another transformer config than `pipe`'s (None: same or unknown)."""
-    recorded, here = subject.info.get("transformer_config_hash"), config_hash(pipe.transformer)
+    model = base_model(pipe.transformer)
+    recorded, here = subject.info.get("transformer_config_hash"), config_hash(model)
     if not recorded or recorded == here:
         return None
     return (
-        f"Expected a subject trained for this {type(pipe.transformer).__name__} (config sha256 {here[:12]}), but "
+        f"Expected a subject trained for this {type(model).__name__} (config sha256 {here[:12]}), but "
         f"got one trained for config {recorded[:12]} ({subject.info.get('transformer_class')}, base model "
         f"{subject.info.get('base_model')}). Load that base model or retrain."
     )
@@ -88,7 +90,7 @@ def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
         if subject.lora is not None:
             *_, meta = lora_spec(subject)
             name = f"vwarper_{uuid.uuid4().hex[:8]}"
-            stack.enter_context(peft_lora(pipe.transformer, name, state_dict=subject.lora, metadata=meta))
+            stack.enter_context(peft_lora(base_model(pipe.transformer), name, state_dict=subject.lora, metadata=meta))
         logger.info("subject %r active (LoRA: %s, token: %s)", subject.token, subject.lora is not None,
                     subject.token_embedding is not None)
         yield
