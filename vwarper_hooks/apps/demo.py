@@ -167,7 +167,11 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
 def write_panels(
     out: Path, images: list[Image.Image], video: np.ndarray, diagnostics: dict[int, Any]
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """reference.png, frames.png, masks.png and figure5.png; returns their paths and figure 5's layout."""
+    """reference.png, frames.png, masks.png and figure5.png (labelled matplotlib figures), plus
+    figure5_tiles.png (figure 5's exact pixel tiles, laid out as its layout says); returns the
+    paths and figure 5's layout."""
+    from . import figures
+
     height, width = video.shape[1:3]
     pngs = {
         "reference": vis.save_png(vis.grid([[vis.resize(im, height, width) for im in images]]), out / "reference.png"),
@@ -175,10 +179,10 @@ def write_panels(
     }
     if not diagnostics:
         raise VwarperError("Expected diagnostics of the warp steps, but got none. Use at least 3 steps.")
-    masks, labels = vis.mask_panel(diagnostics)
-    caption = "rows: warp steps " + ", ".join(map(str, sorted(diagnostics))) + " | columns: " + ", ".join(labels)
-    pngs["masks"] = vis.save_png(vis.label(masks, caption), out / "masks.png")
+    pngs["masks"] = figures.save(figures.mask_figure(diagnostics), out / "masks.png")
     last = diagnostics[max(diagnostics)]
-    figure, layout = vis.correspondence_figure(images[0], video, last)
-    pngs["figure5"] = vis.save_png(figure, out / "figure5.png")
+    tiles, layout = vis.correspondence_figure(images[0], video, last)
+    pngs["figure5"] = figures.save(figures.figure5(tiles, layout), out / "figure5.png")
+    pngs["figure5_tiles"] = vis.save_png(tiles, out / "figure5_tiles.png")
+    layout["file"] = pngs["figure5_tiles"].name
     return pngs, layout

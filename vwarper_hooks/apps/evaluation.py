@@ -117,7 +117,18 @@ class DinoEmbedder:
 
 
 def _load(cls: Any, model_id: str, what: str) -> Any:
+    """`cls.from_pretrained` of a hub id or a local folder; a folder (``~`` expanded) is read with
+    ``local_files_only=True`` so that no network lookup (and no retrying) happens for it."""
+    local = Path(model_id).expanduser()
+    looks_local = model_id.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise VwarperError(
+            f"Expected a {what} model folder at {str(local)!r}, but got {'a file' if local.exists() else 'nothing'}. "
+            f"Pass an existing folder or a hub id (--{what.lower()}-model)."
+        )
     try:
+        if looks_local:
+            return cls.from_pretrained(str(local), local_files_only=True)
         return cls.from_pretrained(model_id)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")

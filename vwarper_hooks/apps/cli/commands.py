@@ -76,7 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
     table.add_row(str(result.video), "the generated video")
     whats = {"reference": "reference photos", "frames": "every generated frame",
              "masks": "fg / cycle / final masks (rows: warp steps)",
-             "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask"}
+             "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask",
+             "figure5_tiles": "figure 5's exact pixel tiles (layout in demo.json)"}
     for key, path in result.pngs.items():
         table.add_row(str(path), whats.get(key, key))
     table.add_row(str(result.summary), "settings, timings, figure-5 layout")
@@ -324,10 +325,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_model(target=args.model, tiny=args.tiny)
     data = report.to_dict()
+    bulky = [k for k, v in data.items() if isinstance(v, list) and any(isinstance(x, dict | list) for x in v)]
+    summary = {k: v for k, v in data.items() if k not in bulky}
     if args.json:
-        print_json(data)
-    else:
-        console.print(render_data(data, title=f"inspect {args.model or 'tiny ' + args.tiny}"))
+        print_json({**summary, **{k: data[k] for k in bulky}})  # the summary first here too
+        return 0
+    name = args.model or "tiny " + args.tiny
+    console.print(render_data(summary, title=f"inspect {name}: summary"))  # first, before the long tables
+    if bulky:
+        console.print(render_data({k: data[k] for k in bulky}, title=f"inspect {name}: details"))
     return 0
 
 
