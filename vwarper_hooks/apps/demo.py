@@ -24,6 +24,7 @@ from PIL import Image
 from ..coarse import CoarseConfig, train_subject
 from ..config import WarpConfig
 from ..errors import VwarperError
+from ..units import video_units
 from . import visualize as vis
 from .generate import generate_video
 from .loading import tiny_demo_pipeline
@@ -44,12 +45,15 @@ Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run (the defaults take about half a minute on 2 CPU cores)."""
+    """Sizes of the demo run (the defaults take about half a minute on 2 CPU cores).
+
+    `frames` must be a count the model decodes to exactly that many frames (CogVideoX: 8k+1).
+    """
 
     train_steps: int = 30
     steps: int = 12
     size: int = 128
-    frames: int = 13
+    frames: int = 17
     seed: int = 0
     fps: int = 8
 
@@ -93,19 +97,26 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, stage: Stage
         torch.set_num_threads(threads)
 
 
-def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoResult:
-    if settings.size % 16 or settings.steps < 3 or (settings.frames - 1) % 4:
+def check_settings(pipe: Any, settings: DemoSettings) -> None:
+    """Refuse sizes the tiny model would not reproduce exactly (its own frame and size rules)."""
+    units = video_units(pipe)
+    if not units.size_ok(settings.size, settings.size) or settings.steps < 3 or not units.frames_ok(settings.frames):
         raise VwarperError(
-            f"Expected a size divisible by 16, at least 3 steps and 4k+1 frames, but got size {settings.size}, "
-            f"{settings.steps} steps, {settings.frames} frames. Use e.g. --size 96 --steps 10 --frames 13."
+            f"Expected a size divisible by {units.pixels_per_token[0]}, at least 3 steps and {units.frame_rule()} "
+            f"frames, but got size {settings.size}, {settings.steps} steps, {settings.frames} frames. "
+            "Use e.g. --size 96 --steps 10 --frames 17."
         )
+
+
+def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoResult:
     stage = stage or (lambda name, done, total: None)
-    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
     stage("build", 0, 1)
     pipe = tiny_demo_pipeline(settings.seed)
+    check_settings(pipe, settings)
+    out.mkdir(parents=True, exist_ok=True)
     images = sample_images()
     seconds["build"] = time.perf_counter() - clock
     stage("build", 1, 1)
@@ -142,6 +153,7 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
         "prompt": DEMO_PROMPT,
         "settings": settings.__dict__,
         "video": video_path.name,
+        "subject": "subject",  # the trained subject directory: vwarper generate --model tiny --subject OUT/subject
         "pngs": {k: p.name for k, p in pngs.items()},
         "warp_steps": sorted(diagnostics),
         "figure5": layout,
@@ -155,7 +167,11 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
 def write_panels(
     out: Path, images: list[Image.Image], video: np.ndarray, diagnostics: dict[int, Any]
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """reference.png, frames.png, masks.png and figure5.png; returns their paths and figure 5's layout."""
+    """reference.png, frames.png, masks.png and figure5.png (labelled matplotlib figures), plus
+    figure5_tiles.png (figure 5's exact pixel tiles, laid out as its layout says); returns the
+    paths and figure 5's layout."""
+    from . import figures
+
     height, width = video.shape[1:3]
     pngs = {
         "reference": vis.save_png(vis.grid([[vis.resize(im, height, width) for im in images]]), out / "reference.png"),
@@ -163,10 +179,10 @@ def write_panels(
     }
     if not diagnostics:
         raise VwarperError("Expected diagnostics of the warp steps, but got none. Use at least 3 steps.")
-    masks, labels = vis.mask_panel(diagnostics)
-    caption = "rows: warp steps " + ", ".join(map(str, sorted(diagnostics))) + " | columns: " + ", ".join(labels)
-    pngs["masks"] = vis.save_png(vis.label(masks, caption), out / "masks.png")
+    pngs["masks"] = figures.save(figures.mask_figure(diagnostics), out / "masks.png")
     last = diagnostics[max(diagnostics)]
-    figure, layout = vis.correspondence_figure(images[0], video, last)
-    pngs["figure5"] = vis.save_png(figure, out / "figure5.png")
+    tiles, layout = vis.correspondence_figure(images[0], video, last)
+    pngs["figure5"] = figures.save(figures.figure5(tiles, layout), out / "figure5.png")
+    pngs["figure5_tiles"] = vis.save_png(tiles, out / "figure5_tiles.png")
+    layout["file"] = pngs["figure5_tiles"].name
     return pngs, layout

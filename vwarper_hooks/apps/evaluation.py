@@ -117,7 +117,18 @@ class DinoEmbedder:
 
 
 def _load(cls: Any, model_id: str, what: str) -> Any:
+    """`cls.from_pretrained` of a hub id or a local folder; a folder (``~`` expanded) is read with
+    ``local_files_only=True`` so that no network lookup (and no retrying) happens for it."""
+    local = Path(model_id).expanduser()
+    looks_local = model_id.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise VwarperError(
+            f"Expected a {what} model folder at {str(local)!r}, but got {'a file' if local.exists() else 'nothing'}. "
+            f"Pass an existing folder or a hub id (--{what.lower()}-model)."
+        )
     try:
+        if looks_local:
+            return cls.from_pretrained(str(local), local_files_only=True)
         return cls.from_pretrained(model_id)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
@@ -234,15 +245,42 @@ def _name(model: Any) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
 
+def _tiny_clip_tokenizer(vocab: dict[str, int]) -> Any:
+    """CLIP's fast tokenizer over a character vocabulary, built with the `tokenizers` library (CLIP's
+    normalizer, pre-tokenizer and BPE without merges), so it works on transformers 4.x and 5.x alike."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import CLIPTokenizerFast
+
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    backend = Tokenizer(BPE(vocab=vocab, merges=[], continuing_subword_prefix="", end_of_word_suffix="</w>",
+                            fuse_unk=False, unk_token=special["eos_token"]))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    words = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(words), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.RobertaProcessing(
+        (special["eos_token"], vocab[special["eos_token"]]), (special["bos_token"], vocab[special["bos_token"]]),
+        trim_offsets=False, add_prefix_space=False,
+    )
+    return CLIPTokenizerFast(tokenizer_object=backend, unk_token=special["eos_token"], pad_token=special["eos_token"],
+                             model_max_length=77, **special)
+
+
 def tiny_clip_embedder() -> ClipEmbedder:
     """A random CLIP small enough for tests (32 px images, character-level tokenizer), built in code."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz.,<>-":
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer = _tiny_clip_tokenizer(vocab)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..porting.tiny_models import tiny_cogvideox_pipeline
+from ..units import VideoUnits, video_units
 from .exits import CliError
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,52 @@ def tiny_demo_pipeline(seed: int = 0) -> Any:
     """The tiny random CogVideoX pipeline with tied Q/K (so that matching means something): the
     model behind ``--model tiny`` and the demo."""
     return tiny_cogvideox_pipeline(seed=seed, tie_qk=True)
+
+
+def probe_units(model: str) -> tuple[VideoUnits, tuple[int, int] | None] | None:
+    """The model's `VideoUnits` and default (height, width), from its configs alone (no weights).
+
+    Builds the pipeline class around a VAE made on the meta device, so the pipeline computes its
+    own VAE factors, and reads the transformer's patch size from its config. Returns None when
+    the configs cannot be read (the checks then run after loading, before any generation).
+    """
+    if model in TINY_MODELS:
+        pipe = tiny_demo_pipeline()
+        units = video_units(pipe)
+        config = dict(pipe.transformer.config)
+    else:
+        try:
+            units, config = _units_from_configs(model)
+        except Exception as exc:  # noqa: BLE001 - a probe: any failure only postpones the checks
+            logger.debug("could not read the configs of %s before loading (%s: %s)", model, type(exc).__name__, exc)
+            return None
+    sample = config.get("sample_height"), config.get("sample_width")
+    default = (sample[0] * units.spatial, sample[1] * units.spatial) if all(sample) else None
+    return units, default
+
+
+def _units_from_configs(model: str) -> tuple[VideoUnits, dict]:
+    import inspect
+    from types import SimpleNamespace
+
+    import diffusers
+    from accelerate import init_empty_weights
+
+    local = Path(model).expanduser()
+    source = str(local) if local.is_dir() else model
+    index = diffusers.DiffusionPipeline.load_config(source)
+    pipe_cls, vae_cls = getattr(diffusers, index["_class_name"]), getattr(diffusers, index["vae"][1])
+    transformer_cls = getattr(diffusers, index["transformer"][1])
+    with init_empty_weights():
+        vae = vae_cls.from_config(vae_cls.load_config(source, subfolder="vae"))
+    config = dict(transformer_cls.load_config(source, subfolder="transformer"))
+    params = [n for n, p in inspect.signature(pipe_cls.__init__).parameters.items()
+              if n != "self" and p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    skeleton = pipe_cls(**{**dict.fromkeys(params), "vae": vae})
+    view = SimpleNamespace(vae=vae, vae_scale_factor_spatial=skeleton.vae_scale_factor_spatial,
+                           vae_scale_factor_temporal=skeleton.vae_scale_factor_temporal,
+                           transformer=SimpleNamespace(config=config))
+    return video_units(view), config
 
 
 def default_device() -> str:

@@ -20,14 +20,33 @@ TEXT_DIM = 32
 
 
 def tiny_tokenizer() -> Any:
-    """A T5 tokenizer built in code from `VOCAB_WORDS` (Unigram, no files)."""
-    from transformers import T5Tokenizer
+    """A T5-style tokenizer built in code from `VOCAB_WORDS` (Unigram, no files, no downloads).
+
+    Built with the `tokenizers` library (the pieces T5's own fast tokenizer is made of: Unigram,
+    Metaspace, ``</s>`` appended) and wrapped in a transformers fast tokenizer, so it behaves the
+    same on every supported transformers version (4.x and 5.x). Ids: ``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2, ``▁`` 3, then one piece per word, single letters, and 100 ``<extra_id_N>`` sentinels.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [(f"▁{w}", -5.0) for w in VOCAB_WORDS]
     vocab += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz<>"]
     vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, additional_special_tokens=[f"<extra_id_{i}>" for i in range(100)])
+    backend = Tokenizer(Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        additional_special_tokens=[f"<extra_id_{i}>" for i in range(100)],
+    )
 
 
 def tiny_text_encoder(vocab_size: int, seed: int = 0) -> Any:

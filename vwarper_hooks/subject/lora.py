@@ -88,6 +88,8 @@ def lora_metadata(rank: int, alpha: float, targets: list[str]) -> dict[str, Any]
         "init_lora_weights": True,
         "use_dora": False,
         "use_rslora": False,
+        "rank_pattern": {},  # diffusers 0.35-0.37 read these two keys of the metadata unconditionally
+        "alpha_pattern": {},
     }
 
 

@@ -7,7 +7,8 @@ A subject directory holds::
                                         in the "lora_adapter_metadata" header): loads with a stock
                                         ``pipe.load_lora_weights(path)``, alpha included
     token_embedding.safetensors         the subject token's text-encoder input embedding
-    images/00.png ...                   the reference images
+    images/00.png ...                   the reference images, shrunk to the smallest size that covers
+                                        the training size (what training and generation at that size see)
 
 Everything is written into a temporary directory next to the target and renamed into place,
 so a failed save leaves nothing behind. Loading checks the format version and every file's
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 
 from ..errors import SubjectError, SubjectIntegrityError
 from ..files import atomic_directory, pixel_sha256, read_safetensors, sha256_bytes
+from ..images import DECODE_ERRORS, downscale_to_cover
 from .lora import LORA_PREFIX, lora_spec
 
 if TYPE_CHECKING:
@@ -74,6 +76,24 @@ def _replaceable(target: Path) -> bool:
     return target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))
 
 
+def stored_images(subject: Subject) -> list[Image.Image]:
+    """The subject's photos as written: no larger than needed to cover the training size.
+
+    Training and a generation at that size resize and crop them to the very same pixels as the
+    originals; a full-resolution copy would only make the directory large. Subjects without a
+    training size (fine stage only) keep their images as they are.
+    """
+    training = subject.info.get("training") or {}
+    height, width = training.get("height"), training.get("width")
+    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        return list(subject.images)
+    images = [downscale_to_cover(image, height, width) for image in subject.images]
+    shrunk = sum(a is not b for a, b in zip(images, subject.images, strict=True))
+    if shrunk:
+        logger.info("%d reference image(s) stored downscaled to cover the training size %dx%d", shrunk, height, width)
+    return images
+
+
 def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `subject` as a directory at `path` (atomically); refuses an existing path unless `overwrite`."""
     subject.check()
@@ -89,6 +109,7 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
             "but got something else; it was left as it is. Choose another path."
         )
     info = subject.info
+    images = stored_images(subject)
     with atomic_directory(target, overwrite) as tmp:
         lora_info = None
         if subject.lora is not None:
@@ -104,7 +125,7 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
             save_file({"token_embedding": embedding}, tmp / TOKEN_FILE, metadata=header)
         (tmp / "images").mkdir()
         names = []
-        for i, image in enumerate(subject.images):
+        for i, image in enumerate(images):
             names.append(f"images/{i:02d}.png")
             image.save(tmp / names[-1], format="PNG")
         files = {
@@ -116,7 +137,7 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
             transformer_config_hash=info.get("transformer_config_hash"), lora=lora_info,
             token_embedding_dim=None if subject.token_embedding is None else int(subject.token_embedding.numel()),
             training=info.get("training", {}), losses=info.get("losses", []), images=names,
-            image_sha256=[pixel_sha256(im) for im in subject.images], files=files,
+            image_sha256=[pixel_sha256(im) for im in images], files=files,
             created_by=f"vwarper_hooks {_version()}",
         )
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
@@ -200,8 +221,11 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
             )
     images = []
     for rel, digest in zip(manifest.images, manifest.image_sha256, strict=True):
-        image = Image.open(io.BytesIO(blobs[rel]))
-        image.load()
+        try:
+            image = Image.open(io.BytesIO(blobs[rel]))
+            image.load()
+        except DECODE_ERRORS as exc:
+            raise SubjectIntegrityError(f"Expected a readable PNG at {rel}, but got: {exc}. Re-save it.") from None
         if image.mode != "RGB" or pixel_sha256(image) != digest:
             raise SubjectIntegrityError(f"Expected {rel} to hold the recorded RGB pixels, but they differ. Re-save.")
         images.append(image)

@@ -19,7 +19,7 @@ from PIL import Image
 from ..config import WarpConfig
 from ..errors import SubjectError, SubjectMismatchError
 from ..fine.reference_cache import ReferenceCache
-from ..images import check_image
+from ..images import ImageInput, check_image, load_images
 from ..inject import inject
 from .activate import config_mismatch, fit_problems
 from .store import read_subject, write_subject
@@ -40,9 +40,13 @@ class Subject:
     reference_cache: ReferenceCache = field(default_factory=ReferenceCache, repr=False, compare=False)
 
     @classmethod
-    def from_images(cls, images: Sequence[Image.Image], token: str, class_word: str) -> Subject:
-        """A subject without coarse training (fine stage only): the token must tokenize as-is."""
-        subject = cls(token=token, class_word=class_word, images=list(images))
+    def from_images(cls, images: Sequence[ImageInput], token: str, class_word: str) -> Subject:
+        """A subject without coarse training (fine stage only): the token must tokenize as-is.
+
+        `images` are PIL images or paths, read as `train_subject` reads them (`images.load_images`:
+        EXIF orientation, 16-bit and palette images, transparency onto white).
+        """
+        subject = cls(token=token, class_word=class_word, images=load_images(images))
         subject.check()
         return subject
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from ...errors import MissingDependencyError, VwarperError
 from ..exits import EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MISSING, CliError
+from .checks import is_write_failure, write_failure_message
 from .render import error
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_CODES"]
@@ -45,6 +46,8 @@ def _common(debug_default: object) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=debug_default, help="show tracebacks and debug logs")
     common.add_argument("-v", "--verbose", action="store_true", default=debug_default, help="show info logs")
+    common.add_argument("-q", "--quiet", action="store_true", default=debug_default,
+                        help="no progress bars or spinners (they go to stderr; results and --json to stdout)")
     return common
 
 
@@ -114,6 +117,13 @@ def _logging(debug: bool, verbose: bool) -> Iterator[None]:
             (dlog.enable_progress_bar if saved_diffusers[1] else dlog.disable_progress_bar)()
 
 
+def one_line(exc: VwarperError) -> str:
+    """The message on one line: a `ConfigError`'s problems joined with "; " (one problem: itself)."""
+    problems = getattr(exc, "problems", None)
+    text = "; ".join(problems) if problems else str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     parser = build_parser()
@@ -138,11 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VwarperError as exc:
         if debug:
             raise
-        error(str(exc))
+        error(one_line(exc))
         return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         if debug:
             raise
+        if is_write_failure(exc):  # disk full, quota, read-only: the user's disk, not our bug
+            error(write_failure_message(exc))
+            return EXIT_INPUT
         error(f"Expected the command to finish, but got an unexpected {type(exc).__name__}: {exc}. "
               "Rerun with --debug for the traceback and report it.")
         return EXIT_ERROR

@@ -10,9 +10,11 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
+from ...units import video_units
 from ..exits import CliError
-from ..loading import DTYPES, load_pipeline, require_dir
-from .render import console, err_console, print_json, records_table, render_data, stage_progress
+from ..loading import DTYPES, load_pipeline, probe_units, require_dir
+from . import checks
+from .render import console, err_console, print_json, records_table, render_data, stage_progress, status
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -36,10 +38,12 @@ def _memory_options(parser: argparse.ArgumentParser, offload: bool = True) -> No
 
 
 def _pipe(args: argparse.Namespace) -> Any:
-    with err_console.status(f"loading {args.model} ..."):
-        return load_pipeline(args.model, dtype=args.dtype, device=args.device,
+    with status(f"loading {args.model} ...", args.quiet):
+        pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device,
                              cpu_offload=getattr(args, "cpu_offload", False),
                              vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
+    pipe.set_progress_bar_config(disable=True)  # the command shows its own bars on stderr (none with --quiet)
+    return pipe
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -50,13 +54,13 @@ def register_demo(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
              "cycle / final masks over the warp steps, and the paper's figure-5 correspondence picture).\n"
              "Offline, CPU, well under two minutes. The pictures show the machinery, not quality.")
     p.add_argument("--out", default="vwarper-demo", help="output directory")
-    for flag, default in (("--train-steps", 30), ("--steps", 12), ("--size", 128), ("--frames", 13)):
+    for flag, default in (("--train-steps", 30), ("--steps", 12), ("--size", 128), ("--frames", 17)):
         p.add_argument(flag, type=int, default=default, help=argparse.SUPPRESS)  # hidden: test sizes
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import REAL_MODEL_HINT, DemoSettings
+    from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
     from ..demo import run_demo as demo
 
     settings = DemoSettings(train_steps=args.train_steps, steps=args.steps, size=args.size, frames=args.frames)
@@ -64,7 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         "the coarse stage, reference branch, matching, masks and warping end to end.",
                         title="vwarper demo", border_style="yellow"))
     start = time.perf_counter()
-    with stage_progress() as update:
+    with stage_progress(not args.quiet) as update:
         result = demo(args.out, settings, stage=update)
     table = Table(title=f"written to {result.out} in {time.perf_counter() - start:.1f} s")
     table.add_column("file")
@@ -72,10 +76,14 @@ def run_demo(args: argparse.Namespace) -> int:
     table.add_row(str(result.video), "the generated video")
     whats = {"reference": "reference photos", "frames": "every generated frame",
              "masks": "fg / cycle / final masks (rows: warp steps)",
-             "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask"}
+             "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask",
+             "figure5_tiles": "figure 5's exact pixel tiles (layout in demo.json)"}
     for key, path in result.pngs.items():
         table.add_row(str(path), whats.get(key, key))
     table.add_row(str(result.summary), "settings, timings, figure-5 layout")
+    table.add_row(str(result.out / "subject"), "the trained subject (LoRA, token, photos): try "
+                  f"vwarper generate --model tiny --subject {result.out / 'subject'} --prompt "
+                  f"'a {DEMO_TOKEN} clock in the snow' --frames 9 --steps 10 --out snow.mp4")
     console.print(table)
     console.print(Panel(f"Run the real model (GPU, ~40 GB for CogVideoX-5B; add --cpu-offload for less):\n"
                         f"{REAL_MODEL_HINT}", title="next", border_style="green"))
@@ -119,17 +127,46 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from ... import CoarseConfig, train_subject
+def _train_checks(args: argparse.Namespace) -> tuple[list, Path]:
+    """Everything `vwarper train` can check before loading the model; returns (photos, --out)."""
+    from ...images import load_images
 
-    images = image_files(require_dir(args.images, "a directory of subject photos", "Pass --images DIR."))
-    out = Path(args.out)
+    checks.at_least(args.steps, 1, "--steps", "1000")
+    checks.at_least(args.rank, 1, "--rank", "128")
+    checks.finite_positive(args.lora_lr, "--lora-lr", "1e-4")
+    checks.finite_positive(args.token_lr, "--token-lr", "5e-4")
+    if args.resolution:
+        checks.at_least(min(args.resolution), 1, "--resolution", "480 720")
+    if args.resume and not args.checkpoint_dir:
+        raise CliError("Expected --checkpoint-dir with --resume, but got none. Pass the folder of the run to resume.")
+    checks.device(args.device)
+    out = Path(args.out).expanduser()
+    checks.writable(out, "--out", "directory")
     if out.exists() and not args.overwrite:
         raise CliError(f"Expected a new subject directory, but got {str(out)!r}, which exists. "
                        "Pass --overwrite or another --out.")
     if out.exists() and not (out / "subject.json").is_file() and any(out.iterdir()):
         raise CliError(f"Expected a subject directory to overwrite, but {str(out)!r} holds other files. "
                        "Choose another --out.")
+    if args.checkpoint_dir:
+        checks.writable(Path(args.checkpoint_dir), "--checkpoint-dir", "directory")
+    files = image_files(require_dir(args.images, "a directory of subject photos", "Pass --images DIR."))
+    with status(f"reading {len(files)} photos ...", args.quiet):
+        photos = load_images(files)
+    probe = probe_units(args.model)
+    if probe is not None:
+        units, default = probe
+        size = tuple(args.resolution) if args.resolution else default
+        if size is not None:
+            checks.frames_and_size(units, None, *size, args.model, "--resolution")
+            load_images(photos, min_size=units.token_grid(*size))
+    return photos, out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ... import CoarseConfig, train_subject
+
+    photos, out = _train_checks(args)
     height, width = args.resolution or (None, None)
 
     def coarse_config(precision: str) -> CoarseConfig:
@@ -139,14 +176,14 @@ def run_train(args: argparse.Namespace) -> int:
                             checkpoint_dir=args.checkpoint_dir)
 
     coarse_config("no")  # settings errors now, not after loading a 5B model
-    if args.resume and not args.checkpoint_dir:
-        raise CliError("Expected --checkpoint-dir with --resume, but got none. Pass the folder of the run to resume.")
     pipe = _pipe(args)
     device = str(pipe._execution_device)
     precision = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if "cuda" in device else "no")
     config = coarse_config(precision)
-    subject = train_subject(pipe, images, token=args.token, class_word=args.class_word, config=config,
-                            resume=args.resume, progress=True)
+    with stage_progress(not args.quiet) as update:  # on stderr, unlike the library's own bar
+        subject = train_subject(pipe, photos, token=args.token, class_word=args.class_word, config=config,
+                                resume=args.resume, progress=False,
+                                callback=lambda step, loss: update("train", step, args.steps))
     subject.save(out, overwrite=args.overwrite)
     losses = subject.info.get("losses") or [float("nan")]
     console.print(f"[green]subject {args.token!r} saved to {out}[/] (final loss {losses[-1]:.4f})")
@@ -181,39 +218,71 @@ def register_generate(sub: Any, common: Any, formatter: Any, epilog: str) -> Non
     p.set_defaults(handler=run_generate)
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from ... import Subject, WarpConfig
-    from .. import visualize as vis
-    from ..generate import generate_video
+def _generate_checks(args: argparse.Namespace) -> tuple[Any, Path, Path | None]:
+    """Everything `vwarper generate` can check before loading the model; returns (subject, video, panels)."""
+    from ... import Subject
 
+    checks.at_least(args.frames, 1, "--frames", "25")
+    checks.at_least(args.steps, 1, "--steps", "50")
+    checks.finite_positive(args.guidance, "--guidance", "6.0", allow_zero=True)
+    checks.at_least(args.fps, 1, "--fps", "8")
+    checks.seed(args.seed)
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None:
+            checks.at_least(value, 1, flag, "480")
+    checks.device(args.device)
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() in (".mp4", ".gif"):  # write_video picks the container; keep dotted names whole
+        out = out.with_suffix("")
+    checks.writable(Path(args.out).expanduser(), "--out", "file")
+    panels = Path(args.panels).expanduser() if args.panels else None
+    if panels is not None:
+        checks.writable(panels, "--panels", "directory")
     folder = require_dir(args.subject, "a subject directory", "Train one with `vwarper train ... --out DIR`.")
     if not (folder / "subject.json").is_file():
         raise CliError(f"Expected a subject directory with subject.json, but got {str(folder)!r} without it. "
                        "Pass the directory written by `vwarper train`.")
     subject = Subject.load(folder)
-    warp = not args.no_warp
-    needs_token = subject.has_coarse or (warp and not args.no_mask)  # the LoRA was trained on the token
+    needs_token = subject.has_coarse or (not args.no_warp and not args.no_mask)  # the LoRA learnt the token
     if needs_token and subject.token not in args.prompt:
         raise CliError(f"Expected the prompt to contain the subject token {subject.token!r}, but got "
                        f"{args.prompt!r}. Write it in, e.g. 'a {subject.token} {subject.class_word} on the beach'.")
+    probe = probe_units(args.model)
+    if probe is not None:
+        size = (args.height, args.width) if args.height and args.width else (None, None)
+        checks.frames_and_size(probe[0], args.frames, *size, args.model)
+    return subject, out, panels
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ... import WarpConfig
+    from .. import visualize as vis
+    from ..generate import generate_video
+
+    subject, out, panels = _generate_checks(args)
     pipe = _pipe(args)
-    config = WarpConfig(warp=warp, mask=not args.no_mask)
-    with stage_progress() as update:
+    height, width = args.height or None, args.width or None
+    checks.frames_and_size(video_units(pipe), args.frames, height, width, args.model)
+    config = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
+    with stage_progress(not args.quiet) as update:
         video, diagnostics = generate_video(
             pipe, subject, args.prompt, frames=args.frames, steps=args.steps, guidance=args.guidance, seed=args.seed,
             height=args.height, width=args.width, negative_prompt=args.negative_prompt, config=config,
             on_step=lambda done: update("denoise", done, args.steps),
         )
-    out = Path(args.out)
-    if out.suffix.lower() in (".mp4", ".gif"):  # write_video picks the container; keep dotted names whole
-        out = out.with_suffix("")
-    path = vis.write_video(video, out, fps=args.fps)
-    console.print(f"[green]video written to {path}[/] ({len(video)} frames, {video.shape[2]}x{video.shape[1]})")
-    if args.panels and diagnostics:
-        from ..demo import write_panels
+    targets = {"video": out, **({"panels": panels} if panels is not None and diagnostics else {})}
+    with checks.staged_outputs(targets) as staging:  # every output, or none
+        staged = vis.write_video(video, staging["video"] / out.name, fps=args.fps)
+        if "panels" in staging:
+            from ..demo import write_panels
 
-        pngs, _ = write_panels(Path(args.panels), subject.images, video, diagnostics)
-        console.print(f"panels: {', '.join(str(p) for p in pngs.values())}")
+            pngs, _ = write_panels(staging["panels"], subject.images, video, diagnostics)
+    path = out.parent / staged.name
+    console.print(f"[green]video written to {path}[/] ({len(video)} frames, {video.shape[2]}x{video.shape[1]})")
+    if "panels" in targets:
+        console.print(f"panels: {', '.join(str(panels / p.name) for p in pngs.values())}")
+    elif panels is not None:
+        err_console.print("no panels written: no warp step ran (--no-warp, or too few --steps)")
     return 0
 
 
@@ -256,10 +325,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_model(target=args.model, tiny=args.tiny)
     data = report.to_dict()
+    bulky = [k for k, v in data.items() if isinstance(v, list) and any(isinstance(x, dict | list) for x in v)]
+    summary = {k: v for k, v in data.items() if k not in bulky}
     if args.json:
-        print_json(data)
-    else:
-        console.print(render_data(data, title=f"inspect {args.model or 'tiny ' + args.tiny}"))
+        print_json({**summary, **{k: data[k] for k in bulky}})  # the summary first here too
+        return 0
+    name = args.model or "tiny " + args.tiny
+    console.print(render_data(summary, title=f"inspect {name}: summary"))  # first, before the long tables
+    if bulky:
+        console.print(render_data({k: data[k] for k in bulky}, title=f"inspect {name}: details"))
     return 0
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from ...units import video_units
 from ..exits import CliError
 from ..loading import default_device, load_pipeline, require_dir
-from .render import console, err_console, print_json, stage_progress
+from . import checks
+from .render import console, print_json, stage_progress, status
 
 
 def _add(sub: Any, name: str, common: Any, formatter: Any, epilog: str, summary: str, description: str) -> Any:
@@ -62,10 +65,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.references:
         require_dir(args.references, "a reference folder", "Pass --references DIR with one folder per subject.")
     find_videos(run)  # fail fast, before loading models
-    device = args.device or default_device()
-    with err_console.status("loading CLIP and DINO ..."):
+    if args.out:
+        checks.writable(Path(args.out), "--out", "file")
+    device = checks.device(args.device) or default_device()
+    with status("loading CLIP and DINO ...", args.quiet):
         clip, dino = ClipEmbedder(args.clip_model, device=device), DinoEmbedder(args.dino_model, device=device)
-    with stage_progress() as update:
+    with stage_progress(not args.quiet) as update:
         report = evaluate(run, args.references, clip=clip, dino=dino, progress=lambda d, t: update("score", d, t))
     out = report.save(Path(args.out) if args.out else run / "metrics.json")
     if args.json:
@@ -91,7 +96,8 @@ def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None
     p.add_argument("--shift", type=int, default=2, help="known shift in tokens (synthetic mode)")
     p.add_argument("--frames", type=int, default=5, help="video frames of the synthetic pair (4k+1)")
     p.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
-                   help="pixel size of the synthetic pair (default: the model's)")
+                   help="pixel size of the synthetic pair (default: the model's, enlarged until the token grid "
+                        "is 4x --shift wide so that most tokens have a known match)")
     p.add_argument("--timestep", type=int, default=500, help="diffusion timestep the latents are noised to")
     p.add_argument("--alpha", type=float, default=0.05, help="PCK threshold as a fraction of the token grid")
     p.add_argument("--prompt", default="a photo", help="text conditioning of the forward pass")
@@ -101,27 +107,68 @@ def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None
     p.set_defaults(handler=run_analyze)
 
 
-def run_analyze(args: argparse.Namespace) -> int:
+def _analyze_checks(args: argparse.Namespace) -> None:
+    checks.at_least(args.shift, 1, "--shift", "2")
+    checks.at_least(args.frames, 1, "--frames", "5")
+    checks.at_least(args.timestep, 0, "--timestep", "500")
+    if not (0 < args.alpha <= 1):
+        raise CliError(f"Expected --alpha in (0, 1], but got {args.alpha}. Pass e.g. --alpha 0.05.")
+    if args.size:
+        checks.at_least(min(args.size), 1, "--size", "480 720")
+    checks.device(args.device)
+    checks.writable(Path(args.out), "--out", "directory")
+    if args.reference and not Path(args.reference).is_file():
+        raise CliError(f"Expected a reference image file, but got {args.reference!r}, which does not exist. "
+                       "Pass --reference PHOTO.jpg.")
+    if args.video and not Path(args.video).is_file():
+        raise CliError(f"Expected a video file, but got {args.video!r}, which does not exist. Pass --video FILE.")
 
+
+def synthetic_size(pipe: Any, size: tuple[int, int] | None, shift: int) -> tuple[int, int]:
+    """The pixel size of the synthetic pair: `size`, or the model's default enlarged until the token
+    grid is at least 4x `shift` wide (a grid no wider than the shift has no token with a known match)."""
+    units = video_units(pipe)
+    config = pipe.transformer.config
+    if size is None:
+        sample = getattr(config, "sample_height", None), getattr(config, "sample_width", None)
+        size = (sample[0] * units.spatial, sample[1] * units.spatial) if all(sample) else (480, 720)
+        columns = units.token_grid(*size)[1]
+        factor = -(-4 * shift // columns) if columns < 4 * shift else 1
+        return size[0] * factor, size[1] * factor
+    checks.frames_and_size(units, None, *size, "this model", "--size")
+    if units.token_grid(*size)[1] <= shift:
+        raise CliError(f"Expected --size wider than --shift {shift} tokens ({units.pixels_per_token[1]} px each), "
+                       f"but got {size[1]} px. Pass a wider --size or a smaller --shift.")
+    return size
+
+
+def _print_best(result: Any, alpha: float) -> None:
+    from .. import analysis
+
+    table = Table(title=f"best layer per descriptor ({result.mode}, grid {result.grid})")
+    for column in ("descriptor", "best layer", f"PCK@{alpha:g}", "mean over layers"):
+        table.add_column(column)
+    for descriptor in analysis.DESCRIPTORS:
+        layer, value = result.best(descriptor)
+        curve = [v for v in result.curve(descriptor) if math.isfinite(v)]
+        table.add_row(analysis.LABELS[descriptor], str(layer), f"{value:.3f}", f"{sum(curve) / len(curve):.3f}")
+    console.print(table)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
     from .. import analysis
     from ..demo import sample_images
 
+    _analyze_checks(args)
     if args.reference:
-        path = Path(args.reference)
-        if not path.is_file():
-            raise CliError(f"Expected a reference image file, but got {str(path)!r}, which does not exist. "
-                           "Pass --reference PHOTO.jpg.")
         from ...images import load_images
 
-        reference = load_images([path])[0]
+        reference = load_images([Path(args.reference)])[0]
     else:
         reference = sample_images()[0]
-    if args.video and not Path(args.video).is_file():
-        raise CliError(f"Expected a video file, but got {args.video!r}, which does not exist. Pass --video FILE.")
     pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with err_console.status("capturing features of every layer ..."):
+    with status("capturing features of every layer ...", args.quiet):
         if args.video:
             from ..visualize import read_video
 
@@ -129,9 +176,14 @@ def run_analyze(args: argparse.Namespace) -> int:
             result = analysis.dense_matcher_truth(pipe, read_video(args.video), reference, matcher,
                                                   timestep=args.timestep, alpha=args.alpha, prompt=args.prompt)
         else:
-            result = analysis.synthetic_shift(pipe, reference, shift=args.shift, frames=args.frames,
-                                              size=tuple(args.size) if args.size else None, timestep=args.timestep,
-                                              alpha=args.alpha, prompt=args.prompt)
+            size = synthetic_size(pipe, tuple(args.size) if args.size else None, args.shift)
+            result = analysis.synthetic_shift(pipe, reference, shift=args.shift, frames=args.frames, size=size,
+                                              timestep=args.timestep, alpha=args.alpha, prompt=args.prompt)
+    empty = [d for d in analysis.DESCRIPTORS if not any(math.isfinite(v) for v in result.curve(d))]
+    if empty:  # nothing to score: no NaN table, no empty plot
+        raise CliError(f"Expected tokens with a known match to score, but got none for {', '.join(empty)} "
+                       f"(grid {result.grid}). Pass a larger --size or a smaller --shift.")
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = result.save_csv(out / "pck.csv"), result.plot(out / "pck.png")
     from .. import visualize as vis
 
@@ -139,14 +191,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     caption = f"layer {layer}, rows:\ngenerated\nwarped by: intermediate\nraw Q/K\nRoPE-free Q/K"
     warps = vis.save_png(vis.label(picture, caption), out / "warps.png")
     (out / "pck.json").write_text(json.dumps(result.to_dict(), indent=2))
-    table = Table(title=f"best layer per descriptor ({result.mode}, grid {result.grid})")
-    for column in ("descriptor", "best layer", f"PCK@{args.alpha:g}", "mean over layers"):
-        table.add_column(column)
-    for descriptor in analysis.DESCRIPTORS:
-        layer, value = result.best(descriptor)
-        curve = result.curve(descriptor)
-        table.add_row(analysis.LABELS[descriptor], str(layer), f"{value:.3f}", f"{sum(curve) / len(curve):.3f}")
-    console.print(table)
+    _print_best(result, args.alpha)
     console.print(f"written: {csv_path}, {png_path}, {warps}")
     return 0
 

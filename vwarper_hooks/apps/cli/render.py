@@ -81,6 +81,13 @@ def print_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
 
+def status(message: str, quiet: bool = False) -> Any:
+    """A spinner on stderr while a slow step runs (nothing with `quiet`)."""
+    from contextlib import nullcontext
+
+    return nullcontext() if quiet else err_console.status(message)
+
+
 @contextmanager
 def stage_progress(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
     """Progress bars keyed by stage name; yields ``update(stage, done, total)``."""
