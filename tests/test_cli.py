@@ -171,6 +171,23 @@ def test_train_then_generate_with_the_tiny_model(tmp_path, capsys):
     assert (tmp_path / "panels" / "figure5.png").is_file()
 
 
+def test_train_prepare_stores_the_inversion_that_generate_then_reads(tmp_path, capsys):
+    subject = tmp_path / "subject"
+    argv = ["train", "--model", "tiny", "--images", str(SAMPLES), "--token", "<vw-clock>", "--class-word", "clock",
+            "--out", str(subject), "--steps", "1", "--rank", "2", "--resolution", "32", "32"]
+    assert main([*argv, "--prepare", "9", "32", "32", "0"]) == 3  # checked before any model loads
+    assert "--prepare STEPS" in capsys.readouterr().err and not subject.exists()
+    assert main([*argv, "--prepare", "9", "32", "32", "4"]) == 0
+    stored = list((subject / "inversions").glob("*.safetensors"))
+    assert len(stored) == 1
+    stamp = stored[0].stat().st_mtime_ns
+    out = tmp_path / "video.gif"
+    assert main(["generate", "--model", "tiny", "--subject", str(subject), "--prompt", "a <vw-clock> clock",
+                 "--frames", "9", "--steps", "4", "--height", "32", "--width", "32", "--out", str(out)]) == 0
+    assert list((subject / "inversions").glob("*.safetensors")) == stored  # read, not made again
+    assert stored[0].stat().st_mtime_ns == stamp
+
+
 def test_adapters_lists_plugins(capsys):
     assert main(["adapters", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -14,6 +14,31 @@ from ..inject import inject
 from .visualize import to_uint8
 
 
+def shape_kwargs(
+    pipe: Any, *, frames: int, steps: int, height: int | None, width: int | None, guidance: float
+) -> dict[str, Any]:
+    """The pipeline arguments that decide what the reference branch computes (size, steps, text
+    length, guidance), the same for a generation and for `prepare_subject`."""
+    call: dict[str, Any] = dict(num_frames=frames, num_inference_steps=steps, guidance_scale=guidance)
+    if height:
+        call["height"] = height
+    if width:
+        call["width"] = width
+    if hasattr(pipe.transformer.config, "max_text_seq_length"):  # CogVideoX: the length the model was built for
+        call["max_sequence_length"] = pipe.transformer.config.max_text_seq_length
+    return call
+
+
+def prepare_subject(
+    pipe: Any, subject: Any, *, frames: int, steps: int, height: int, width: int, guidance: float,
+    config: WarpConfig | None = None,
+) -> None:
+    """`Subject.prepare` for one shape with the arguments `generate_video` will use."""
+    call = shape_kwargs(pipe, frames=frames, steps=steps, height=height, width=width, guidance=guidance)
+    named = {name: call.pop(name) for name in ("num_frames", "num_inference_steps", "height", "width")}
+    subject.prepare(pipe, config=config, **named, **call)
+
+
 def generate_video(
     pipe: Any,
     subject: Any,
@@ -34,16 +59,9 @@ def generate_video(
     :param height, width: pixels; None keeps the pipeline's default size.
     :param on_step: called with the number of finished denoising steps (progress bars).
     """
-    call: dict[str, Any] = dict(
-        prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, num_inference_steps=steps,
-        guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed),
-    )
-    if height:
-        call["height"] = height
-    if width:
-        call["width"] = width
-    if hasattr(pipe.transformer.config, "max_text_seq_length"):  # CogVideoX: the length the model was built for
-        call["max_sequence_length"] = pipe.transformer.config.max_text_seq_length
+    call = dict(prompt=prompt, negative_prompt=negative_prompt, output_type="np",
+                generator=torch.Generator().manual_seed(seed),
+                **shape_kwargs(pipe, frames=frames, steps=steps, height=height, width=width, guidance=guidance))
     if on_step is not None:
 
         def callback(_pipe: Any, step: int, _t: Any, _kwargs: dict) -> dict:

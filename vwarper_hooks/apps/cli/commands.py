@@ -115,6 +115,9 @@ def register_train(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="faster steps, much more memory (checkpointing is on by default)")
+    p.add_argument("--prepare", type=int, nargs=4, action="append", metavar=("FRAMES", "HEIGHT", "WIDTH", "STEPS"),
+                   help="after training, invert the reference for this generation shape and store it in the "
+                        "subject directory, so the first `vwarper generate` of that shape starts warm (repeatable)")
     _memory_options(p, offload=False)
     p.set_defaults(handler=run_train)
 
@@ -150,6 +153,9 @@ def _train_checks(args: argparse.Namespace) -> tuple[list, Path]:
                        "Choose another --out.")
     if args.checkpoint_dir:
         checks.writable(Path(args.checkpoint_dir), "--checkpoint-dir", "directory")
+    for frames, height, width, steps in args.prepare or []:
+        for value, name in ((frames, "FRAMES"), (height, "HEIGHT"), (width, "WIDTH"), (steps, "STEPS")):
+            checks.at_least(value, 1, f"--prepare {name}", "25 480 720 50")
     files = image_files(require_dir(args.images, "a directory of subject photos", "Pass --images DIR."))
     with status(f"reading {len(files)} photos ...", args.quiet):
         photos = load_images(files)
@@ -160,6 +166,8 @@ def _train_checks(args: argparse.Namespace) -> tuple[list, Path]:
         if size is not None:
             checks.frames_and_size(units, None, *size, args.model, "--resolution")
             load_images(photos, min_size=units.token_grid(*size))
+        for frames, height, width, _ in args.prepare or []:
+            checks.frames_and_size(units, frames, height, width, args.model, "--prepare")
     return photos, out
 
 
@@ -187,7 +195,23 @@ def run_train(args: argparse.Namespace) -> int:
     subject.save(out, overwrite=args.overwrite)
     losses = subject.info.get("losses") or [float("nan")]
     console.print(f"[green]subject {args.token!r} saved to {out}[/] (final loss {losses[-1]:.4f})")
+    _prepare(args, pipe, out)
     return 0
+
+
+def _prepare(args: argparse.Namespace, pipe: Any, out: Path) -> None:
+    """``--prepare``: the inversion of each shape, cached on disk in the subject directory."""
+    from ... import Subject
+    from ..generate import prepare_subject
+
+    shapes = args.prepare or []
+    for frames, height, width, _ in shapes:
+        checks.frames_and_size(video_units(pipe), frames, height, width, args.model, "--prepare")
+    subject = Subject.load(out, pipe=pipe, cache_inversions=True) if shapes else None
+    for frames, height, width, steps in shapes:
+        with status(f"preparing {frames} frames at {width}x{height}, {steps} steps ...", args.quiet):
+            prepare_subject(pipe, subject, frames=frames, steps=steps, height=height, width=width, guidance=6.0)
+        console.print(f"prepared: {frames} frames at {width}x{height}, {steps} steps (guidance 6.0)")
 
 
 # ------------------------------------------------------------------------------------- generate
@@ -242,7 +266,7 @@ def _generate_checks(args: argparse.Namespace) -> tuple[Any, Path, Path | None]:
     if not (folder / "subject.json").is_file():
         raise CliError(f"Expected a subject directory with subject.json, but got {str(folder)!r} without it. "
                        "Pass the directory written by `vwarper train`.")
-    subject = Subject.load(folder)
+    subject = Subject.load(folder, cache_inversions=True)  # prepared or earlier shapes start warm
     needs_token = subject.has_coarse or (not args.no_warp and not args.no_mask)  # the LoRA learnt the token
     if needs_token and subject.token not in args.prompt:
         raise CliError(f"Expected the prompt to contain the subject token {subject.token!r}, but got "
