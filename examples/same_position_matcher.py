@@ -30,10 +30,11 @@ class SamePositionMatcher:
     def features(self, call: AttentionCall, sample: int) -> int:
         return call.video.stop - call.video.start  # only the number of video tokens is needed
 
-    def match(self, gen: int, ref: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def match(self, gen: int, refs: list[int], grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token reads the first photo at its own place; each photo's token goes back to its place."""
         self.calls += 1
         flow = torch.arange(gen)
-        return flow, flow.clone()
+        return flow, flow.repeat(len(refs))
 
 
 class SamePositionPlugin:

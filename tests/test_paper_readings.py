@@ -124,7 +124,7 @@ def test_best_reference_photo_is_the_one_that_matches_best(pipe, clock_image, mo
     original = session_module.plan_warp
 
     def spy(run_state, step, grid):
-        captured.append((run_state.gen_match, run_state.ref_match))
+        captured.append((run_state.gen_match, run_state.subjects[0].ref_match[0]))
         return original(run_state, step, grid)
 
     monkeypatch.setattr(session_module, "plan_warp", spy)

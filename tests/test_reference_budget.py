@@ -77,7 +77,9 @@ def test_reference_features_are_freed_after_their_last_use(pipe, subject):
         run(pipe, num_inference_steps=5)
         # steps 3-4 need no reference values or match features: nothing of them stays alive
         run_state = session.router.run
-        assert run_state.ref_values == {} and run_state.gen_match is None and run_state.ref_match is None
+        mine = run_state.subjects[0]
+        assert run_state.warp_values == {} and run_state.gen_match is None
+        assert mine.ref_values == {} and mine.ref_match == []
 
 
 def test_a_clipped_warp_window_is_logged(pipe, subject, caplog):

@@ -240,20 +240,29 @@ class Adapter(ABC):
     def reference_kwargs(
         self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
     ) -> dict[str, Any]:
-        """Forward kwargs for a reference-branch call (batch 1) derived from a generation call's kwargs.
+        """Forward kwargs for a reference-branch call derived from a generation call's kwargs.
 
-        :param text: the text conditioning from `encode_text`, merged over the generation's.
-        Default: the generation's kwargs with the reference latents, timestep (in the generation
-        timestep's dtype) and text, and `batched_kwargs` cut to the reference's batch.
+        :param latents: (k, ...) the reference latents: one sample per reference photo.
+        :param text: the text conditioning from `encode_text` (batch 1), merged over the generation's.
+        Default: the generation's kwargs with the reference latents, the timestep (in the generation
+        timestep's dtype) and the text, both expanded to the k samples, and each of `batched_kwargs`
+        cut to its first row and expanded the same way.
         """
-        ref = {**kwargs, **text}
+        batch = latents.shape[0]
+
+        def expanded(value: Any) -> Any:
+            if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] == batch:
+                return value
+            return value[:1].expand(batch, *value.shape[1:])
+
+        ref = {**kwargs, **{k: expanded(v) for k, v in text.items()}}
         generation_t = kwargs.get("timestep")
         if isinstance(generation_t, torch.Tensor):
             timestep = timestep.to(generation_t.dtype)
-        ref.update(hidden_states=latents, timestep=timestep, return_dict=False)
+        ref.update(hidden_states=latents, timestep=expanded(timestep.reshape(-1)), return_dict=False)
         for name in self.batched_kwargs:
-            if ref.get(name) is not None:
-                ref[name] = ref[name][: latents.shape[0]]
+            if torch.is_tensor(ref.get(name)):
+                ref[name] = expanded(ref[name][:1])
         return ref
 
     def forward_kwargs(

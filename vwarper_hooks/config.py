@@ -48,6 +48,9 @@ class WarpConfig(BaseModel):
     reference_image: int | Literal["best"] = Field(
         0, description="which reference photo the reference branch uses: an index, or 'best' (chosen per run)"
     )
+    num_references: int | None = Field(
+        1, ge=1, description="photos per subject matched at once (from reference_image on); None: all photos"
+    )
     fg_layers: LayerRange | None = Field(None, description="layers averaged for the foreground mask; None: every layer")
     per_frame_matching: bool = Field(
         True, description="match generation frame f against reference frame f (False: global)"
@@ -90,6 +93,11 @@ class WarpConfig(BaseModel):
                 )
         if isinstance(self.reference_image, int) and self.reference_image < 0:
             problems.append(f"Expected reference_image >= 0 or 'best', but got {self.reference_image}.")
+        if self.reference_image == "best" and self.num_references != 1:
+            problems.append(
+                f"Expected num_references=1 with reference_image='best' (it keeps one photo), but got "
+                f"{self.num_references}. Use one or the other."
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

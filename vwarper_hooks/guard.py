@@ -42,8 +42,8 @@ def check_pipeline(pipe: Any) -> None:
         )
 
 
-def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, WarpConfig, Any, Any]:
-    """Check everything `inject` needs; raise one error listing every problem.
+def validate(pipe: Any, subjects: list[Any], config: WarpConfig) -> tuple[Adapter, WarpConfig, Any, Any]:
+    """Check everything `inject` needs for `subjects` (one or several); raise one error listing every problem.
 
     Returns the adapter, `config` with the adapter's default layers filled in, the matcher and the
     injector (both made through their plugin hooks).
@@ -61,10 +61,29 @@ def validate(pipe: Any, subject: Any, config: WarpConfig) -> tuple[Adapter, Warp
     problems = config.layer_problems(depth) + adapter.problems(model)
     problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
     matcher, injector, part_problems = make_parts(config)
-    problems += part_problems + subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
+    problems += part_problems + several_problems(subjects, config)
+    for subject in subjects:
+        problems += subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
     if problems:
         raise ConfigError(problems)
     return adapter, config, matcher, injector
+
+
+def several_problems(subjects: list[Any], config: WarpConfig) -> list[str]:
+    """Several subjects, or several photos per subject: distinct tokens, and an injector that reads a union."""
+    if not subjects:
+        return ["Expected at least one vwarper.Subject, but got none. Pass a Subject or a list of them."]
+    tokens = [getattr(s, "token", None) for s in subjects]
+    problems = []
+    repeated = sorted({t for t in tokens if t is not None and tokens.count(t) > 1})
+    if repeated:
+        problems.append(f"Expected a different token per subject, but got {repeated} more than once. "
+                        "Train (or rename) the subjects with distinct tokens.")
+    union = len(subjects) > 1 or config.num_references != 1
+    if union and config.injector != "value_warp" and config.warp:
+        problems.append(f"Expected injector='value_warp' with several subjects or reference photos, but got "
+                        f"{config.injector!r}: the B.2 baselines read one reference. Use one subject and photo.")
+    return problems
 
 
 def subject_problems(pipe: Any, subject: Any) -> list[str]:
@@ -85,7 +104,7 @@ def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[s
             return [f"Expected a matcher with a score() for reference_image='best', but {config.matcher!r} has none. "
                     "Pass a photo index instead."]
         return []
-    if images and choice >= len(images):
+    if images and (choice >= len(images)):
         return [f"Expected reference_image below {len(images)} (the subject has {len(images)} photos), but got "
                 f"{choice}. Pass an index from 0 to {len(images) - 1}, or 'best'."]
     return []

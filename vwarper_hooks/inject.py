@@ -32,19 +32,24 @@ logger = logging.getLogger(__name__)
 def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterator[Session]:
     """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
 
+    :param subject: a `Subject`, or a list of them: every subject's coarse stage is active at once and
+        each gets its own reference branch, foreground mask and flows (README, "Several subjects").
+
     Example::
 
         with vwarper.inject(pipe, subject) as session:
             video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
     """
-    adapter, config, matcher, injector = validate(pipe, subject, config or WarpConfig())
+    subjects = list(subject) if isinstance(subject, list | tuple) else [subject]
+    adapter, config, matcher, injector = validate(pipe, subjects, config or WarpConfig())
     transformer = pipe.transformer
     with ExitStack() as stack:
         mark_active(pipe)
         stack.callback(mark_inactive, pipe)
-        if subject.has_coarse:
-            stack.enter_context(activate_subject(pipe, subject))
-        session = Session(pipe, adapter, subject, config, matcher, injector)
+        for each in subjects:
+            if each.has_coarse:
+                stack.enter_context(activate_subject(pipe, each))
+        session = Session(pipe, adapter, subjects, config, matcher, injector)
         stack.callback(session.close)
         stack.enter_context(session.clock.installed())
         stack.enter_context(watch_tokenizer(pipe, session.on_tokenized))

@@ -56,6 +56,17 @@ class Route:
     pass_index: int = 0
     layers: frozenset[int] = frozenset()
     deepest: int = -1
+    subject: int = 0  # the reference branch running: which subject's
+
+
+@dataclass
+class SubjectRun:
+    """One subject's part of a run: where its token is, where it is in the video, its references."""
+
+    positions: slice | None  # the subject token's ids in the prompt's text tokens (None: unknown)
+    foreground: ForegroundAccumulator = field(default_factory=ForegroundAccumulator)
+    ref_match: list[Any] = field(default_factory=list)  # what the matcher kept, per reference photo
+    ref_values: dict[int, ReferenceFeatures] = field(default_factory=dict)  # (k, heads, N, d) per warp layer
 
 
 @dataclass
@@ -66,12 +77,16 @@ class RunState:
     plan: StepPlan
     matcher: Matcher
     injector: Injector
-    subject: slice | None  # the subject token's ids in the prompt's text tokens (None: unknown)
-    foreground: ForegroundAccumulator = field(default_factory=ForegroundAccumulator)
-    gen_match: Any = None
-    ref_match: Any = None
-    ref_values: dict[int, ReferenceFeatures] = field(default_factory=dict)
+    subjects: list[SubjectRun]
+    gen_match: Any = None  # the generation's match features (one, whatever the number of subjects)
     warp: WarpPlan | None = None
+    #: per warp layer, every reference of every subject side by side: (1, heads, sum of k*N, d)
+    warp_values: dict[int, ReferenceFeatures] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> slice | None:
+        """The (first) subject's token positions."""
+        return self.subjects[0].positions if self.subjects else None
 
 
 def _text_columns(text: slice, subject: slice) -> slice:
@@ -153,14 +168,14 @@ class Router:
             route.branch is Branch.GENERATION
             and route.pass_index == 0
             and run is not None
-            and run.subject is not None
+            and any(s.positions is not None for s in run.subjects)
             and run.plan.wants_text(route.step, layer)
         )
 
     def observe_text_attention(
         self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
     ) -> None:
-        """Accumulate the subject token's share of video->text attention.
+        """Accumulate each subject token's share of video->text attention.
 
         :param query_video: (B, heads, N, d) video queries as the attention sees them (post-RoPE);
             the last sample of the batch is the conditional one.
@@ -168,7 +183,9 @@ class Router:
         :param text_valid: (B, T) bool, False for padded text keys the model masks out; None: all real.
         """
         valid = None if text_valid is None else text_valid[-1]
-        self.run.foreground.add(query_video[-1], key_text[-1], self.run.subject, valid)
+        for subject in self.run.subjects:
+            if subject.positions is not None:
+                subject.foreground.add(query_video[-1], key_text[-1], subject.positions, valid)
 
     def process(self, call: AttentionCall) -> torch.Tensor:
         route = self.route
@@ -194,7 +211,7 @@ class Router:
             call.attend = _recording_lse(call, lse)
         if run.warp is not None and layer in run.plan.warp_layers and step in run.plan.warp_steps:
             self.calls[("warp", step, layer)] += 1
-            out = run.injector.attend(call, run.ref_values[layer], run.warp)
+            out = run.injector.attend(call, run.warp_values[layer], run.warp)
         else:
             out = call.default()
         if joint:
@@ -208,17 +225,20 @@ class Router:
             lse = attend_with_lse(q, k, v, _lse_mask(call, cond))[1]
         else:
             lse = lse[cond : cond + 1]
-        subject = _text_columns(call.text, self.run.subject)
-        self.run.foreground.add_joint(q[0, :, call.video], k[0, :, subject], lse[0, :, call.video])
+        for subject in self.run.subjects:
+            if subject.positions is not None:
+                columns = _text_columns(call.text, subject.positions)
+                subject.foreground.add_joint(q[0, :, call.video], k[0, :, columns], lse[0, :, call.video])
 
     def _reference(self, call: AttentionCall) -> torch.Tensor:
         run, step, layer = self.run, self.route.step, call.layer
+        subject = run.subjects[self.route.subject]
         if layer == run.plan.match_layer and step in run.plan.match_steps:
-            run.ref_match = run.matcher.features(call, 0)
+            subject.ref_match = [run.matcher.features(call, i) for i in range(call.query.shape[0])]
         call.rotate_(call.query, call.key)
         if step in run.plan.warp_steps and layer in run.plan.warp_layers:
             key = call.key[:, :, call.video] if run.injector.needs_reference_keys else None
-            run.ref_values[layer] = ReferenceFeatures(value=call.value[:, :, call.video], key=key)
+            subject.ref_values[layer] = ReferenceFeatures(value=call.value[:, :, call.video], key=key)
         if layer >= self.route.deepest:
             raise StopReference
         return call.attend(call.query, call.key, call.value)

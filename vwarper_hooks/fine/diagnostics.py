@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
 
 @dataclass
 class StepDiagnostics:
-    """Flow and masks of one warp step, on CPU, on the (frames, height, width) token grid."""
+    """Flow and masks of one warp step (of one subject), on the (frames, height, width) token grid.
+
+    With several reference photos, `flow` indexes the photos' tokens side by side ([photo a, photo
+    b, ...], N tokens each) and `reference` says which photo each token reads.
+    """
 
     step: int
     grid: tuple[int, int, int]
@@ -17,41 +22,45 @@ class StepDiagnostics:
     fg_score: torch.Tensor | None  # (F, h, w) float16 min-max normalised foreground score
     fg_mask: torch.Tensor | None  # (F, h, w) bool
     cc_mask: torch.Tensor | None  # (F, h, w) bool
-    mask: torch.Tensor  # (F, h, w) bool: final injection mask
+    mask: torch.Tensor  # (F, h, w) bool: final injection mask (of this subject, after overlaps)
+    reference: torch.Tensor | None = None  # (F, h, w) int32: index of the photo read (None: one photo)
 
     def to_cpu(self) -> StepDiagnostics:
         """Compact CPU copy on the token grid (the session records device tensors during the run)."""
+        types = {"flow": torch.int32, "fg_score": torch.float16, "reference": torch.int32}
 
-        def cpu(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-            return None if x is None else x.detach().to("cpu", dtype).reshape(self.grid)
+        def cpu(name: str, x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            return x.detach().to("cpu", types.get(name, torch.bool)).reshape(self.grid)
 
-        return StepDiagnostics(
-            self.step,
-            self.grid,
-            cpu(self.flow, torch.int32),
-            cpu(self.fg_score, torch.float16),
-            cpu(self.fg_mask, torch.bool),
-            cpu(self.cc_mask, torch.bool),
-            cpu(self.mask, torch.bool),
-        )
+        return StepDiagnostics(**{f.name: cpu(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
 class DiagnosticsLog:
     """Warp step -> `StepDiagnostics` of the latest run, kept on the model's device while the run
-    goes (the denoising loop never waits on a device-to-host copy) and moved to the CPU when read."""
+    goes (the denoising loop never waits on a device-to-host copy) and moved to the CPU when read.
 
-    def __init__(self) -> None:
-        self._steps: dict[int, StepDiagnostics] = {}
+    With several subjects, each step maps the subject token -> its `StepDiagnostics`.
+    """
 
-    def record(self, diagnostics: StepDiagnostics) -> None:
-        self._steps[diagnostics.step] = diagnostics
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self._steps: dict[int, dict[str, StepDiagnostics]] = {}
+
+    def record(self, token: str, diagnostics: StepDiagnostics) -> None:
+        self._steps.setdefault(diagnostics.step, {})[token] = diagnostics
 
     def clear(self) -> None:
         self._steps.clear()
 
-    def read(self) -> dict[int, StepDiagnostics]:
-        """Every step's diagnostics on the CPU, on the (frames, height, width) grid."""
-        for step, d in self._steps.items():
-            if d.flow.device.type != "cpu" or d.flow.dtype != torch.int32:
-                self._steps[step] = d.to_cpu()
-        return self._steps
+    def read(self) -> dict[int, Any]:
+        """Every step's diagnostics on the CPU: ``{step: StepDiagnostics}`` for one subject,
+        ``{step: {token: StepDiagnostics}}`` for several."""
+        for per_token in self._steps.values():
+            for token, d in per_token.items():
+                if d.flow.device.type != "cpu" or d.flow.dtype != torch.int32:
+                    per_token[token] = d.to_cpu()
+        if len(self.tokens) == 1:
+            return {step: per_token[self.tokens[0]] for step, per_token in self._steps.items()}
+        return {step: dict(per_token) for step, per_token in self._steps.items()}

@@ -38,64 +38,78 @@ def _warp_keys(run: RunState, step: int) -> list[Key]:
 
 
 class FeatureCache:
-    """Stores a step's reference features after its forward; serves them instead of the next forward."""
+    """Stores a step's reference features after its forward; serves them instead of the next forward.
 
-    def __init__(self, state: ReferenceState, device: torch.device, budget_gib: float) -> None:
-        self.state, self.device = state, device
+    One per reference branch: the features of each photo go to that photo's own `ReferenceState`
+    (sample i of a batched forward is photo ``photos[i]``), so any later batch of photos finds them.
+    """
+
+    def __init__(self, states: dict[int, ReferenceState], device: torch.device, budget_gib: float) -> None:
+        self.states, self.device = states, device
         self.budget = int(budget_gib * 2**30)
-        self._on_device = sum(t.numel() * t.element_size() for t in state.features.values() if t.device == device)
+        self._on_device = sum(
+            t.numel() * t.element_size() for state in states.values() for t in state.features.values()
+            if t.device == device
+        )
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._prefetched: dict[Key, torch.Tensor] = {}
+        self._prefetched: dict[tuple[int, Key], torch.Tensor] = {}
 
-    def complete(self, run: RunState, step: int) -> bool:
-        """Whether every feature `step` needs is cached (a matcher's features only when they are tensors)."""
+    def complete(self, run: RunState, subject: int, photos: list[int], step: int) -> bool:
+        """Whether every photo has every feature `step` needs (a matcher's only when they are tensors)."""
         keys = _match_keys(run, step) + _warp_keys(run, step)
-        return bool(keys) and all(key in self.state.features for key in keys)
+        return bool(keys) and all(key in self.states[p].features for p in photos for key in keys)
 
-    def store(self, run: RunState, step: int) -> None:
-        """Keep what the reference forward of `step` captured (clones: the forward's buffers go away)."""
+    def store(self, run: RunState, subject: int, photos: list[int], step: int) -> None:
+        """Keep what the reference forward of `step` captured, photo by photo (clones: the forward's
+        buffers go away)."""
+        mine = run.subjects[subject]
         for key in _match_keys(run, step):
-            match = run.ref_match
-            if isinstance(match, tuple) and all(isinstance(t, torch.Tensor) for t in match):
-                self._keep(key, torch.stack(match))  # (2, heads, N, d): the RoPE-free Q and K
+            for photo, match in zip(photos, mine.ref_match, strict=True):
+                if isinstance(match, tuple) and all(isinstance(t, torch.Tensor) for t in match):
+                    self._keep(photo, key, torch.stack(match))  # (2, heads, N, d): the RoPE-free Q and K
         for key in _warp_keys(run, step):
-            features = run.ref_values.get(key[2])
-            if features is not None:  # a partial forward (choosing the best photo) captures no values
-                self._keep(key, features.value if key[3] == "value" else features.key)
+            features = mine.ref_values.get(key[2])
+            if features is None:  # a partial forward (choosing the best photo) captures no values
+                continue
+            tensor = features.value if key[3] == "value" else features.key
+            for i, photo in enumerate(photos):
+                self._keep(photo, key, tensor[i : i + 1])
 
-    def _keep(self, key: Key, tensor: torch.Tensor) -> None:
+    def _keep(self, photo: int, key: Key, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
         if self._on_device + size <= self.budget:
             self._on_device += size
-            self.state.features[key] = tensor.detach().clone()
+            self.states[photo].features[key] = tensor.detach().clone()
         else:
             host = tensor.detach().to("cpu", copy=True)
-            self.state.features[key] = host.pin_memory() if torch.cuda.is_available() else host
+            self.states[photo].features[key] = host.pin_memory() if torch.cuda.is_available() else host
 
-    def load(self, run: RunState, step: int, next_step: int | None) -> None:
+    def load(self, run: RunState, subject: int, photos: list[int], step: int, next_step: int | None) -> None:
         """Put `step`'s cached features where the reference forward would have put them."""
+        mine = run.subjects[subject]
         for key in _match_keys(run, step):
-            q, k = self._fetch(key)
-            run.ref_match = (q, k)
+            mine.ref_match = [tuple(self._fetch(photo, key)) for photo in photos]
         for key in _warp_keys(run, step):
-            features = run.ref_values.setdefault(key[2], ReferenceFeatures(value=None))
-            setattr(features, key[3], self._fetch(key))  # "value" or "key"
+            features = mine.ref_values.setdefault(key[2], ReferenceFeatures(value=None))
+            parts = [self._fetch(photo, key) for photo in photos]
+            setattr(features, key[3], parts[0] if len(parts) == 1 else torch.cat(parts))  # "value" or "key"
         if next_step is not None:
-            self._prefetch(_match_keys(run, next_step) + _warp_keys(run, next_step))
+            self._prefetch(photos, _match_keys(run, next_step) + _warp_keys(run, next_step))
 
-    def _fetch(self, key: Key) -> Any:
-        tensor = self._prefetched.pop(key, None)
+    def _fetch(self, photo: int, key: Key) -> Any:
+        tensor = self._prefetched.pop((photo, key), None)
         if tensor is not None:
             torch.cuda.current_stream(self.device).wait_stream(self._side)
             tensor.record_stream(torch.cuda.current_stream(self.device))
             return tensor
-        return self.state.features[key].to(self.device, non_blocking=True)
+        return self.states[photo].features[key].to(self.device, non_blocking=True)
 
-    def _prefetch(self, keys: list[Key]) -> None:
+    def _prefetch(self, photos: list[int], keys: list[Key]) -> None:
         if self._side is None:
             return
         with torch.cuda.stream(self._side):
-            for key in keys:
-                cached = self.state.features.get(key)
-                if cached is not None and cached.device != self.device:
-                    self._prefetched[key] = cached.to(self.device, non_blocking=True)
+            for photo in photos:
+                for key in keys:
+                    cached = self.states[photo].features.get(key)
+                    if cached is not None and cached.device != self.device:
+                        self._prefetched[(photo, key)] = cached.to(self.device, non_blocking=True)

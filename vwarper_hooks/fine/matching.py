@@ -77,17 +77,17 @@ def match_flows(
     per_frame: bool = True,
     chunk: int = 1024,
     head_combine: HeadCombine = "probs",
-    with_score: bool = False,
+    with_best: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Bidirectional argmax flows from RoPE-free features of one generation and one reference sample.
 
     :param q_gen, k_gen, q_ref, k_ref: (heads, N, head_dim) video-token features, N = frames x h x w.
     :param frames: number of token frames (groups for per-frame matching).
     :param head_combine: "probs" (per-head softmax, probabilities averaged) or "logits" (see module doc).
-    :param with_score: also return the mean over generation tokens of max_j C_hat[i, j], a 0-d tensor
-        (how well the two branches match; used to pick the best reference photo).
+    :param with_best: also return each generation token's max_j C_hat[i, j], (N,) float32: how well it
+        matches (to pick among several references, and to score a whole photo by the mean).
     :return: (flow_gen_to_ref, flow_ref_to_gen), each (N,) long: global token indices of the other
-        branch (plus the score with `with_score`).
+        branch (plus the row maxima with `with_best`).
     """
     heads, tokens, head_dim = q_gen.shape
     if q_ref.shape != q_gen.shape or k_ref.shape != k_gen.shape:
@@ -121,7 +121,25 @@ def match_flows(
 
     offsets = (torch.arange(groups, device=qg.device) * n)[:, None]
     flows = (flow_g2r + offsets).reshape(-1), (flow_r2g + offsets).reshape(-1)
-    return (*flows, row_best.float().mean()) if with_score else flows
+    return (*flows, row_best.float().reshape(-1)) if with_best else flows
+
+
+def union_flows(per_reference: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """Flows into the union of several references, each matched on its own (eq. 3-4 per reference).
+
+    :param per_reference: (flow_gen_to_ref, flow_ref_to_gen, row maxima) of each reference, N tokens each.
+    :return: (flow into [ref 0 tokens, ref 1 tokens, ...] (N,), the references' reverse flows side by side
+        (k*N,), the reference each generation token reads (N,)): every token reads the reference whose
+        symmetric map scores it highest (the first on a tie, so identical copies change nothing), and
+        cycle consistency (`cycle_mask`) then goes through that same reference.
+    """
+    n = per_reference[0][0].numel()
+    best = torch.stack([r[2] for r in per_reference])  # (k, N)
+    choice = best.argmax(dim=0)  # (N,)
+    flows = torch.stack([r[0] for r in per_reference])  # (k, N)
+    flow = flows.gather(0, choice[None])[0] + choice * n
+    back = torch.cat([r[1] for r in per_reference])
+    return flow, back, choice
 
 
 def token_coords(index: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -159,11 +177,15 @@ class Matcher(Protocol):
     def features(self, call: AttentionCall, sample: int) -> Any:
         """What to keep of `call` for batch row `sample` (copy it: the call's buffers are reused)."""
 
-    def match(self, gen: Any, ref: Any, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(flow_gen_to_ref, flow_ref_to_gen): (N,) long global token indices of the other branch.
+    def match(self, gen: Any, refs: list[Any], grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+        """Flows between the generation and the references (what `features` kept of each).
 
-        Optional: ``score(gen, ref, grid)`` -> 0-d tensor, higher for a better match; needed for
-        ``WarpConfig(reference_image="best")``.
+        :return: (flow_gen_to_ref (N,) long into the references' tokens side by side ``[ref 0, ref 1, ...]``,
+            flow_ref_to_gen (k*N,) long into the generation's tokens) and optionally, third, the reference
+            each generation token reads ((N,) long; None or absent for one reference).
+
+        Optional: ``score(gen, ref, grid)`` -> 0-d tensor, higher for a better match of one reference;
+        needed for ``WarpConfig(reference_image="best")``.
         """
 
 
@@ -185,20 +207,18 @@ class RopeFreeMatcher:
             q, k = call.rope(q), call.rope(k)
         return q[0].clone(), k[0].clone()
 
-    def match(
-        self, gen: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._flows(gen, ref, grid, with_score=False)
+    def match(self, gen: tuple, refs: list[tuple], grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+        if len(refs) == 1:
+            return (*self._flows(gen, refs[0], grid, with_best=False), None)
+        return union_flows([self._flows(gen, ref, grid, with_best=True) for ref in refs])
 
-    def score(
-        self, gen: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]
-    ) -> torch.Tensor:
+    def score(self, gen: tuple, ref: tuple, grid: tuple[int, int, int]) -> torch.Tensor:
         """How well `ref` matches `gen`: the mean of the symmetric map's row maxima (a 0-d tensor)."""
-        return self._flows(gen, ref, grid, with_score=True)[2]
+        return self._flows(gen, ref, grid, with_best=True)[2].mean()
 
-    def _flows(self, gen: tuple, ref: tuple, grid: tuple[int, int, int], with_score: bool) -> tuple:
+    def _flows(self, gen: tuple, ref: tuple, grid: tuple[int, int, int], with_best: bool) -> tuple:
         return match_flows(*gen, *ref, frames=grid[0], per_frame=self.per_frame, chunk=self.chunk,
-                           head_combine=self.head_combine, with_score=with_score)
+                           head_combine=self.head_combine, with_best=with_best)
 
 
 class RotatedMatcher(RopeFreeMatcher):

@@ -29,18 +29,32 @@ logger = logging.getLogger(__name__)
 
 
 class ReferenceBranch:
-    """The reference branch of one session."""
+    """The reference branch of one subject: its photos (one, or ``num_references`` of them batched)."""
 
-    def __init__(self, pipe: Any, adapter: Adapter, subject: Any, router: Router, clock: StepClock) -> None:
+    def __init__(
+        self, pipe: Any, adapter: Adapter, subject: Any, router: Router, clock: StepClock, index: int = 0
+    ) -> None:
         self.pipe, self.adapter, self.subject, self.router, self.clock = pipe, adapter, subject, router, clock
+        self.index = index  # which of the session's subjects (`Route.subject`)
         self.states: dict[int, ReferenceState] = {}  # reference photo index -> its state this run
-        self.image = 0  # the photo the branch runs with
-        self._features: dict[int, FeatureCache] = {}  # photo index -> its cached features (opt-in)
+        self.photos: list[int] = [0]  # the photos the branch runs with, in batch order
+        self._features: FeatureCache | None = None  # the photos' cached features (opt-in)
         self._steps: list[int] = []  # this run's steps with a reference forward, in order
 
     @property
-    def state(self) -> ReferenceState:
-        return self.states[self.image]
+    def image(self) -> int:
+        """The (first) photo the branch runs with."""
+        return self.photos[0]
+
+    def photo_choice(self) -> list[int]:
+        """The photos this run prepares: `num_references` of them (None: all), else `reference_image`
+        (``"best"``: all, until `choose_best` keeps one)."""
+        config, count = self.router.run.config, len(self.subject.images)
+        if config.reference_image == "best":
+            return list(range(count))
+        if config.num_references is None:
+            return list(range(count))
+        return list(range(config.reference_image, config.reference_image + min(config.num_references, count)))
 
     def prepare(self, kwargs: dict, latents: torch.Tensor) -> None:
         """This run's state(s): from the subject's cache, or made now (text, latent, inversion).
@@ -49,16 +63,14 @@ class ReferenceBranch:
         the branch runs with photo 0 until `choose_best` picks one.
         """
         config = self.router.run.config
-        choice = config.reference_image
-        indices = range(len(self.subject.images)) if choice == "best" else [choice]
-        self.states = {i: self._state(i, kwargs, latents) for i in indices}
-        self.image = 0 if choice == "best" else choice
+        chosen = self.photo_choice()
+        self.states = {i: self._state(i, kwargs, latents) for i in chosen}
+        self.photos = [chosen[0]] if config.reference_image == "best" else chosen
         plan = self.router.run.plan
         self._steps = [s for s in range(self.clock.num_steps) if plan.reference_layers(s)]
-        self._features = {}
+        self._features = None
         if config.cache_reference_features:
-            budget = config.feature_cache_device_gib
-            self._features = {i: FeatureCache(state, latents.device, budget) for i, state in self.states.items()}
+            self._features = FeatureCache(self.states, latents.device, config.feature_cache_device_gib)
 
     def _state(self, index: int, kwargs: dict, latents: torch.Tensor) -> ReferenceState:
         config = self.router.run.config
@@ -75,15 +87,16 @@ class ReferenceBranch:
         """Pick the photo whose match-layer features at `step` best match the generation's (the mean of
         the symmetric map's row maxima); returns every photo's score. One host read, once per run."""
         run = self.router.run
+        mine = run.subjects[self.index]
         scores, matches = [], []
         for index in sorted(self.states):
-            self.image = index
+            self.photos = [index]
             self.run(step, kwargs, frozenset({run.plan.match_layer}))
-            matches.append(run.ref_match)
-            scores.append(run.matcher.score(run.gen_match, run.ref_match, grid))
+            matches.append(mine.ref_match)
+            scores.append(run.matcher.score(run.gen_match, mine.ref_match[0], grid))
         values = torch.stack(scores).float().cpu().tolist()
-        self.image = int(max(range(len(values)), key=values.__getitem__))
-        run.ref_match = matches[self.image]
+        self.photos = [int(max(range(len(values)), key=values.__getitem__))]
+        mine.ref_match = matches[self.image]
         logger.info("reference photo %d of %d chosen (match scores %s)", self.image, len(values),
                     ", ".join(f"{v:.4f}" for v in values))
         return values
@@ -124,23 +137,24 @@ class ReferenceBranch:
         return ReferenceState(text=text, clean=clean, trajectory=trajectory, first=first)
 
     def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
-        """One reference forward at `step` through the deepest of `layers` (the router captures), or
-        with ``cache_reference_features`` its features from the cache."""
-        cache = self._features.get(self.image)
-        run = self.router.run
-        if cache is not None and cache.complete(run, step):
+        """One reference forward at `step` through the deepest of `layers`, all photos batched (the
+        router captures), or with ``cache_reference_features`` their features from the cache."""
+        cache, run = self._features, self.router.run
+        if cache is not None and cache.complete(run, self.index, self.photos, step):
             later = [s for s in self._steps if s > step]
-            cache.load(run, step, later[0] if later else None)
+            cache.load(run, self.index, self.photos, step, later[0] if later else None)
             return
         self._forward(step, kwargs, layers)
         if cache is not None:
-            cache.store(run, step)
+            cache.store(run, self.index, self.photos, step)
 
     def _forward(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
         # this step's own timestep, from the scheduler's device copy (the call's may be another step's)
         timestep = self.pipe.scheduler.timesteps[step : step + 1]
-        ref_kwargs = self.adapter.reference_kwargs(kwargs, self.state.latents_at(step), self.state.text, timestep)
-        route = Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers))
+        states = [self.states[i] for i in self.photos]
+        latents = torch.cat([state.latents_at(step) for state in states])  # (k, ...): one sample per photo
+        ref_kwargs = self.adapter.reference_kwargs(kwargs, latents, states[0].text, timestep)
+        route = Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers), subject=self.index)
         with self.router.routing(route):
             try:
                 self.pipe.transformer(**ref_kwargs)
@@ -148,4 +162,4 @@ class ReferenceBranch:
                 pass
 
     def close(self) -> None:
-        self.states, self._features = {}, {}
+        self.states, self._features = {}, None

@@ -14,20 +14,21 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ..adapter import Adapter, base_model
 from ..config import WarpConfig
 from ..errors import ConfigError, SubjectTokenError, VwarperError
 from ..plugins import make_parts
-from .capture import Branch, Route, Router, RunState
+from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .matching import Matcher
 from .plan import StepPlan
 from .reference import ReferenceBranch
 from .steps import StepClock
 from .tokens import SubjectTokens
-from .warp_plan import plan_warp
+from .warp_plan import plan_warp, side_by_side
 from .warping import Injector
 
 logger = logging.getLogger(__name__)
@@ -44,33 +45,57 @@ def bind_kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
     return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
 
 
+@dataclass
+class SubjectBranch:
+    """One subject of the session: its token finder and its reference branch."""
+
+    subject: Any
+    tokens: SubjectTokens
+    reference: ReferenceBranch
+    positions: slice | None = None  # where its token sat in the latest run's text tokens
+
+
 class Session:
-    """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics`.
+    """State of one `inject` block. `diagnostics` maps warp step -> `StepDiagnostics` (with several
+    subjects: step -> {token: StepDiagnostics}).
 
     `config` is the one `inject.validate` returns, with the adapter's default layers filled in;
     `override` changes it for the pipeline calls inside a ``with`` block.
     """
 
     def __init__(
-        self, pipe: Any, adapter: Adapter, subject: Any, config: WarpConfig, matcher: Matcher, injector: Injector
+        self, pipe: Any, adapter: Adapter, subjects: list[Any], config: WarpConfig, matcher: Matcher,
+        injector: Injector,
     ) -> None:
-        self.pipe, self.adapter, self.subject = pipe, adapter, subject
+        self.pipe, self.adapter, self.subjects = pipe, adapter, list(subjects)
         self.depth = len(adapter.attention_layers(base_model(pipe.transformer)))
         self.config, self.matcher, self.injector = config, matcher, injector
         self.clock = StepClock(pipe.scheduler)
         self.router = Router()
-        self.reference = ReferenceBranch(pipe, adapter, subject, self.router, self.clock)
-        self.tokens = SubjectTokens(getattr(pipe, "tokenizer", None), subject.token)
-        self._diagnostics = DiagnosticsLog()
+        tokenizer = getattr(pipe, "tokenizer", None)
+        self.branches = [
+            SubjectBranch(s, SubjectTokens(tokenizer, s.token), ReferenceBranch(pipe, adapter, s, self.router,
+                                                                                self.clock, i))
+            for i, s in enumerate(self.subjects)
+        ]
+        self._diagnostics = DiagnosticsLog([s.token for s in self.subjects])
         self._preparing = False
         self._last: tuple[int, int] | None = None  # (run, step) of the latest generation call
         self._pass = 0  # index of that call within its step (CFG as separate calls)
         self._warned: set[str] = set()
-        #: where the subject token sat in the latest run's text tokens (None: not found)
-        self.subject_positions: slice | None = None
-        #: the reference photo the latest run used, and with reference_image="best" every photo's score
+        #: the (first) subject's reference photo in the latest run, and with "best" every photo's score
         self.reference_image: int | None = None
         self.reference_scores: list[float] | None = None
+
+    @property
+    def subject(self) -> Any:
+        """The (first) subject."""
+        return self.subjects[0]
+
+    @property
+    def subject_positions(self) -> slice | None:
+        """Where the (first) subject's token sat in the latest run's text tokens (None: not found)."""
+        return self.branches[0].positions
 
     @property
     def diagnostics(self) -> dict[int, StepDiagnostics]:
@@ -104,7 +129,8 @@ class Session:
     def on_tokenized(self, text: Any, input_ids: Any) -> None:
         """Tokenizer spy callback: record the pipeline's own prompts (not our inversion prompt)."""
         if self.router.route.branch is None:
-            self.tokens.observe(text, input_ids)
+            for branch in self.branches:
+                branch.tokens.observe(text, input_ids)
 
     def prepare_call(self, **call_kwargs: Any) -> None:
         """Run ``pipe(**call_kwargs)`` only until its first denoising call: the reference branch's
@@ -149,35 +175,40 @@ class Session:
         config = self.config
         plan = StepPlan.build(config, self.clock.num_steps, self.depth)
         self._warn_once(plan.clipped)
-        found = self.tokens.in_prompt()
-        # HunyuanVideo crops its prompt template off the encoder output: the adapter shifts positions
-        subject = None if found is None else self.adapter.text_positions(found[0], found[1], kwargs)
-        self.router.run = RunState(config, plan, self.matcher, self.injector, subject)
-        self.subject_positions = subject
+        for branch in self.branches:
+            found = branch.tokens.in_prompt()
+            # HunyuanVideo crops its prompt template off the encoder output: the adapter shifts positions
+            branch.positions = None if found is None else self.adapter.text_positions(found[0], found[1], kwargs)
+        subjects = [SubjectRun(branch.positions) for branch in self.branches]
+        self.router.run = RunState(config, plan, self.matcher, self.injector, subjects)
         self._diagnostics.clear()
         self._pass = 0
         self.reference_scores = None
-        self.tokens.new_run()
         if plan.warp_steps:
             latents = self.adapter.latents(kwargs)
-            self._check_run(latents.shape[0], found is not None)
-            self.reference.prepare(kwargs, latents)
-            self.reference_image = self.reference.image
+            self._check_run(latents.shape[0])
+            for branch in self.branches:
+                branch.reference.prepare(kwargs, latents)
+            self.reference_image = self.branches[0].reference.image
+        for branch in self.branches:
+            branch.tokens.new_run()
 
-    def _check_run(self, batch: int, token_found: bool) -> None:
+    def _check_run(self, batch: int) -> None:
         if batch not in (1, 2) or (batch == 2 and not self._batched_cfg()):
             raise VwarperError(
                 f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {batch}. "
                 "Use num_videos_per_prompt=1 and one prompt with inject()."
             )
-        if self.config.mask and not token_found:
-            where = "only in the negative prompt" if self.tokens.elsewhere() else "not in the prompt"
-            raise SubjectTokenError(
-                f"Expected the prompt to contain the subject token {self.subject.token!r}, but it is {where} "
-                "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "
-                f"the prompt, e.g. 'a {self.subject.token} {self.subject.class_word} on the beach', or use "
-                "WarpConfig(mask=False)."
-            )
+        for branch in self.branches:
+            if self.config.mask and branch.positions is None:
+                subject = branch.subject
+                where = "only in the negative prompt" if branch.tokens.elsewhere() else "not in the prompt"
+                raise SubjectTokenError(
+                    f"Expected the prompt to contain the subject token {subject.token!r}, but it is {where} "
+                    "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "
+                    f"the prompt, e.g. 'a {subject.token} {subject.class_word} on the beach', or use "
+                    "WarpConfig(mask=False)."
+                )
 
     def _batched_cfg(self) -> bool:
         """Whether a batch of 2 is an [unconditional, conditional] pair (not two prompts)."""
@@ -189,29 +220,41 @@ class Session:
     def _prepare_step(self, step: int, kwargs: dict) -> None:
         run = self.router.run
         plan = run.plan
-        run.warp = None
-        run.ref_values = {}  # last step's reference values are never read again: free them now
-        if step in plan.warp_steps and run.gen_match is not None and run.ref_match is not None:
+        run.warp, run.warp_values = None, {}
+        for subject in run.subjects:
+            subject.ref_values = {}  # last step's reference values are never read again: free them now
+        if step in plan.warp_steps and run.gen_match is not None and all(s.ref_match for s in run.subjects):
             grid = self.adapter.token_grid(self.pipe.transformer, self.adapter.latents(kwargs))
-            if run.config.reference_image == "best" and self.reference_scores is None:
-                self.reference_scores = self.reference.choose_best(step - 1, kwargs, grid)
-                self.reference_image = self.reference.image
+            self._choose_photos(step, kwargs, grid)
             run.warp, diagnostics = plan_warp(run, step, grid)
             if run.config.keep_diagnostics:
-                self._diagnostics.record(diagnostics)
+                for branch, record in zip(self.branches, diagnostics, strict=True):
+                    self._diagnostics.record(branch.subject.token, record)
         if plan.warp_steps and step >= max(plan.warp_steps):
-            run.gen_match = run.ref_match = None  # no later warp step matches: free the features
+            run.gen_match = None  # no later warp step matches: free the features
+            for subject in run.subjects:
+                subject.ref_match = []
         layers = plan.reference_layers(step)
         if layers:
-            self.reference.run(step, kwargs, layers)
+            for branch in self.branches:
+                branch.reference.run(step, kwargs, layers)
+        if run.warp is not None:
+            run.warp_values = {layer: side_by_side(run, layer) for layer in plan.warp_layers}
+
+    def _choose_photos(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> None:
+        """With ``reference_image="best"``, at the first warp step: each subject keeps its best photo."""
+        if self.router.run.config.reference_image != "best" or self.reference_scores is not None:
+            return
+        scores = [branch.reference.choose_best(step - 1, kwargs, grid) for branch in self.branches]
+        self.reference_scores, self.reference_image = scores[0], self.branches[0].reference.image
 
     def _prepare_reference(self, kwargs: dict) -> None:
         run = self.router.run
-        if run.config.cache_reference_features and self.reference.states:
+        if run.config.cache_reference_features and run.plan.warp_steps:
             for step in range(self.clock.num_steps):
                 layers = run.plan.reference_layers(step)
-                if layers:
-                    self.reference.run(step, kwargs, layers)
+                for branch in self.branches if layers else []:
+                    branch.reference.run(step, kwargs, layers)
         raise Prepared
 
     def _warn_once(self, message: str | None) -> None:
@@ -224,4 +267,5 @@ class Session:
         self.router.run = None
         self.router.route = Route()
         self.router.release()
-        self.reference.close()
+        for branch in self.branches:
+            branch.reference.close()

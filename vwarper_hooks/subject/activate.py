@@ -16,7 +16,7 @@ from typing import Any
 from ..adapter import base_model
 from ..errors import SubjectMismatchError
 from ..files import config_hash
-from .lora import fused_problems, lora_shapes, lora_spec, peft_lora
+from .lora import fused_problems, lora_shapes, lora_spec, peft_lora, scale_adapter
 from .token import input_embedding, subject_token, token_problems
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
         if subject.lora is not None:
             *_, meta = lora_spec(subject)
             name = f"vwarper_{uuid.uuid4().hex[:8]}"
-            stack.enter_context(peft_lora(base_model(pipe.transformer), name, state_dict=subject.lora, metadata=meta))
+            model = base_model(pipe.transformer)
+            stack.enter_context(peft_lora(model, name, state_dict=subject.lora, metadata=meta))
+            if subject.lora_scale != 1.0:
+                scale_adapter(model, name, subject.lora_scale)
         logger.info("subject %r active (LoRA: %s, token: %s)", subject.token, subject.lora is not None,
                     subject.token_embedding is not None)
         yield

@@ -120,6 +120,15 @@ def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
     return rank, alpha, targets, meta
 
 
+def scale_adapter(transformer: nn.Module, adapter_name: str, scale: float) -> None:
+    """Multiply adapter `adapter_name`'s LoRA scale (alpha / rank) by `scale` on every layer it is on
+    (the wrappers go with the adapter on exit, so nothing needs restoring)."""
+    for module in _tuner_layers(transformer):
+        scaling = getattr(module, "scaling", {})
+        if adapter_name in scaling:
+            scaling[adapter_name] = scaling[adapter_name] * scale
+
+
 def _tuner_layers(transformer: nn.Module) -> list[nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -37,6 +37,9 @@ class Subject:
     lora_alpha: float | None = None
     token_embedding: torch.Tensor | None = None  # (dim,) T5 input embedding of the new token
     info: dict[str, Any] = field(default_factory=dict)
+    #: strength of the LoRA while injected (1: as trained); below 1 tempers the bleeding between the
+    #: LoRAs of several subjects injected together (README, "Several subjects")
+    lora_scale: float = 1.0
     reference_cache: ReferenceCache = field(default_factory=ReferenceCache, repr=False, compare=False)
 
     @classmethod
@@ -108,6 +111,8 @@ class Subject:
         """Raise `SubjectError` naming every problem with this subject's fields."""
         if not self.token or not self.token.strip():
             raise SubjectError("Expected a non-empty subject token such as '<clock>', but got an empty one.")
+        if not (isinstance(self.lora_scale, int | float) and 0 <= self.lora_scale < float("inf")):
+            raise SubjectError(f"Expected a finite lora_scale >= 0 for {self.token!r}, but got {self.lora_scale!r}.")
         if not self.images:
             raise SubjectError("Expected at least one reference image, but got none. Pass 3-10 photos.")
         for i, image in enumerate(self.images):

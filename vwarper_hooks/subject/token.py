@@ -65,10 +65,16 @@ class SubjectEmbedding(nn.Module):
         return torch.where(hit.unsqueeze(-1), row, out)
 
 
-def input_embedding(text_encoder: nn.Module) -> nn.Embedding:
-    """The text encoder's input token-embedding table (raises if it has none we understand)."""
+def input_embedding(text_encoder: nn.Module, stack: bool = False) -> nn.Module:
+    """The text encoder's input token-embedding table (raises if it has none we understand).
+
+    :param stack: accept a `SubjectEmbedding` already in place (another subject of the same
+        `inject`): the new token's wrapper goes around it.
+    """
     getter = getattr(text_encoder, "get_input_embeddings", None)
     emb = getter() if getter is not None else None
+    if isinstance(emb, SubjectEmbedding) and stack:
+        return emb
     if isinstance(emb, SubjectEmbedding):
         raise SubjectError(
             "Expected a text encoder without an active subject token, but got one with a "
@@ -150,7 +156,7 @@ def subject_token(pipe: Any, token: str, row: torch.Tensor) -> Iterator[int]:
     problems = token_problems(tokenizer, token)
     if problems:
         raise SubjectError(problems[0])
-    emb = input_embedding(text_encoder)
+    emb = input_embedding(text_encoder, stack=True)
     if row.shape != (emb.embedding_dim,):
         raise SubjectError(
             f"Expected a token embedding of shape ({emb.embedding_dim},) for this text encoder, but got "
