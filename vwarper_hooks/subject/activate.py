@@ -49,7 +49,7 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
                 )
     if subject.token_embedding is not None:
         problems += token_problems(pipe.tokenizer, subject.token)
-        dim = input_embedding(pipe.text_encoder).embedding_dim
+        dim = input_embedding(pipe.text_encoder, stack=True).embedding_dim
         if tuple(subject.token_embedding.shape) != (dim,):
             problems.append(
                 f"Expected a token embedding of shape ({dim},) for this text encoder, but got "

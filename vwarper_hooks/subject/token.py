@@ -138,6 +138,8 @@ def _embedding_slots(text_encoder: nn.Module, emb: nn.Embedding) -> list[tuple[n
     """
     slots: dict[tuple[int, str], tuple[nn.Module, str]] = {}
     for _, module in text_encoder.named_modules(remove_duplicate=False):
+        if isinstance(module, SubjectEmbedding):
+            continue  # another subject's wrapper holds the table itself: the new wrapper goes around it
         for attr, child in module.named_children():
             if child is emb or (isinstance(child, nn.Embedding) and child.weight is emb.weight):
                 slots[(id(module), attr)] = (module, attr)
