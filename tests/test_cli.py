@@ -50,6 +50,24 @@ def test_demo_writes_a_decodable_video_and_non_empty_pngs(demo):
     assert (demo / "subject" / "subject.json").is_file()
 
 
+def test_demo_with_two_subjects_and_three_references_draws_both(tmp_path):
+    done = vwarper("demo", "--out", str(tmp_path), "--train-steps", "2", "--steps", "4", "--size", "64",
+                   "--frames", "9", "--subjects", "2", "--references", "3")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert {"subjects", "references"} <= set(summary["pngs"]) and summary["subjects"] == ["subject", "subject2"]
+    assert "<my-dog>" in summary["prompt"] and (tmp_path / "subject2" / "subject.json").is_file()
+    for key in ("subjects", "references"):
+        with Image.open(tmp_path / summary["pngs"][key]) as png:
+            assert np.asarray(png.convert("L")).std() > 0
+    panels = tmp_path / "panels"
+    assert main(["generate", "--model", "tiny", "--subject", str(tmp_path / "subject"), "--subject",
+                 str(tmp_path / "subject2"), "--prompt", summary["prompt"], "--frames", "9", "--steps", "4",
+                 "--height", "32", "--width", "32", "--references", "2", "--out", str(tmp_path / "two.gif"),
+                 "--panels", str(panels)]) == 0
+    assert (panels / "subjects.png").is_file() and (panels / "references.png").is_file()
+
+
 def test_figure5_differs_from_the_generated_frame_exactly_where_the_mask_is_on(demo):
     layout = json.loads((demo / "demo.json").read_text())["figure5"]
     figure = np.asarray(Image.open(demo / layout["file"]).convert("RGB"))  # the exact tiles of figure5.png

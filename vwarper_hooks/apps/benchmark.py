@@ -138,7 +138,7 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
             if job.subject not in subjects:
                 subjects[job.subject] = Subject.load(job.subject_dir)
                 write_references(out, job.subject, subjects[job.subject])
-            video, _ = generate_video(pipe, subjects[job.subject], job.prompt, frames=args.frames,
+            video, *_ = generate_video(pipe, subjects[job.subject], job.prompt, frames=args.frames,
                                       steps=args.steps, guidance=args.guidance, seed=args.seed + job.index,
                                       height=args.height, width=args.width, config=warp)
             folder = out / "videos" / job.subject

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -28,12 +27,16 @@ from ..units import video_units
 from . import visualize as vis
 from .generate import generate_video
 from .loading import tiny_demo_pipeline
+from .panels import write_panels
 
 logger = logging.getLogger(__name__)
 
 DEMO_TOKEN = "<my-clock>"
 DEMO_CLASS = "clock"
 DEMO_PROMPT = f"a photo of a {DEMO_TOKEN} clock on the beach"
+#: the subjects of the demo, in order (``--subjects 2`` adds the dog): (token, class word, photo folder)
+DEMO_SUBJECTS = ((DEMO_TOKEN, DEMO_CLASS, "clock"), ("<my-dog>", "dog", "dog"))
+TWO_PROMPT = "a photo of a <my-clock> clock and a <my-dog> dog on the beach"
 REAL_MODEL_HINT = (
     "vwarper train --model THUDM/CogVideoX-5b --images my_photos/ --token '<my-clock>' --class-word clock "
     "--out subjects/clock && vwarper generate --model THUDM/CogVideoX-5b --subject subjects/clock "
@@ -56,6 +59,8 @@ class DemoSettings:
     frames: int = 17
     seed: int = 0
     fps: int = 8
+    subjects: int = 1  # 1: the clock; 2: the clock and the dog in one video
+    references: int = 1  # reference photos per subject matched at once (up to 3)
 
 
 @dataclass
@@ -67,9 +72,10 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def sample_images() -> list[Image.Image]:
-    """The three clock photos shipped inside the package (CC BY 4.0, see data/ATTRIBUTION.md)."""
-    folder = resources.files("vwarper_hooks") / "data" / "clock"
+def sample_images(name: str = "clock") -> list[Image.Image]:
+    """The three photos of `name` ("clock" or "dog") shipped inside the package (CC BY 4.0, see
+    data/ATTRIBUTION.md)."""
+    folder = resources.files("vwarper_hooks") / "data" / name
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".jpg"))
     if not names:
         raise VwarperError(
@@ -106,6 +112,9 @@ def check_settings(pipe: Any, settings: DemoSettings) -> None:
             f"frames, but got size {settings.size}, {settings.steps} steps, {settings.frames} frames. "
             "Use e.g. --size 96 --steps 10 --frames 17."
         )
+    if settings.subjects not in (1, 2) or not 1 <= settings.references <= 3:
+        raise VwarperError(f"Expected 1 or 2 subjects and 1-3 references, but got {settings.subjects} and "
+                           f"{settings.references}. Use e.g. --subjects 2 --references 3.")
 
 
 def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoResult:
@@ -117,43 +126,35 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
     pipe = tiny_demo_pipeline(settings.seed)
     check_settings(pipe, settings)
     out.mkdir(parents=True, exist_ok=True)
-    images = sample_images()
     seconds["build"] = time.perf_counter() - clock
     stage("build", 1, 1)
 
-    stage("train", 0, settings.train_steps)
-    coarse = CoarseConfig(
-        steps=settings.train_steps, rank=4, mixed_precision="no", gradient_checkpointing=False,
-        height=settings.size, width=settings.size, seed=settings.seed, lora_lr=1e-3, token_lr=5e-3,
-    )
-    subject = train_subject(
-        pipe, images, token=DEMO_TOKEN, class_word=DEMO_CLASS, config=coarse, progress=False,
-        callback=lambda step, loss: stage("train", step, settings.train_steps),
-    )
-    subject.save(out / "subject", overwrite=True)
+    subjects = _train(pipe, out, settings, stage)
     seconds["train"] = time.perf_counter() - clock - sum(seconds.values())
 
-    warp = WarpConfig(warp_steps=(1, settings.steps - 2))
+    warp = WarpConfig(warp_steps=(1, settings.steps - 2), num_references=settings.references)
     stage("generate", 0, settings.steps)
-
-    video, diagnostics = generate_video(
-        pipe, subject, DEMO_PROMPT, frames=settings.frames, steps=settings.steps, guidance=6.0, seed=settings.seed,
+    prompt = DEMO_PROMPT if settings.subjects == 1 else TWO_PROMPT
+    generation = generate_video(
+        pipe, subjects, prompt, frames=settings.frames, steps=settings.steps, guidance=6.0, seed=settings.seed,
         height=settings.size, width=settings.size, config=warp,
         on_step=lambda done: stage("generate", done, settings.steps),
     )
+    video, diagnostics, _ = generation
     seconds["generate"] = time.perf_counter() - clock - sum(seconds.values())
 
     stage("write", 0, 1)
-    pngs, layout = write_panels(out, images, video, diagnostics)
+    pngs, layout = write_panels(out, generation)
     video_path = vis.write_video(video, out / "video", fps=settings.fps)
     seconds["write"] = time.perf_counter() - clock - sum(seconds.values())
     summary = out / "demo.json"
     summary.write_text(json.dumps({
         "random_weights": True,
-        "prompt": DEMO_PROMPT,
+        "prompt": prompt,
         "settings": settings.__dict__,
         "video": video_path.name,
-        "subject": "subject",  # the trained subject directory: vwarper generate --model tiny --subject OUT/subject
+        # the trained subject directories: vwarper generate --model tiny --subject OUT/subject
+        "subjects": ["subject"] + (["subject2"] if settings.subjects == 2 else []),
         "pngs": {k: p.name for k, p in pngs.items()},
         "warp_steps": sorted(diagnostics),
         "figure5": layout,
@@ -164,25 +165,20 @@ def _run_demo(out: Path, settings: DemoSettings, stage: Stage | None) -> DemoRes
     return DemoResult(out=out, video=video_path, pngs=pngs, summary=summary, seconds=seconds)
 
 
-def write_panels(
-    out: Path, images: list[Image.Image], video: np.ndarray, diagnostics: dict[int, Any]
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """reference.png, frames.png, masks.png and figure5.png (labelled matplotlib figures), plus
-    figure5_tiles.png (figure 5's exact pixel tiles, laid out as its layout says); returns the
-    paths and figure 5's layout."""
-    from . import figures
-
-    height, width = video.shape[1:3]
-    pngs = {
-        "reference": vis.save_png(vis.grid([[vis.resize(im, height, width) for im in images]]), out / "reference.png"),
-        "frames": vis.save_png(vis.grid([list(video)]), out / "frames.png"),
-    }
-    if not diagnostics:
-        raise VwarperError("Expected diagnostics of the warp steps, but got none. Use at least 3 steps.")
-    pngs["masks"] = figures.save(figures.mask_figure(diagnostics), out / "masks.png")
-    last = diagnostics[max(diagnostics)]
-    tiles, layout = vis.correspondence_figure(images[0], video, last)
-    pngs["figure5"] = figures.save(figures.figure5(tiles, layout), out / "figure5.png")
-    pngs["figure5_tiles"] = vis.save_png(tiles, out / "figure5_tiles.png")
-    layout["file"] = pngs["figure5_tiles"].name
-    return pngs, layout
+def _train(pipe: Any, out: Path, settings: DemoSettings, stage: Stage) -> list[Any]:
+    """Train the demo's subject(s) briefly; each saved as OUT/subject (and OUT/subject2)."""
+    coarse = CoarseConfig(
+        steps=settings.train_steps, rank=4, mixed_precision="no", gradient_checkpointing=False,
+        height=settings.size, width=settings.size, seed=settings.seed, lora_lr=1e-3, token_lr=5e-3,
+    )
+    subjects = []
+    total = settings.train_steps * settings.subjects
+    for i, (token, word, folder) in enumerate(DEMO_SUBJECTS[: settings.subjects]):
+        done = i * settings.train_steps
+        subject = train_subject(
+            pipe, sample_images(folder), token=token, class_word=word, config=coarse, progress=False,
+            callback=lambda step, loss, done=done: stage("train", done + step, total),
+        )
+        subject.save(out / ("subject" if i == 0 else f"subject{i + 1}"), overwrite=True)
+        subjects.append(subject)
+    return subjects

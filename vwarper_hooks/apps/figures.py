@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .visualize import PAD, mask_panel
+from .visualize import PAD, grid, label_tiles, mask_panel
 
 MASK_LEGEND = (("white", "on (this token is warped / counted)"), ("black", "off"), ("grey", "separator"))
 FIGURE5_ROWS = ("generated frame", "reference warped\nby the flow", "warp inside the\nfinal mask")
 OVERLAY = (1.0, 0.2, 0.1, 0.35)  # RGBA of the final-mask overlay in figure 5
+#: one colour per subject, and one per reference photo (tab10 / Dark2-like, told apart in print)
+SUBJECT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+PHOTO_COLOURS = ((27, 158, 119), (217, 95, 2), (117, 112, 179), (231, 41, 138), (102, 166, 30), (230, 171, 2))
 
 
 def _pyplot() -> Any:
@@ -88,6 +91,61 @@ def figure5(picture: np.ndarray, layout: dict[str, Any]) -> Any:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _rows_figure(rows: list[list[np.ndarray]], row_names: list[str], tile: tuple[int, int], title: str,
+                 legend: list[tuple[tuple[int, int, int], str]], legend_title: str) -> Any:
+    from matplotlib.patches import Patch
+
+    fig, ax = _figure(grid(rows, background=255))
+    frames = len(rows[0])
+    ax.set_xticks(_centres(frames, tile[1]), [f"latent {f}" for f in range(frames)], fontsize=8)
+    ax.set_yticks(_centres(len(rows), tile[0]), row_names, fontsize=8)
+    ax.set_xlabel("latent frame")
+    ax.set_title(title)
+    handles = [Patch(facecolor=tuple(c / 255 for c in rgb), edgecolor="black", label=text) for rgb, text in legend]
+    handles.append(Patch(facecolor=(0.5, 0.5, 0.5), edgecolor="black", label="not injected"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title=legend_title)
+    fig.tight_layout()
+    return fig
+
+
+def subjects_figure(per_token: dict[str, Any], tile: int = 48) -> Any:
+    """Several subjects at one warp step: one row per subject (its final mask in its own colour), and a
+    last row with every token coloured by the subject it is injected from."""
+    import torch
+
+    tokens = list(per_token)
+    frames, h, w = per_token[tokens[0]].grid
+    size = (tile, max(1, round(tile * w / h)))
+    colours = [SUBJECT_COLOURS[i % len(SUBJECT_COLOURS)] for i in range(len(tokens))]
+    owner = torch.full((frames, h, w), -1)
+    rows = []
+    for i, token in enumerate(tokens):
+        mask = per_token[token].mask
+        owner[mask] = i
+        rows.append(label_tiles(torch.where(mask, i, -1), colours, size))
+    rows.append(label_tiles(owner, colours, size))
+    step = per_token[tokens[0]].step
+    return _rows_figure(rows, [*tokens, "all subjects"], size,
+                        f"Which subject each video token is injected from (warp step {step})",
+                        list(zip(colours, tokens, strict=True)), "subject")
+
+
+def references_figure(per_token: dict[str, Any], tile: int = 48) -> Any:
+    """Several reference photos: for each subject, the photo each injected token reads."""
+    import torch
+
+    tokens = [t for t, d in per_token.items() if d.reference is not None]
+    frames, h, w = per_token[tokens[0]].grid
+    size = (tile, max(1, round(tile * w / h)))
+    photos = 1 + max(int(per_token[t].reference.max()) for t in tokens)
+    colours = [PHOTO_COLOURS[i % len(PHOTO_COLOURS)] for i in range(photos)]
+    rows = [label_tiles(torch.where(per_token[t].mask, per_token[t].reference.long(), -1), colours, size)
+            for t in tokens]
+    step = per_token[tokens[0]].step
+    return _rows_figure(rows, tokens, size, f"Which reference photo each injected token reads (warp step {step})",
+                        [(c, f"photo {i}") for i, c in enumerate(colours)], "reads")
 
 
 def save(fig: Any, path: str | Path) -> Path:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..config import WarpConfig
-from ..fine.diagnostics import StepDiagnostics
 from ..inject import inject
 from .visualize import to_uint8
+
+
+class Generation(NamedTuple):
+    """What `generate_video` returns."""
+
+    video: np.ndarray  # (T, H, W, 3) uint8
+    diagnostics: dict[int, Any]  # step -> StepDiagnostics (several subjects: step -> {token: ...})
+    photos: dict[str, list[Any]]  # subject token -> the reference photos read, in flow order
 
 
 def shape_kwargs(
@@ -53,8 +60,9 @@ def generate_video(
     negative_prompt: str = "",
     config: WarpConfig | None = None,
     on_step: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, dict[int, StepDiagnostics]]:
-    """Generate inside `inject`; returns ``(T, H, W, 3)`` uint8 frames and the per-step diagnostics.
+) -> Generation:
+    """Generate inside `inject` (`subject`: one or a list); returns the ``(T, H, W, 3)`` uint8 frames,
+    the per-step diagnostics and the reference photos each subject read.
 
     :param height, width: pixels; None keeps the pipeline's default size.
     :param on_step: called with the number of finished denoising steps (progress bars).
@@ -72,4 +80,5 @@ def generate_video(
     with inject(pipe, subject, config=config) as session:
         frames_out = pipe(**call).frames
         diagnostics = dict(session.diagnostics)
-    return to_uint8(frames_out), diagnostics
+    photos = {s.token: [s.images[i] for i in session.photos[s.token]] for s in session.subjects}
+    return Generation(to_uint8(frames_out), diagnostics, photos)

@@ -116,29 +116,46 @@ def mask_panel(diagnostics: dict[int, Any], tile: int = 48) -> tuple[np.ndarray,
     return grid(rows, background=128), labels
 
 
-def warp_reference(reference: np.ndarray, flow: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def warp_reference(
+    reference: np.ndarray | Sequence[np.ndarray], flow: torch.Tensor, size: tuple[int, int]
+) -> np.ndarray:
     """Reference pixels warped into each generation frame by a token flow (paper figure 5).
 
-    :param reference: ``(H, W, 3)`` reference image at the generation size `size` = (H, W).
+    :param reference: ``(H, W, 3)`` reference image at the generation size `size` = (H, W), or one
+        per reference photo when the flow reads several (their tokens side by side, F*h*w each).
     :param flow: ``(F, h, w)`` global reference-token index read by each generation token.
     :return: ``(F, H, W, 3)``: tile (i, j) of frame f is the reference patch of token ``flow[f, i, j]``.
     """
+    photos = [reference] if isinstance(reference, np.ndarray) else list(reference)
     frames, h, w = flow.shape
     height, width = size
-    if reference.shape[:2] != (height, width):
-        raise ValueError(f"Expected a reference of {height}x{width}, but got {reference.shape[:2]}.")
+    if any(p.shape[:2] != (height, width) for p in photos):
+        raise ValueError(f"Expected references of {height}x{width}, but got {[p.shape[:2] for p in photos]}.")
     ph, pw = height // h, width // w
-    local = flow.reshape(frames, h * w).long() % (h * w)
+    flat = flow.reshape(frames, h * w).long()
+    which = (flat // (frames * h * w)).clamp(max=len(photos) - 1).numpy()
+    local = flat % (h * w)
     rows, cols = (local // w).numpy(), (local % w).numpy()
     out = np.empty((frames, h * ph, w * pw, 3), np.uint8)
     for f in range(frames):
         for k in range(h * w):
             i, j = divmod(k, w)
-            src = reference[rows[f, k] * ph : (rows[f, k] + 1) * ph, cols[f, k] * pw : (cols[f, k] + 1) * pw]
+            src = photos[which[f, k]][rows[f, k] * ph : (rows[f, k] + 1) * ph, cols[f, k] * pw : (cols[f, k] + 1) * pw]
             out[f, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw] = src
     if (h * ph, w * pw) != (height, width):  # sizes not divisible by the grid: stretch to fit
         out = np.stack([np.asarray(Image.fromarray(o).resize((width, height), Image.NEAREST)) for o in out])
     return out
+
+
+def label_tiles(labels: torch.Tensor, colours: Sequence[tuple[int, int, int]], size: tuple[int, int]) -> list:
+    """One ``(H, W, 3)`` tile per latent frame: token (i, j) painted ``colours[labels[f, i, j]]``
+    (label -1: grey, nothing). `labels` is ``(F, h, w)`` int."""
+    palette = np.array([*colours, (128, 128, 128)], dtype=np.uint8)  # index -1 -> the last entry: grey
+    tiles = []
+    for frame in labels.long().numpy():
+        painted = palette[frame]  # (h, w, 3)
+        tiles.append(np.asarray(Image.fromarray(painted).resize((size[1], size[0]), Image.NEAREST)))
+    return tiles
 
 
 def masked_warp(frames: np.ndarray, warped: np.ndarray, mask: torch.Tensor) -> np.ndarray:
@@ -152,7 +169,7 @@ def masked_warp(frames: np.ndarray, warped: np.ndarray, mask: torch.Tensor) -> n
 
 
 def correspondence_figure(
-    reference: np.ndarray | Image.Image, video: np.ndarray, diag: Any
+    reference: np.ndarray | Image.Image | list, video: np.ndarray, diag: Any
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Paper figure 5 for one warp step: rows = generated frames, warped reference, masked warp.
 
@@ -161,7 +178,8 @@ def correspondence_figure(
     """
     frames_t, h, w = diag.grid
     height, width = video.shape[1:3]
-    ref = resize(reference, height, width)
+    ref = [resize(r, height, width) for r in reference] if isinstance(reference, list) else resize(
+        reference, height, width)
     picks = [frame_for_latent(f, frames_t, len(video)) for f in range(frames_t)]
     shown = video[picks]
     warped = warp_reference(ref, diag.flow, (height, width))

@@ -93,6 +93,12 @@ class Session:
         return self.subjects[0]
 
     @property
+    def photos(self) -> dict[str, list[int]]:
+        """Subject token -> the reference photos (indices into its images) the latest run read, in the
+        order of their tokens in the flows."""
+        return {branch.subject.token: list(branch.reference.photos) for branch in self.branches}
+
+    @property
     def subject_positions(self) -> slice | None:
         """Where the (first) subject's token sat in the latest run's text tokens (None: not found)."""
         return self.branches[0].positions

@@ -12,48 +12,27 @@ from rich.table import Table
 
 from ...units import video_units
 from ..exits import CliError
-from ..loading import DTYPES, load_pipeline, probe_units, require_dir
+from ..loading import probe_units, require_dir
 from . import checks
-from .render import console, err_console, print_json, records_table, render_data, stage_progress, status
+from .common import add_command, memory_options, open_pipeline
+from .generation import register_generate
+from .render import console, print_json, records_table, render_data, stage_progress, status
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def _add(sub: Any, name: str, common: Any, formatter: Any, epilog: str, summary: str, description: str) -> Any:
-    return sub.add_parser(
-        name, help=summary, description=description, parents=[common], formatter_class=formatter, epilog=epilog
-    )
-
-
-def _memory_options(parser: argparse.ArgumentParser, offload: bool = True) -> None:
-    group = parser.add_argument_group("model and memory")
-    group.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                       help="weights dtype; auto: bfloat16 on CUDA, float32 on CPU")
-    group.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    if offload:
-        group.add_argument("--cpu-offload", action="store_true",
-                           help="enable_model_cpu_offload(): keep only the running model on the GPU")
-    group.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
-    group.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time (less memory)")
-
-
-def _pipe(args: argparse.Namespace) -> Any:
-    with status(f"loading {args.model} ...", args.quiet):
-        pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device,
-                             cpu_offload=getattr(args, "cpu_offload", False),
-                             vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
-    pipe.set_progress_bar_config(disable=True)  # the command shows its own bars on stderr (none with --quiet)
-    return pipe
-
-
 # ----------------------------------------------------------------------------------------- demo
 def register_demo(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "demo", common, formatter, epilog, "run the embedded offline demo (tiny random model, CPU)",
+    p = add_command(sub, "demo", common, formatter, epilog, "run the embedded offline demo (tiny random model, CPU)",
              "Build a tiny RANDOM CogVideoX pipeline, train a subject briefly on the shipped clock photos,\n"
              "generate with value warping and write the video plus PNG panels (reference, frames, fg /\n"
              "cycle / final masks over the warp steps, and the paper's figure-5 correspondence picture).\n"
              "Offline, CPU, well under two minutes. The pictures show the machinery, not quality.")
     p.add_argument("--out", default="vwarper-demo", help="output directory")
+    p.add_argument("--subjects", type=int, choices=[1, 2], default=1,
+                   help="1: the clock; 2: the clock and the dog in one video (one mask row per subject)")
+    p.add_argument("--references", type=int, choices=[1, 2, 3], default=1,
+                   help="reference photos per subject matched at once (drawn: which photo each token reads)")
     for flag, default in (("--train-steps", 30), ("--steps", 12), ("--size", 128), ("--frames", 17)):
         p.add_argument(flag, type=int, default=default, help=argparse.SUPPRESS)  # hidden: test sizes
     p.set_defaults(handler=run_demo)
@@ -63,7 +42,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
     from ..demo import run_demo as demo
 
-    settings = DemoSettings(train_steps=args.train_steps, steps=args.steps, size=args.size, frames=args.frames)
+    settings = DemoSettings(train_steps=args.train_steps, steps=args.steps, size=args.size, frames=args.frames,
+                            subjects=args.subjects, references=args.references)
     console.print(Panel("The demo model has RANDOM weights: the video is noise-like on purpose. It shows "
                         "the coarse stage, reference branch, matching, masks and warping end to end.",
                         title="vwarper demo", border_style="yellow"))
@@ -77,7 +57,9 @@ def run_demo(args: argparse.Namespace) -> int:
     whats = {"reference": "reference photos", "frames": "every generated frame",
              "masks": "fg / cycle / final masks (rows: warp steps)",
              "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask",
-             "figure5_tiles": "figure 5's exact pixel tiles (layout in demo.json)"}
+             "figure5_tiles": "figure 5's exact pixel tiles (layout in demo.json)",
+             "subjects": "each subject's final mask in its colour, and which subject each token is from",
+             "references": "which reference photo each injected token reads"}
     for key, path in result.pngs.items():
         table.add_row(str(path), whats.get(key, key))
     table.add_row(str(result.summary), "settings, timings, figure-5 layout")
@@ -92,7 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- train
 def register_train(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "train", common, formatter, epilog, "train a subject (coarse stage: LoRA + token)",
+    p = add_command(sub, "train", common, formatter, epilog, "train a subject (coarse stage: LoRA + token)",
              "Stage 1 of V-Warper: LoRA on the key/value/output projections plus a new subject token,\n"
              "trained on 3-10 photos of the subject. Writes a subject directory for `vwarper generate`.\n"
              "Example: vwarper train --model THUDM/CogVideoX-5b --images photos/ --token '<my-dog>'\n"
@@ -118,7 +100,7 @@ def register_train(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
     p.add_argument("--prepare", type=int, nargs=4, action="append", metavar=("FRAMES", "HEIGHT", "WIDTH", "STEPS"),
                    help="after training, invert the reference for this generation shape and store it in the "
                         "subject directory, so the first `vwarper generate` of that shape starts warm (repeatable)")
-    _memory_options(p, offload=False)
+    memory_options(p, offload=False)
     p.set_defaults(handler=run_train)
 
 
@@ -184,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
                             checkpoint_dir=args.checkpoint_dir)
 
     coarse_config("no")  # settings errors now, not after loading a 5B model
-    pipe = _pipe(args)
+    pipe = open_pipeline(args)
     device = str(pipe._execution_device)
     precision = args.mixed_precision if args.mixed_precision != "auto" else ("bf16" if "cuda" in device else "no")
     config = coarse_config(precision)
@@ -214,105 +196,9 @@ def _prepare(args: argparse.Namespace, pipe: Any, out: Path) -> None:
         console.print(f"prepared: {frames} frames at {width}x{height}, {steps} steps (guidance 6.0)")
 
 
-# ------------------------------------------------------------------------------------- generate
-def register_generate(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "generate", common, formatter, epilog, "generate a video of a trained subject",
-             "Stage 2 of V-Warper: generate with the subject's coarse stage active and its reference\n"
-             "values warped into the video (the paper's full method). --no-warp: coarse stage only;\n"
-             "--no-mask: warping without the foreground / cycle masks (the paper's ablations).\n"
-             "Example: vwarper generate --model THUDM/CogVideoX-5b --subject subjects/dog\n"
-             "         --prompt 'a <my-dog> dog running on the beach' --out dog.mp4")
-    p.add_argument("--model", required=True, help="diffusers hub id or local directory ('tiny': random test model)")
-    p.add_argument("--subject", required=True, help="subject directory written by `vwarper train`")
-    p.add_argument("--prompt", required=True, help="prompt containing the subject token")
-    p.add_argument("--negative-prompt", default="", help="negative prompt")
-    p.add_argument("--out", default="video.mp4", help="video file (mp4 when imageio-ffmpeg is installed, else gif)")
-    p.add_argument("--frames", type=int, default=25, help="number of frames (paper: 25)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (paper: 50)")
-    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale")
-    p.add_argument("--height", type=int, default=None, help="height in pixels (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="width in pixels (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--fps", type=int, default=8, help="frames per second of the written video")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--no-warp", action="store_true", help="coarse stage only (no reference branch)")
-    mode.add_argument("--no-mask", action="store_true", help="warp every video token (no fg / cycle masks)")
-    p.add_argument("--panels", default=None, help="also write mask and figure-5 PNGs to this directory")
-    _memory_options(p)
-    p.set_defaults(handler=run_generate)
-
-
-def _generate_checks(args: argparse.Namespace) -> tuple[Any, Path, Path | None]:
-    """Everything `vwarper generate` can check before loading the model; returns (subject, video, panels)."""
-    from ... import Subject
-
-    checks.at_least(args.frames, 1, "--frames", "25")
-    checks.at_least(args.steps, 1, "--steps", "50")
-    checks.finite_positive(args.guidance, "--guidance", "6.0", allow_zero=True)
-    checks.at_least(args.fps, 1, "--fps", "8")
-    checks.seed(args.seed)
-    for flag, value in (("--height", args.height), ("--width", args.width)):
-        if value is not None:
-            checks.at_least(value, 1, flag, "480")
-    checks.device(args.device)
-    out = Path(args.out).expanduser()
-    if out.suffix.lower() in (".mp4", ".gif"):  # write_video picks the container; keep dotted names whole
-        out = out.with_suffix("")
-    checks.writable(Path(args.out).expanduser(), "--out", "file")
-    panels = Path(args.panels).expanduser() if args.panels else None
-    if panels is not None:
-        checks.writable(panels, "--panels", "directory")
-    folder = require_dir(args.subject, "a subject directory", "Train one with `vwarper train ... --out DIR`.")
-    if not (folder / "subject.json").is_file():
-        raise CliError(f"Expected a subject directory with subject.json, but got {str(folder)!r} without it. "
-                       "Pass the directory written by `vwarper train`.")
-    subject = Subject.load(folder, cache_inversions=True)  # prepared or earlier shapes start warm
-    needs_token = subject.has_coarse or (not args.no_warp and not args.no_mask)  # the LoRA learnt the token
-    if needs_token and subject.token not in args.prompt:
-        raise CliError(f"Expected the prompt to contain the subject token {subject.token!r}, but got "
-                       f"{args.prompt!r}. Write it in, e.g. 'a {subject.token} {subject.class_word} on the beach'.")
-    probe = probe_units(args.model)
-    if probe is not None:
-        size = (args.height, args.width) if args.height and args.width else (None, None)
-        checks.frames_and_size(probe[0], args.frames, *size, args.model)
-    return subject, out, panels
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    from ... import WarpConfig
-    from .. import visualize as vis
-    from ..generate import generate_video
-
-    subject, out, panels = _generate_checks(args)
-    pipe = _pipe(args)
-    height, width = args.height or None, args.width or None
-    checks.frames_and_size(video_units(pipe), args.frames, height, width, args.model)
-    config = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
-    with stage_progress(not args.quiet) as update:
-        video, diagnostics = generate_video(
-            pipe, subject, args.prompt, frames=args.frames, steps=args.steps, guidance=args.guidance, seed=args.seed,
-            height=args.height, width=args.width, negative_prompt=args.negative_prompt, config=config,
-            on_step=lambda done: update("denoise", done, args.steps),
-        )
-    targets = {"video": out, **({"panels": panels} if panels is not None and diagnostics else {})}
-    with checks.staged_outputs(targets) as staging:  # every output, or none
-        staged = vis.write_video(video, staging["video"] / out.name, fps=args.fps)
-        if "panels" in staging:
-            from ..demo import write_panels
-
-            pngs, _ = write_panels(staging["panels"], subject.images, video, diagnostics)
-    path = out.parent / staged.name
-    console.print(f"[green]video written to {path}[/] ({len(video)} frames, {video.shape[2]}x{video.shape[1]})")
-    if "panels" in targets:
-        console.print(f"panels: {', '.join(str(panels / p.name) for p in pngs.values())}")
-    elif panels is not None:
-        err_console.print("no panels written: no warp step ran (--no-warp, or too few --steps)")
-    return 0
-
-
 # ------------------------------------------------------------------------------- adapters/inspect
 def register_adapters(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "adapters", common, formatter, epilog, "list registered model adapters and their plugins",
+    p = add_command(sub, "adapters", common, formatter, epilog, "list registered model adapters and their plugins",
              "Model families vwarper_hooks can inject into, and which plugin registered each\n"
              "(built-ins and third-party plugins from the 'vwarper_hooks' entry-point group).")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -331,7 +217,7 @@ def run_adapters(args: argparse.Namespace) -> int:
 
 
 def register_inspect(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "inspect", common, formatter, epilog, "report how vwarper sees a model (layers, tokens, RoPE)",
+    p = add_command(sub, "inspect", common, formatter, epilog, "report how vwarper sees a model (layers, tokens, RoPE)",
              "Load a model (or build a tiny random one) and report what the adapter finds: attention\n"
              "layers, where text and video tokens sit, and whether injection can work.")
     p.add_argument("model", nargs="?", default=None, help="diffusers hub id or local directory")

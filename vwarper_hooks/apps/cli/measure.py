@@ -14,20 +14,16 @@ from ...units import video_units
 from ..exits import CliError
 from ..loading import default_device, load_pipeline, require_dir
 from . import checks
+from .common import add_command
 from .render import console, print_json, stage_progress, status
-
-
-def _add(sub: Any, name: str, common: Any, formatter: Any, epilog: str, summary: str, description: str) -> Any:
-    return sub.add_parser(
-        name, help=summary, description=description, parents=[common], formatter_class=formatter, epilog=epilog
-    )
 
 
 # ----------------------------------------------------------------------------------------- eval
 def register_eval(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
     from ..evaluation import DEFAULT_CLIP, DEFAULT_DINO
 
-    p = _add(sub, "eval", common, formatter, epilog, "score videos with CLIP-I, DINO-I and CLIP-T (paper table 1)",
+    summary = "score videos with CLIP-I, DINO-I and CLIP-T (paper table 1)"
+    p = add_command(sub, "eval", common, formatter, epilog, summary,
              "Score generated videos against the subjects' reference photos (CLIP-I, DINO-I) and their\n"
              "prompts (CLIP-T, subject token removed). Layout of RUN:\n"
              "  RUN/references/<subject>/*.jpg       reference photos\n"
@@ -83,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- analyze
 def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    p = _add(sub, "analyze", common, formatter, epilog, "per-layer correspondence accuracy (paper figure 4)",
+    p = add_command(sub, "analyze", common, formatter, epilog, "per-layer correspondence accuracy (paper figure 4)",
              "PCK@alpha of three descriptors at every attention layer: intermediate features, raw (post-RoPE)\n"
              "Q/K and RoPE-free Q/K. Ground truth: a synthetic known shift of the reference latent (default),\n"
              "or, with --video, DINO correspondences between the video's frames and the reference image.\n"
