@@ -216,25 +216,13 @@ def tiny_wan_transformer(num_layers: int = 6, seed: int = 0, **overrides: Any) -
 def tiny_wan_pipeline(num_layers: int = 6, seed: int = 0, tie_qk: bool = False) -> Any:
     """A complete offline Wan text-to-video pipeline with random weights, in eval mode, on CPU."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
-    from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = tiny_tokenizer()
     transformer = tiny_wan_transformer(num_layers, seed=seed)
     if tie_qk:
         tie_query_key(transformer)
     torch.manual_seed(seed)
-    encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=TEXT_DIM,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-        )
-    ).eval()
+    encoder = tiny_text_encoder(len(tokenizer), seed=seed, umt5=True)
     vae = AutoencoderKLWan(
         base_dim=8,
         z_dim=4,

@@ -49,13 +49,15 @@ def tiny_tokenizer() -> Any:
     )
 
 
-def tiny_text_encoder(vocab_size: int, seed: int = 0) -> Any:
-    from transformers import T5Config, T5EncoderModel
+def tiny_text_encoder(vocab_size: int, seed: int = 0, umt5: bool = False) -> Any:
+    """A tiny T5 encoder (CogVideoX's text encoder; ``umt5=True``: Wan's UMT5 of the same size)."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = T5Config(
+    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_cls(
         vocab_size=vocab_size,
-        d_model=32,
+        d_model=TEXT_DIM,
         d_kv=8,
         d_ff=64,
         num_layers=2,
@@ -63,7 +65,7 @@ def tiny_text_encoder(vocab_size: int, seed: int = 0) -> Any:
         relative_attention_num_buckets=8,
         dropout_rate=0.0,
     )
-    return T5EncoderModel(config).eval()
+    return model_cls(config).eval()
 
 
 def tie_query_key(transformer: Any) -> None:
