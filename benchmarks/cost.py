@@ -202,7 +202,7 @@ def flop_table(result: ShapeResult, unit: float) -> list[str]:
 
 def memory_table(results: list[ShapeResult]) -> list[str]:
     names = [k for k in results[0].memory if k not in ("weights", "activations", "inputs")]
-    widths = [55] + [17] * len(results)
+    widths = [61] + [17] * len(results)
     mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
     lines = [_row(["peak memory, MiB (estimate, see cost_memory.py)", *[r.shape.name for r in results]], widths)]
     plain = [sum(r.memory[k] for k in ("weights", "activations", "inputs")) for r in results]

@@ -173,7 +173,7 @@ def vwarper_items(snap: dict, plan: StepPlan, steps: int, activations: int) -> d
     held = sum(items.values())
     # in one layer at a time: the match layer makes step t's generation Q/K while t-1's are held; a warp
     # layer warps its values; any layer may add its foreground score (upper bound: at the layer's own peak)
-    items["in-layer transient: max(match Q/K copy, value warp) + fg"] = (
+    items["in-layer transient: max(match Q/K, value warp) + fg"] = (
         max(snap["gen_match"], _value_warp_extra(snap)) + _foreground_extra(snap))
     items["= extra during a warp-step forward"] = during = sum(items.values())
     # matching runs between forwards (the forward's activations are freed), before t-1's features go
