@@ -1,0 +1,342 @@
+"""V-Warper's cost at full size, without a GPU: FLOPs by part and a peak-memory estimate per shape.
+
+    python benchmarks/cost.py                  # the full shapes (a few minutes on 2 CPU cores)
+    python benchmarks/cost.py --config tiny    # the test suite's tiny pipelines (seconds)
+
+Shapes: CogVideoX-5B at 25 and 49 frames (480x720, 50 steps, CFG 6 as one batch of 2), Wan2.1-T2V
+1.3B and 14B (the WanPipeline defaults: 480x832, 81 frames, 50 steps, CFG 5 as two calls),
+HunyuanVideo (the diffusers docs example size 320x512, 61 frames; 50 steps, embedded guidance 6, no
+CFG batch). Each is built from its released config on the meta device (`cost_configs.py`). The paper's
+windows: match layer 12, warp layers 20-29, warp steps 3-19 of 50; Wan and HunyuanVideo keep their
+adapters' defaults (the paper's layers scaled to the depth), printed per shape.
+
+Variants: plain (stock pipeline); cold (a fresh subject: VAE encode and DDIM / flow inversion of the
+reference, then the reference branch); warm (same subject again: inversion cached); cached
+(``WarpConfig(cache_reference_features=True)`` with the features already cached, here by
+``subject.prepare`` with that config: no reference forward at all); prepared (the first call after
+``subject.prepare(pipe, num_frames=..., ...)`` with the default config). The cost of ``prepare``
+itself and of filling the feature cache is printed too (a one-off per subject and shape).
+
+How it counts (machine-independent): torch's `FlopCounterMode` on the meta device (shapes only; the
+attention kernels are counted there), the scheduler's arithmetic stubbed. A 50-step pipeline call on
+meta takes minutes per shape, so each variant runs ONE short call (5 steps, warp window (2, 3): every
+kind of step occurs once) with every FLOP attributed to a part while it runs (`cost_count.py`), and
+the 50-step cost is composed from those units with the step counts of
+`StepPlan.build(config, 50, depth)`. The composition is exact: `tests/test_cost_model.py` runs it on
+tiny pipelines of each family and compares it, part by part, with an end-to-end FlopCounterMode count
+of real longer calls with a scaled window. FLOPs are matmul / conv / attention FLOPs as
+FlopCounterMode defines them (elementwise work such as the value warp's gather counts zero). VAE: the
+decode of the final latent (untiled, counted once, the same for every variant) plus, cold, the
+reference's encode. Text: the pipeline's prompt (and negative prompt) encoding, plus, cold, the
+inversion prompt's. Memory: see `cost_memory.py` (an estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import vwarper_hooks as vwarper
+from vwarper_hooks.fine.plan import StepPlan, ranges
+from vwarper_hooks.plugins import get_adapter
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cost_configs import Shape, full_shapes, meta_pipeline, meta_shims, tiny_shapes  # noqa: E402
+from cost_count import PARTS, Measured, compose, measure, measure_prepare  # noqa: E402
+from cost_memory import feature_cache, plain_forward_peak, snapshot, vwarper_items  # noqa: E402
+
+PROMPT = "a photo of a <clock> clock on the beach"
+SHORT_STEPS, SHORT_WARP, PLAIN_STEPS = 5, (2, 3), 1
+VARIANTS = ("plain", "cold", "warm", "cached", "prepared")
+ONE_OFF = ("prepare()", "fill feature cache")
+OPTIONS = {"fg_softmax text": dict(fg_softmax="text"), "head_combine logits": dict(head_combine="logits")}
+TARGETS = {"warm": 1.13, "cached": 1.03, "cold": 1.60}
+#: the feature cache, kept "on the device" whatever its size: meta tensors cannot be copied to the CPU, and
+#: where the features sit changes no FLOP (the memory table places them with the default budget)
+CACHE = dict(cache_reference_features=True, feature_cache_device_gib=1e6)
+
+
+class Probe:
+    """Keeps a plain generation forward's kwargs and the session's holdings at a warp step."""
+
+    def __init__(self) -> None:
+        self.plain: dict | None = None
+        self.held: dict | None = None
+
+    def __call__(self, session: Any, part: str, key: Any, kwargs: dict) -> None:
+        if part == "generation" and key == ("plain", 0) and self.plain is None:
+            self.plain = dict(kwargs)
+        if part == "generation" and key == ((True, True, True), 0) and self.held is None:
+            self.held = snapshot(session, kwargs)
+
+
+def warp_config(shape: Shape, warp_steps: tuple[int, int], **fields: Any) -> vwarper.WarpConfig:
+    """Built fresh (not `updated`): fields a user did not set keep the adapter's default layers."""
+    return vwarper.WarpConfig(warp_steps=warp_steps, **shape.layers, **fields)
+
+
+def new_subject() -> vwarper.Subject:
+    return vwarper.Subject.from_images([Image.new("RGB", (64, 64), (200, 80, 40))], "<clock>", "clock")
+
+
+def measure_variants(pipe: Any, shape: Shape, steps: int, warp_steps: tuple[int, int], plain_steps: int,
+                     options: bool = False, probe: Probe | None = None) -> dict[str, Measured]:
+    """One call per variant (see the module doc), in the order a user would make them."""
+    kwargs = {"prompt": PROMPT, **shape.call, "num_inference_steps": steps, "output_type": "latent"}
+    base, cache = warp_config(shape, warp_steps), warp_config(shape, warp_steps, **CACHE)
+    out = {"plain": measure(pipe, {**kwargs, "num_inference_steps": plain_steps}, probe=probe)}
+    first = new_subject()
+    out["cold"] = measure(pipe, kwargs, first, base)
+    out["warm"] = measure(pipe, kwargs, first, base, probe=probe)
+    out["fill feature cache"] = measure_prepare(pipe, kwargs, first, cache)
+    out["cached"] = measure(pipe, kwargs, first, cache)
+    for name, fields in OPTIONS.items() if options else ():
+        out[f"cached, {name}"] = measure(pipe, kwargs, first, warp_config(shape, warp_steps, **fields, **CACHE))
+    second = new_subject()
+    out["prepare()"] = measure_prepare(pipe, kwargs, second, base)
+    out["prepared"] = measure(pipe, kwargs, second, base)
+    return out
+
+
+def long_plan(pipe: Any, shape: Shape) -> tuple[vwarper.WarpConfig, StepPlan, int]:
+    """The composed run's config (adapter defaults filled in, as `inject` does), plan and depth."""
+    adapter = get_adapter(pipe.transformer)
+    depth = len(adapter.attention_layers(pipe.transformer))
+    config = warp_config(shape, shape.warp_steps).for_adapter(adapter, depth)
+    return config, StepPlan.build(config, shape.steps, depth), depth
+
+
+def decode_flops(pipe: Any, forward_kwargs: dict) -> int:
+    """FLOPs of the VAE decode of one video's final latent (the pipelines' output_type="latent" skips it)."""
+    latents = get_adapter(pipe.transformer).latents(forward_kwargs)[:1]
+    if get_adapter(pipe.transformer).latent_layout == "BFCHW":
+        latents = latents.permute(0, 2, 1, 3, 4)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)
+    return counter.get_total_flops()
+
+
+@dataclass
+class ShapeResult:
+    shape: Shape
+    config: vwarper.WarpConfig
+    plan: StepPlan
+    depth: int
+    parts: dict[str, dict[str, int]]  # variant -> part -> FLOPs of the composed run
+    measured: dict[str, Measured]
+    probe: Probe
+    decode: int = 0  # the VAE decode, counted apart and added to every generation variant's VAE part
+    memory: dict[str, int] = field(default_factory=dict)
+    cache: tuple[int, int] = (0, 0)
+
+    def total(self, variant: str) -> int:
+        return sum(self.parts[variant].values())
+
+
+def measure_shape(shape: Shape, options: bool = False, memory_blocks: int | None = 1) -> ShapeResult:
+    """Everything `cost.py` prints for one shape."""
+    with meta_shims():
+        pipe = meta_pipeline(shape)
+        probe = Probe()
+        measured = measure_variants(pipe, shape, SHORT_STEPS, SHORT_WARP, PLAIN_STEPS, options, probe)
+        config, plan, depth = long_plan(pipe, shape)
+        decode = decode_flops(pipe, probe.plain)
+    parts = {}
+    for name, m in measured.items():
+        parts[name] = compose(m, shape.steps, None if name == "plain" else plan)
+        parts[name]["VAE"] += 0 if name in ONE_OFF else decode
+    layers = measured["warm"].plan
+    if (layers.match_layer, layers.warp_layers, layers.fg_layers) != (plan.match_layer, plan.warp_layers,
+                                                                       plan.fg_layers):
+        raise AssertionError(f"{shape.name}: the short calls used other layers than the composed run")
+    result = ShapeResult(shape, config, plan, depth, parts, measured, probe, decode)
+    if memory_blocks != 0:
+        result.memory = plain_forward_peak(pipe.transformer, probe.plain, memory_blocks)
+        result.memory.update(vwarper_items(probe.held, plan, shape.steps, result.memory["activations"]))
+        result.cache = feature_cache(probe.held, plan, config.feature_cache_device_gib)
+    return result
+
+
+def _row(cells: list[Any], widths: list[int]) -> str:
+    return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def _layers(result: ShapeResult) -> str:
+    plan = result.plan
+    return (f"{result.depth} layers: match {plan.match_layer}, warp {ranges(plan.warp_layers)}; "
+            f"steps: warp {ranges(plan.warp_steps)}, match {ranges(plan.match_steps)}, fg {ranges(plan.fg_steps)}"
+            f" of {result.shape.steps}")
+
+
+def flop_table(result: ShapeResult, unit: float) -> list[str]:
+    shape, plain = result.shape, result.total("plain")
+    call = shape.call
+    grid = result.probe.held["grid"]
+    lines = [f"== {shape.name}: {call['height']}x{call['width']}, {call['num_frames']} frames, guidance "
+             f"{call['guidance_scale']}, batch {result.probe.held['batch']} per forward; video tokens "
+             f"{'x'.join(map(str, grid))} = {grid[0] * grid[1] * grid[2]}",
+             f"   {_layers(result)}" + (f"  ({shape.note})" if shape.note else "")]
+    widths = [27, 9, 7, 7] + [10] * len(PARTS)
+    lines.append(_row(["variant", "total", "x plain", "x dnz", *PARTS], widths))
+    denoise = ("generation", "reference", "inversion", "matching", "masks/fg")
+    plain_dnz = sum(result.parts["plain"][p] for p in denoise)
+    for name in [*VARIANTS, *ONE_OFF, *[n for n in result.parts if n.startswith("cached, ")]]:
+        parts = result.parts[name]
+        dnz = sum(parts[p] for p in denoise) / plain_dnz
+        cells = [name, f"{result.total(name) / unit:.2f}", f"{result.total(name) / plain:.4f}", f"{dnz:.4f}"]
+        lines.append(_row(cells + [f"{parts[p] / unit:.2f}" for p in PARTS], widths))
+    extra = result.parts["warm"]["generation"] - result.parts["plain"]["generation"]
+    if extra:
+        lines.append(f"   generation forwards under V-Warper: {extra / unit:+.2f} over plain's ({extra / plain:+.3%} "
+                     "of plain), the routed layers' own work (Wan: cross-attention Q/K recomputed for the fg score)")
+    return lines
+
+
+def memory_table(results: list[ShapeResult]) -> list[str]:
+    names = [k for k in results[0].memory if k not in ("weights", "activations", "inputs")]
+    widths = [61] + [17] * len(results)
+    mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
+    lines = [_row(["peak memory, MiB (estimate, see cost_memory.py)", *[r.shape.name for r in results]], widths)]
+    plain = [sum(r.memory[k] for k in ("weights", "activations", "inputs")) for r in results]
+    for key in ("weights", "activations", "inputs"):
+        lines.append(_row([f"plain transformer forward: {key}", *[mib(r.memory[key]) for r in results]], widths))
+    lines.append(_row(["plain transformer forward: peak", *map(mib, plain)], widths))
+    for key in names:
+        lines.append(_row([f"V-Warper: {key}", *[mib(r.memory[key]) for r in results]], widths))
+    extra = [r.memory["= extra at the peak"] for r in results]
+    lines.append(_row(["V-Warper extra, % of plain peak (target <= 5%)",
+                       *[f"{100 * e / p:.2f}%" for e, p in zip(extra, plain, strict=True)]], widths))
+    lines.append(_row(["feature cache (cache_reference_features): total",
+                       *[mib(r.cache[0]) for r in results]], widths))
+    lines.append(_row([f"feature cache: on device (budget {results[0].config.feature_cache_device_gib} GiB)",
+                       *[mib(r.cache[1]) for r in results]], widths))
+    return lines
+
+
+def _verdict(ok: bool, value: float, bound: float, what: str) -> str:
+    return "PASS" if ok else f"MISSED by {value - bound:.4g}{what}"
+
+
+def _dominant(result: ShapeResult, variant: str) -> str:
+    """The part that adds most over plain."""
+    extra = {p: result.parts[variant][p] - result.parts["plain"][p] for p in PARTS}
+    part = max(extra, key=extra.get)
+    return f" (largest addition: {part}, {extra[part] / result.total('plain'):.2%} of plain)"
+
+
+def target_lines(result: ShapeResult) -> list[str]:
+    plain = result.total("plain")
+    lines = [f"targets (issue 12 item 6) at {result.shape.name}: FLOPs of the whole call (text encoding, "
+             f"{result.shape.steps} steps, VAE decode) over plain"]
+    for variant, bound in TARGETS.items():
+        ratio = result.total(variant) / plain
+        verdict = _verdict(ratio <= bound, ratio, bound, "x" + _dominant(result, variant))
+        lines.append(f"  {variant:<9} <= {bound:.2f}x plain: {ratio:.4f}x  {verdict}")
+    warm, prepared = result.total("warm"), result.total("prepared")
+    lines.append(f"  prepared first call = warm: {prepared / plain:.4f}x vs {warm / plain:.4f}x  "
+                 f"{'PASS' if prepared == warm else 'MISSED'}")
+    parts = result.parts["warm"]
+    routed = parts["generation"] - result.parts["plain"]["generation"]
+    share = (parts["matching"] + parts["masks/fg"] + routed) / plain
+    lines.append(f"  matcher + masks/fg (+ routed layers' extra) <= 1% of plain FLOPs: {share:.4%}  "
+                 f"{_verdict(share <= 0.01, 100 * share, 1.0, ' points')}")
+    if result.memory:
+        m = result.memory
+        percent = 100 * m["= extra at the peak"] / (m["weights"] + m["activations"] + m["inputs"])
+        lines.append(f"  V-Warper memory extra (no feature cache) <= 5% of plain peak: {percent:.2f}%  "
+                     f"{_verdict(percent <= 5, percent, 5, ' points')}")
+    return lines
+
+
+def option_lines(result: ShapeResult, unit: float, label: str) -> list[str]:
+    plain, base = result.total("plain"), result.total("cached")
+    lines = [f"FLOP differences between options at {result.shape.name} (whole {result.shape.steps}-step call; "
+             "the same with and without the feature cache):"]
+    for name in OPTIONS:
+        delta = result.total(f"cached, {name}") - base
+        default = {"fg_softmax text": 'fg_softmax "text" - "joint"',
+                   "head_combine logits": 'head_combine "logits" - "probs"'}[name]
+        lines.append(f"  {default:<34} {delta / unit:+.4f} {label} = {delta / plain:+.4%} of plain")
+    # eq. 3 either way multiplies the same Q and K (per head, or with the heads concatenated); "probs" also
+    # exponentiates every head's scores: elementwise work, which FlopCounterMode counts as zero
+    heads, tokens = result.probe.held["value"].shape[1:3]
+    groups = result.probe.held["grid"][0] if result.config.per_frame_matching else 1
+    n = tokens // groups
+    exps = 4 * (heads - 1) * groups * n * n * len(result.plan.warp_steps)
+    lines.append(f"  (the same matmuls either way; \"probs\" adds {exps / 1e9:.1f} G exp/logsumexp elementwise ops "
+                 f"per call, {exps / plain:.5%} of plain, uncounted by FlopCounterMode)")
+    return lines
+
+
+def report(results: list[ShapeResult], config: str) -> str:
+    unit, label = (1e12, "TFLOP") if config == "full" else (1e6, "MFLOP")
+    lines = [f"benchmarks/cost.py --config {config}: FLOP counts on the meta device (machine-independent); "
+             f"torch {torch.__version__}, diffusers {__import__('diffusers').__version__}",
+             f"FLOPs in {label}; 'x dnz' = denoising only (generation, reference, inversion, matching, masks/fg) "
+             "over plain's; 'other' = counted outside every part"]
+    for result in results:
+        lines += ["", *flop_table(result, unit)]
+    if results[0].memory:
+        lines += ["", *memory_table(results)]
+    lines += ["", *target_lines(results[0])]
+    if any(n.startswith("cached, ") for n in results[0].parts):
+        lines += ["", *option_lines(results[0], unit, label)]
+    return "\n".join(lines)
+
+
+def _measure_one(config: str, index: int, options: bool, blocks: int | None) -> ShapeResult:
+    """`measure_shape` in a worker process; returns what pickles (the shape is put back by the caller)."""
+    __import__("diffusers").utils.logging.set_verbosity_error()  # "modules kept in float32" notes on meta
+    shape = (full_shapes() if config == "full" else tiny_shapes())[index]
+    start = time.time()
+    result = measure_shape(shape, options, blocks)
+    print(f"{shape.name}: {time.time() - start:.0f} s", file=sys.stderr)
+    result.shape, result.probe.plain = None, None
+    return result
+
+
+def measure_all(config: str, indices: list[int], blocks: int | None, jobs: int) -> list[ShapeResult]:
+    """Every shape of `config` in `indices` (the first with the option variants), `jobs` processes at a time."""
+    shapes = full_shapes() if config == "full" else tiny_shapes()
+    work = [(config, i, n == 0, blocks) for n, i in enumerate(indices)]
+    if jobs <= 1 or len(work) == 1:
+        results = [_measure_one(*w) for w in work]
+    else:  # shapes are independent and each runs on one core: the meta device is single-threaded Python
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_measure_one, *zip(*work, strict=True)))
+    for result, index in zip(results, indices, strict=True):
+        result.shape = shapes[index]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=("full", "tiny"), default="full")
+    parser.add_argument("--only", help="run only the shapes whose name contains this")
+    parser.add_argument("--memory-depth", choices=("blocks", "full", "none"), default="blocks",
+                        help="plain peak from one block of each kind (default), the full depth, or skip memory")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: 2)")
+    args = parser.parse_args(argv)
+    shapes = full_shapes() if args.config == "full" else tiny_shapes()
+    indices = [i for i, s in enumerate(shapes) if args.only is None or args.only in s.name]
+    blocks = {"blocks": 1, "full": None, "none": 0}[args.memory_depth]
+    start = time.time()
+    results = measure_all(args.config, indices, blocks, args.jobs)
+    print(report(results, args.config))
+    print(f"\n({len(results)} shapes in {time.time() - start:.0f} s, {args.jobs} processes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
