@@ -117,7 +117,8 @@ def long_plan(pipe: Any, shape: Shape) -> tuple[vwarper.WarpConfig, StepPlan, in
 def decode_flops(pipe: Any, forward_kwargs: dict) -> int:
     """FLOPs of the VAE decode of one video's final latent (the pipelines' output_type="latent" skips it)."""
     latents = get_adapter(pipe.transformer).latents(forward_kwargs)[:1]
-    if get_adapter(pipe.transformer).latent_layout == "BFCHW":
+    channels = getattr(pipe.vae.config, "latent_channels", None) or pipe.vae.config.z_dim
+    if latents.shape[1] != channels and latents.shape[2] == channels:  # (B, F, C, H, W), as CogVideoX's
         latents = latents.permute(0, 2, 1, 3, 4)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)

@@ -89,16 +89,19 @@ def _transient(run: Callable[..., Any], specs: list[tuple[tuple[int, ...], torch
 
 def snapshot(session: Any, forward_kwargs: dict) -> dict[str, Any]:
     """Shapes and sizes of what the session holds now (call it before a warp-step generation forward)."""
-    run, state = session.router.run, session.reference.state
-    values = [f.value for f in run.ref_values.values()]
-    diagnostics = list(session._diagnostics._steps.values())
+    run, reference = session.router.run, session.branches[0].reference
+    mine, state = run.subjects[0], reference.states[reference.image]
+    values = [f.value for f in mine.ref_values.values()]
+    diagnostics = [d for per_token in session._diagnostics._steps.values() for d in per_token.values()]
     one = diagnostics[0]
     latents = session.adapter.latents(forward_kwargs)
+    ref_match = sum(nbytes(t) for match in mine.ref_match for t in match)
     return dict(
         ref_values=sum(storage(v) for v in values), value=values[0], value_storage=storage(values[0]),
-        ref_match=sum(map(nbytes, run.ref_match)), gen_match=sum(map(nbytes, run.gen_match)),
+        # the generation's match Q/K of this step are captured in the forward and held through the warp layers
+        ref_match=ref_match, gen_match=ref_match,
         latent=nbytes(state.trajectory[0]), clean=nbytes(state.clean),
-        text=sum(nbytes(t) for t in state.text.values()), foreground=nbytes(run.foreground.total),
+        text=sum(nbytes(t) for t in state.text.values()), foreground=nbytes(mine.foreground.total),
         diagnostics_step=sum(nbytes(t) for t in (one.flow, one.fg_score, one.fg_mask, one.cc_mask, one.mask)),
         ref_mask=nbytes(run.warp.ref_mask), batch=latents.shape[0], subject=run.subject.stop - run.subject.start,
         grid=session.adapter.token_grid(session.pipe.transformer, latents), config=run.config,

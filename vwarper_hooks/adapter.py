@@ -255,6 +255,10 @@ class Adapter(ABC):
                 return value
             return value[:1].expand(batch, *value.shape[1:])
 
+        # the pipeline casts its own text conditioning to the generation's dtypes: so do we (e.g. HunyuanVideo's
+        # pooled projections and mask come out of float16 encoders / as int64)
+        text = {k: v.to(kwargs[k].dtype) if torch.is_tensor(v) and torch.is_tensor(kwargs.get(k)) else v
+                for k, v in text.items()}
         ref = {**kwargs, **{k: expanded(v) for k, v in text.items()}}
         generation_t = kwargs.get("timestep")
         if isinstance(generation_t, torch.Tensor):

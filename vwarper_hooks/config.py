@@ -103,8 +103,9 @@ class WarpConfig(BaseModel):
         return self
 
     def updated(self, **fields: object) -> WarpConfig:
-        """A validated copy with `fields` changed (unknown names and bad values raise `ConfigError`)."""
-        return WarpConfig(**{**self.model_dump(), **fields})
+        """A validated copy with `fields` changed (unknown names and bad values raise `ConfigError`). Fields
+        nobody set stay unset, so `for_adapter` still fills in an adapter's default layers."""
+        return WarpConfig(**{**{name: getattr(self, name) for name in self.model_fields_set}, **fields})
 
     def for_adapter(self, adapter: object, depth: int) -> WarpConfig:
         """This config with the adapter's default layers where the user set none (see `Adapter.default_layers`)."""

@@ -233,6 +233,7 @@ class Session:
             grid = self.adapter.token_grid(self.pipe.transformer, self.adapter.latents(kwargs))
             self._choose_photos(step, kwargs, grid)
             run.warp, diagnostics = plan_warp(run, step, grid)
+            run.gen_match = None  # step t-1's features are used up; step t's are captured in this forward
             if run.config.keep_diagnostics:
                 for branch, record in zip(self.branches, diagnostics, strict=True):
                     self._diagnostics.record(branch.subject.token, record)

@@ -65,14 +65,14 @@ class ValueWarp:
     needs_reference_keys = False
 
     def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
-        # torch.where copies V_gen exactly where the mask is off, so an empty mask changes nothing,
-        # and no `mask.any()` check (a host sync per layer) is needed.
+        # torch.where keeps V_gen exactly where the mask is off, so an empty mask changes nothing, and
+        # no `mask.any()` check (a host sync per layer) is needed. Written into the call's own values
+        # (in place): no batch-sized copy of V at the peak of the forward.
         video = call.value[:, :, call.video]
-        warped = ref.value[:, :, plan.flow].to(video.dtype)
-        value = call.value.clone()
-        value[:, :, call.video] = torch.where(plan.mask[None, None, :, None], warped, video)
+        warped = ref.value[:, :, plan.flow].to(video.dtype)  # (1, heads, N, d): shared by the CFG halves
+        torch.where(plan.mask[None, None, :, None], warped, video, out=video)
         call.rotate_(call.query, call.key)
-        return call.attend(call.query, call.key, value)
+        return call.attend(call.query, call.key, call.value)
 
 
 BUILTIN_INJECTORS: dict[str, type] = {ValueWarp.name: ValueWarp}
