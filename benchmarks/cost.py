@@ -58,6 +58,9 @@ SHORT_STEPS, SHORT_WARP, PLAIN_STEPS = 5, (2, 3), 1
 VARIANTS = ("plain", "cold", "warm", "cached", "prepared")
 ONE_OFF = ("prepare()", "fill feature cache")
 OPTIONS = {"fg_softmax text": dict(fg_softmax="text"), "head_combine logits": dict(head_combine="logits")}
+#: beyond the paper (issue 14): several photos per subject, several subjects (cold and warm each)
+SEVERAL = {"3 photos": (3, 1), "5 photos": (5, 1), "2 subjects": (1, 2)}
+TWO_PROMPT = "a photo of a <clock> clock and a <dog> dog on the beach"
 TARGETS = {"warm": 1.13, "cached": 1.03, "cold": 1.60}
 #: the feature cache, kept "on the device" whatever its size: meta tensors cannot be copied to the CPU, and
 #: where the features sit changes no FLOP (the memory table places them with the default budget)
@@ -83,8 +86,21 @@ def warp_config(shape: Shape, warp_steps: tuple[int, int], **fields: Any) -> vwa
     return vwarper.WarpConfig(warp_steps=warp_steps, **shape.layers, **fields)
 
 
-def new_subject() -> vwarper.Subject:
-    return vwarper.Subject.from_images([Image.new("RGB", (64, 64), (200, 80, 40))], "<clock>", "clock")
+def new_subject(photos: int = 1, token: str = "<clock>") -> vwarper.Subject:
+    images = [Image.new("RGB", (64, 64), (200, 80 + 10 * i, 40)) for i in range(photos)]
+    return vwarper.Subject.from_images(images, token, token.strip("<>"))
+
+
+def measure_several(pipe: Any, kwargs: dict, shape: Shape, warp_steps: tuple[int, int]) -> dict[str, Measured]:
+    """Cold and warm calls with several photos per subject, or several subjects (`SEVERAL`)."""
+    out = {}
+    for name, (photos, subjects) in SEVERAL.items():
+        chosen = [new_subject(photos, token) for token in ("<clock>", "<dog>")[:subjects]]
+        config = warp_config(shape, warp_steps, num_references=photos)
+        call = {**kwargs, "prompt": TWO_PROMPT} if subjects > 1 else kwargs
+        out[f"cold, {name}"] = measure(pipe, call, chosen, config)
+        out[f"warm, {name}"] = measure(pipe, call, chosen, config)
+    return out
 
 
 def measure_variants(pipe: Any, shape: Shape, steps: int, warp_steps: tuple[int, int], plain_steps: int,
@@ -100,6 +116,8 @@ def measure_variants(pipe: Any, shape: Shape, steps: int, warp_steps: tuple[int,
     out["cached"] = measure(pipe, kwargs, first, cache)
     for name, fields in OPTIONS.items() if options else ():
         out[f"cached, {name}"] = measure(pipe, kwargs, first, warp_config(shape, warp_steps, **fields, **CACHE))
+    if options:
+        out.update(measure_several(pipe, kwargs, shape, warp_steps))
     second = new_subject()
     out["prepare()"] = measure_prepare(pipe, kwargs, second, base)
     out["prepared"] = measure(pipe, kwargs, second, base)
@@ -189,7 +207,8 @@ def flop_table(result: ShapeResult, unit: float) -> list[str]:
     lines.append(_row(["variant", "total", "x plain", "x dnz", *PARTS], widths))
     denoise = ("generation", "reference", "inversion", "matching", "masks/fg")
     plain_dnz = sum(result.parts["plain"][p] for p in denoise)
-    for name in [*VARIANTS, *ONE_OFF, *[n for n in result.parts if n.startswith("cached, ")]]:
+    extra = [n for n in result.parts if n.startswith(("cached, ", "cold, ", "warm, "))]
+    for name in [*VARIANTS, *ONE_OFF, *extra]:
         parts = result.parts[name]
         dnz = sum(parts[p] for p in denoise) / plain_dnz
         cells = [name, f"{result.total(name) / unit:.2f}", f"{result.total(name) / plain:.4f}", f"{dnz:.4f}"]

@@ -237,6 +237,13 @@ def _check(count: int, expected: int, what: str) -> None:
         raise CompositionError(f"{what}: {count} in the short call, but its plan says {expected}")
 
 
+def _copies(count: int, per_copy: int, what: str) -> int:
+    """How many times `per_copy` forwards ran (subjects, photos), refusing a count that does not divide."""
+    copies, rest = divmod(count, per_copy)
+    _check(rest, 0, f"{what} (leftover over {per_copy} per copy)")
+    return copies
+
+
 def compose(m: Measured, steps: int, plan: StepPlan | None) -> dict[str, int]:
     """FLOPs by part of the call `m` measured, priced for a run of `steps` steps following `plan`
     (None: a plain call). Work done once per call (text, VAE, other) is taken as measured."""
@@ -253,14 +260,15 @@ def compose(m: Measured, steps: int, plan: StepPlan | None) -> dict[str, int]:
             own, fg = _unit(m.gen[key], f"generation forward {key}")
             out["generation"] += own
             out["masks/fg"] += fg
-    if m.ref:
-        _check(sum(map(len, m.ref.values())), len(ref_steps(m.plan, m.steps)), "reference forwards")
+    if m.ref:  # one forward per reference step and subject (a subject's photos run as one batch)
+        copies = _copies(sum(map(len, m.ref.values())), len(ref_steps(m.plan, m.steps)), "reference forwards")
         for step in ref_steps(plan, steps):
-            out["reference"] += _unit(m.ref[ref_kind(plan, step)], f"reference forward {ref_kind(plan, step)}")
-    if m.inv:
-        _check(len(m.inv), (m.steps - min(ref_steps(m.plan, m.steps))) * (1 + m.refine), "inversion forwards")
+            out["reference"] += copies * _unit(m.ref[ref_kind(plan, step)], f"reference forward {ref_kind(plan, step)}")
+    if m.inv:  # one inversion per photo of every subject
+        per_photo = (m.steps - min(ref_steps(m.plan, m.steps))) * (1 + m.refine)
+        copies = _copies(len(m.inv), per_photo, "inversion forwards")
         count = (steps - min(ref_steps(plan, steps))) * (1 + m.refine)
-        out["inversion"] = _unit(m.inv, "inversion forward") * count
+        out["inversion"] = _unit(m.inv, "inversion forward") * count * copies
     if m.plan_warp:
         _check(len(m.plan_warp), len(m.plan.warp_steps), "warp plans")
         masks, match = _unit(m.plan_warp, "warp plan (masks, matching)")
