@@ -64,6 +64,8 @@ class ReferenceBranch:
         """
         config = self.router.run.config
         chosen = self.photo_choice()
+        cache = self.subject.reference_cache
+        cache.max_entries = max(cache.max_entries, len(chosen))  # every photo of a run stays cached
         self.states = {i: self._state(i, kwargs, latents) for i in chosen}
         self.photos = [chosen[0]] if config.reference_image == "best" else chosen
         plan = self.router.run.plan
