@@ -110,13 +110,18 @@ class VwarperWanCrossAttnProcessor(RoutedProcessor):
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         text = encoder_hidden_states
-        if attn.add_k_proj is not None:  # I2V: image tokens first, then the text context
+        if attn.add_k_proj is not None:  # I2V (refused by inject): image tokens first, then the text
             text = text[:, text.shape[1] - TEXT_CONTEXT :]
-        with torch.no_grad():
             q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-            k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
+            self.router.observe_text_attention(self.layer, q, _heads(attn.norm_k(attn.to_k(text)), attn.heads))
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        # The stock text cross-attention, computed once: the core reads its Q/K, no second projection.
+        q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
+        k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
+        v = _heads(attn.to_v(text), attn.heads)
         self.router.observe_text_attention(self.layer, q, k)
-        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        out = stock_attend(self.original, attention_mask)(q, k, v).transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 class WanAdapter(Adapter):

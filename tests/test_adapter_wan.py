@@ -91,3 +91,32 @@ def test_per_token_timesteps_are_refused(wpipe, subject):
                 pass
     finally:
         wpipe.register_to_config(expand_timesteps=False)
+
+
+def test_a_routed_cross_attention_computes_the_stock_output_once(wpipe):
+    """The foreground score reads the cross-attention's own Q/K: its output stays the stock one."""
+    from vwarper_adapters.wan import VwarperWanCrossAttnProcessor
+
+    from vwarper_hooks.porting.conformance import forward_inputs
+
+    inputs = forward_inputs(wpipe)
+    attn = wpipe.transformer.blocks[1].attn2
+    seen = []
+
+    class Router:
+        def wants_text(self, layer):
+            return True
+
+        def observe_text_attention(self, layer, q, k, valid=None):
+            seen.append((layer, q.shape, k.shape))
+
+    with torch.no_grad():
+        stock = wpipe.transformer(**inputs)[0]
+        original = attn.processor
+        attn.set_processor(VwarperWanCrossAttnProcessor(original, 1, Router()))
+        try:
+            routed = wpipe.transformer(**inputs)[0]
+        finally:
+            attn.set_processor(original)
+    assert seen and seen[0][0] == 1
+    assert torch.allclose(routed, stock, atol=1e-6)
