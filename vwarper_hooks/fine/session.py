@@ -150,6 +150,7 @@ class Session:
         plan = StepPlan.build(config, self.clock.num_steps, self.depth)
         self._warn_once(plan.clipped)
         found = self.tokens.in_prompt()
+        negative_only = found is None and self.tokens.elsewhere()  # read before new_run() forgets the texts
         # HunyuanVideo crops its prompt template off the encoder output: the adapter shifts positions
         subject = None if found is None else self.adapter.text_positions(found[0], found[1], kwargs)
         self.router.run = RunState(config, plan, self.matcher, self.injector, subject)
@@ -160,18 +161,18 @@ class Session:
         self.tokens.new_run()
         if plan.warp_steps:
             latents = self.adapter.latents(kwargs)
-            self._check_run(latents.shape[0], found is not None)
+            self._check_run(latents.shape[0], found is not None, negative_only)
             self.reference.prepare(kwargs, latents)
             self.reference_image = self.reference.image
 
-    def _check_run(self, batch: int, token_found: bool) -> None:
+    def _check_run(self, batch: int, token_found: bool, negative_only: bool = False) -> None:
         if batch not in (1, 2) or (batch == 2 and not self._batched_cfg()):
             raise VwarperError(
                 f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {batch}. "
                 "Use num_videos_per_prompt=1 and one prompt with inject()."
             )
         if self.config.mask and not token_found:
-            where = "only in the negative prompt" if self.tokens.elsewhere() else "not in the prompt"
+            where = "only in the negative prompt" if negative_only else "not in the prompt"
             raise SubjectTokenError(
                 f"Expected the prompt to contain the subject token {self.subject.token!r}, but it is {where} "
                 "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "

@@ -35,6 +35,18 @@ def finite_positive(value: float, flag: str, example: str, allow_zero: bool = Fa
         raise CliError(f"Expected {flag} to be {want}, but got {value}. Pass e.g. {flag} {example}.")
 
 
+def warp_window(steps: int, no_warp: bool) -> None:
+    """Refuse a run too short for the default warp window (steps 3-19): it would warp nothing."""
+    from ...config import WarpConfig
+    from ...fine.plan import warps_nothing
+
+    first = WarpConfig().warp_steps[0]
+    if not no_warp and warps_nothing(WarpConfig(), steps):
+        raise CliError(f"Expected --steps of at least {first + 1} for value warping (it warps from step {first}), "
+                       f"but got {steps}: nothing would be warped. Pass e.g. --steps 50 (the paper's), or --no-warp "
+                       "for the coarse stage alone.")
+
+
 def seed(value: int) -> None:
     if not 0 <= value <= SEED_MAX:
         raise CliError(f"Expected --seed between 0 and {SEED_MAX}, but got {value}. Pass e.g. --seed 0.")

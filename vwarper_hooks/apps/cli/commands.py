@@ -248,6 +248,7 @@ def _generate_checks(args: argparse.Namespace) -> tuple[Any, Path, Path | None]:
 
     checks.at_least(args.frames, 1, "--frames", "25")
     checks.at_least(args.steps, 1, "--steps", "50")
+    checks.warp_window(args.steps, args.no_warp)
     checks.finite_positive(args.guidance, "--guidance", "6.0", allow_zero=True)
     checks.at_least(args.fps, 1, "--fps", "8")
     checks.seed(args.seed)
