@@ -30,7 +30,7 @@ class CoarseConfig(BaseModel):
     deterministic runs. ``fp16`` needs CUDA.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # no inf / nan rates
 
     steps: int = Field(1000, ge=1, description="optimizer steps in total (over all resumed runs)")
     rank: int = Field(128, ge=1, description="LoRA rank")
