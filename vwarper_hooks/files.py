@@ -37,12 +37,17 @@ def pixel_sha256(image: Image.Image) -> str:
     return sha256_bytes(repr((image.size, image.mode)).encode() + image.tobytes())
 
 
-def config_hash(model: Any) -> str:
-    """sha256 of a diffusers or transformers model config as sorted JSON (private ``_`` keys and
-    library versions left out)."""
+def model_config(model: Any) -> dict[str, Any]:
+    """A diffusers or transformers model config as plain JSON values (tuples as lists), private ``_`` keys
+    and library versions left out: what `config_hash` hashes and ``subject.json`` records."""
     raw = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
     config = {k: v for k, v in raw.items() if not k.startswith("_") and k != "transformers_version"}
-    return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def config_hash(model: Any) -> str:
+    """sha256 of a diffusers or transformers model config (`model_config`) as sorted JSON."""
+    return sha256_bytes(json.dumps(model_config(model), sort_keys=True, default=str).encode())
 
 
 def tensor_digest(x: torch.Tensor) -> str:

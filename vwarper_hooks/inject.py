@@ -29,15 +29,20 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterator[Session]:
+def inject(
+    pipe: Any, subject: Any, config: WarpConfig | None = None, *, allow_config_mismatch: bool = False
+) -> Iterator[Session]:
     """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
+
+    A subject trained for another transformer config is refused (`ConfigError` naming both configs);
+    ``allow_config_mismatch=True`` only warns (its LoRA and token must still fit the model's shapes).
 
     Example::
 
         with vwarper.inject(pipe, subject) as session:
             video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
     """
-    adapter, config, matcher, injector = validate(pipe, subject, config or WarpConfig())
+    adapter, config, matcher, injector = validate(pipe, subject, config or WarpConfig(), allow_config_mismatch)
     transformer = pipe.transformer
     with ExitStack() as stack:
         mark_active(pipe)

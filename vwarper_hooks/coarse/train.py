@@ -17,7 +17,7 @@ from typing import Any
 
 from ..adapter import Adapter
 from ..errors import ConfigError, SubjectError
-from ..files import config_hash, pixel_sha256
+from ..files import config_hash, model_config, pixel_sha256
 from ..guard import is_active
 from ..images import ImageInput, load_images
 from ..plugins import get_adapter
@@ -141,7 +141,8 @@ def _subject(plan: Plan, class_word: str, lora: dict, embedding: Any, losses: li
     config, transformer = plan.config, plan.pipe.transformer
     info = {
         "base_model": base_model_id(plan.pipe), "transformer_class": type(transformer).__name__,
-        "transformer_config_hash": config_hash(transformer), "lora_targets": plan.targets, "losses": losses,
+        "transformer_config_hash": config_hash(transformer), "transformer_config": model_config(transformer),
+        "lora_targets": plan.targets, "losses": losses,
         "training": {**config.model_dump(mode="json"), "alpha": config.lora_alpha, "height": plan.height,
                      "width": plan.width, "prompt": plan.prompt, "steps_done": len(losses)},
         "image_sha256": plan.fingerprint["images"],

@@ -64,6 +64,7 @@ class SubjectManifest(BaseModel):
     base_model: str | None = None
     transformer_class: str | None = None
     transformer_config_hash: str | None = None
+    transformer_config: dict[str, Any] | None = None  # the config itself (files.model_config); older: hash only
     lora: LoraInfo | None = None
     token_embedding_dim: int | None = None
     training: dict[str, Any] = {}
@@ -143,7 +144,8 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
         manifest = SubjectManifest(
             format_version=FORMAT_VERSION, token=subject.token, class_word=subject.class_word,
             base_model=info.get("base_model"), transformer_class=info.get("transformer_class"),
-            transformer_config_hash=info.get("transformer_config_hash"), lora=lora_info,
+            transformer_config_hash=info.get("transformer_config_hash"),
+            transformer_config=info.get("transformer_config"), lora=lora_info,
             token_embedding_dim=None if subject.token_embedding is None else int(subject.token_embedding.numel()),
             training=info.get("training", {}), losses=info.get("losses", []), images=names,
             image_sha256=[pixel_sha256(im) for im in images], files=files,
@@ -256,7 +258,8 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
         images.append(image)
     info = {
         "base_model": manifest.base_model, "transformer_class": manifest.transformer_class,
-        "transformer_config_hash": manifest.transformer_config_hash, "training": manifest.training,
+        "transformer_config_hash": manifest.transformer_config_hash,
+        "transformer_config": manifest.transformer_config, "training": manifest.training,
         "losses": manifest.losses, "image_sha256": manifest.image_sha256,
         "lora_targets": manifest.lora.targets if manifest.lora else [],
     }

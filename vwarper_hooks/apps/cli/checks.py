@@ -47,6 +47,17 @@ def warp_window(steps: int, no_warp: bool) -> None:
                        "for the coarse stage alone.")
 
 
+def subject_fits(pipe: object, subject: object, allow_config_mismatch: bool) -> None:
+    """Refuse a subject trained for another transformer config (or whose LoRA / token do not fit) as soon
+    as the model is loaded, before any generation (`guard.subject_fit_problems`, as `inject` does)."""
+    from ...guard import subject_fit_problems
+
+    problems = subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
+    if problems:
+        raise CliError(" ".join(" ".join(problems).split()).replace("allow_config_mismatch=True",
+                                                                     "--allow-config-mismatch"))
+
+
 def seed(value: int) -> None:
     if not 0 <= value <= SEED_MAX:
         raise CliError(f"Expected --seed between 0 and {SEED_MAX}, but got {value}. Pass e.g. --seed 0.")

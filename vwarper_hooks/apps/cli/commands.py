@@ -238,6 +238,8 @@ def register_generate(sub: Any, common: Any, formatter: Any, epilog: str) -> Non
     mode.add_argument("--no-warp", action="store_true", help="coarse stage only (no reference branch)")
     mode.add_argument("--no-mask", action="store_true", help="warp every video token (no fg / cycle masks)")
     p.add_argument("--panels", default=None, help="also write mask and figure-5 PNGs to this directory")
+    p.add_argument("--allow-config-mismatch", action="store_true",
+                   help="use a subject trained for another transformer config (refused otherwise; only a warning)")
     _memory_options(p)
     p.set_defaults(handler=run_generate)
 
@@ -288,12 +290,13 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = _pipe(args)
     height, width = args.height or None, args.width or None
     checks.frames_and_size(video_units(pipe), args.frames, height, width, args.model)
+    checks.subject_fits(pipe, subject, args.allow_config_mismatch)
     config = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
     with stage_progress(not args.quiet) as update:
         video, diagnostics = generate_video(
             pipe, subject, args.prompt, frames=args.frames, steps=args.steps, guidance=args.guidance, seed=args.seed,
             height=args.height, width=args.width, negative_prompt=args.negative_prompt, config=config,
-            on_step=lambda done: update("denoise", done, args.steps),
+            on_step=lambda done: update("denoise", done, args.steps), allow_config_mismatch=args.allow_config_mismatch,
         )
     targets = {"video": out, **({"panels": panels} if panels is not None and diagnostics else {})}
     with checks.staged_outputs(targets) as staging:  # every output, or none
