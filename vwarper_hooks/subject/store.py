@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from ..config import validation_problems
 from ..errors import SubjectError, SubjectIntegrityError
-from ..files import atomic_directory, pixel_sha256, read_safetensors, sha256_bytes
+from ..files import atomic_directory, pixel_sha256, read_safetensors, remove_stale_temporaries, sha256_bytes
 from ..images import DECODE_ERRORS, downscale_to_cover
 from .lora import LORA_PREFIX, lora_spec
 
@@ -108,6 +108,7 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
             "training diverged, and nothing was written. Do train it again with lower learning rates."
         )
     target = Path(path)
+    remove_stale_temporaries(target)  # a killed earlier save's leftovers (it may also put target back)
     if target.exists() and not overwrite:
         raise SubjectError(
             f"Expected a path that does not exist yet, but got {target}, which exists. "
@@ -221,8 +222,10 @@ def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
 
 
 def read_subject(path: str | os.PathLike) -> dict[str, Any]:
-    """The `Subject` fields stored in a subject directory, after checking every file's hash."""
+    """The `Subject` fields stored in a subject directory, after checking every file's hash (and after
+    removing what a killed save of it left beside it)."""
     root = Path(path)
+    remove_stale_temporaries(root)
     manifest = _read_manifest(root)
     blobs = _read_files(root, manifest)
     lora = None
