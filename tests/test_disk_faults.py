@@ -1,6 +1,6 @@
-"""Disk and cache faults (issue 13, item 7), with real files and real processes: a full disk while the
-inversion cache writes, cache keys that follow the weights, what a killed save leaves behind, and file
-modes under the umask."""
+"""Disk, cache and VAE faults (issue 13, items 7 and 8), with real files and real processes: a full disk
+while the inversion cache writes, cache keys that follow the weights, what a killed save leaves behind,
+file modes under the umask, and a tiled VAE whose small tiles change the reference latent's size."""
 
 from __future__ import annotations
 
@@ -172,3 +172,17 @@ def test_saved_files_follow_the_umask(saved, tmp_path, mask):
         want = (0o777 if path.is_dir() else 0o666) & ~mask
         assert (path.relative_to(tmp_path).as_posix(), oct(path.stat().st_mode & 0o777)) == (
             path.relative_to(tmp_path).as_posix(), oct(want))
+
+
+def test_a_tiled_vae_whose_tiles_change_the_latent_size_encodes_the_reference_untiled(clock_image):
+    pipe = tiny_cogvideox_pipeline(num_layers=6)
+    subject = vwarper.Subject.from_images([clock_image], "<sks-k>", "clock")
+    plain = _latents(pipe, subject)
+    pipe.vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, tile_overlap_factor_height=0.25,
+                           tile_overlap_factor_width=0.25)
+    video = torch.zeros(1, 3, 5, 32, 32)
+    assert pipe.vae.encode(video).latent_dist.mode().shape[-2:] == (5, 5)  # tiled: not the 4 x 4 of the run
+    subject = vwarper.Subject.from_images([clock_image], "<sks-k>", "clock")  # nothing cached
+    tiled = _latents(pipe, subject)
+    assert torch.equal(tiled, plain)
+    assert pipe.vae.use_tiling and pipe.vae.tile_sample_min_height == 16  # the user's setting, back
