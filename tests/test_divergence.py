@@ -1,6 +1,6 @@
 """Training that diverges is refused (issue 13, item 2): a non-finite loss stops `train_subject` at once,
 nothing of the diverged step is saved, and stored subjects with non-finite weights or an invalid
-rank / alpha are refused at load."""
+rank / alpha are refused at load. Also: photos smaller than the token grid are refused by training."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 from conftest import DATA, hook_count
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vwarper_hooks as vwarper
@@ -113,3 +114,11 @@ def test_non_finite_losses_never_reach_subject_json(saved, tmp_path):
     (root / "subject.json").write_text(json.dumps(manifest))
     with pytest.raises(vwarper.SubjectIntegrityError, match=r"losses\.1"):
         vwarper.Subject.load(root)
+
+
+def test_training_refuses_photos_smaller_than_the_token_grid(pipe):
+    tiny = Image.open(IMAGES[0]).convert("RGB").resize((3, 3))  # 64x64 is a 4x4 token grid on this model
+    with pytest.raises(vwarper.SubjectError, match=r"at least 4x4 pixels .* but got 3x3"):
+        vwarper.train_subject(pipe, [tiny, *IMAGES], "<sks-s>", "clock",
+                              vwarper.CoarseConfig(steps=1, **{**FAST, "height": 64, "width": 64}), progress=False)
+    assert lora_layer_count(pipe.transformer) == 0

@@ -24,6 +24,7 @@ from ..plugins import get_adapter
 from ..subject.lora import lora_layer_count, lora_targets
 from ..subject.subject import Subject
 from ..subject.token import class_word_embedding, input_embedding, token_problems
+from ..units import video_units
 from .checkpoint import has_checkpoint
 from .config import CoarseConfig
 from .loop import TRAIN_ADAPTER, Plan, StepCallback, optimise
@@ -84,12 +85,12 @@ def train_subject(
         raising from it stops training cleanly.
     """
     config = config or CoarseConfig()
-    images = load_images(images)
-    if len(images) < 3:
-        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(images))
     adapter = get_adapter(pipe.transformer)
     objective = objective_for(pipe.scheduler)
     height, width = training_size(pipe, adapter, config)
+    images = load_images(images, min_size=video_units(pipe).token_grid(height, width))
+    if len(images) < 3:
+        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(images))
     problems = _problems(pipe, token, config, resume)
     if problems:
         raise SubjectError("\n".join(problems))
