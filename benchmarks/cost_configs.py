@@ -16,6 +16,7 @@ norm gets a shape-only meta kernel (torch's own runs a Python decomposition, ~40
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -205,12 +206,20 @@ def _meta_layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: Any, 
     return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
+def _masking_utils() -> Any:
+    """`transformers.masking_utils`, or None where this transformers has none."""
+    try:
+        return importlib.import_module("transformers.masking_utils")
+    except ModuleNotFoundError:
+        return None
+
+
 @contextmanager
 def meta_shims() -> Iterator[None]:
     """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", and
-    layer norm has a fast meta kernel (no FLOPs either way)."""
-    import transformers.masking_utils as masking
-
+    layer norm has a fast meta kernel (no FLOPs either way). Transformers before 4.53 has no
+    `masking_utils` (its T5 never skips the mask), so there is nothing to shim there."""
+    masking = _masking_utils()
     names = [n for n in ("_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa") if hasattr(masking, n)]
     saved = {n: getattr(masking, n) for n in names}
     kernels = torch.library.Library("aten", "IMPL")

@@ -17,7 +17,7 @@ from vwarper_hooks.apps.benchmark import is_done, load_jobs
 from vwarper_hooks.errors import VwarperError
 
 SAMPLES = Path(vwarper.__file__).parent / "data" / "clock"
-TINY = ["--model", "tiny", "--frames", "5", "--steps", "3", "--height", "32", "--width", "32", "--device", "cpu"]
+TINY = ["--model", "tiny", "--frames", "5", "--steps", "4", "--height", "32", "--width", "32", "--device", "cpu"]
 
 
 def _free_port() -> int:

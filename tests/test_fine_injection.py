@@ -16,9 +16,15 @@ from vwarper_hooks.images import image_to_video
 from vwarper_hooks.plugins import register_plugin, unregister_plugin
 
 
+def empty_mask_config(**fields) -> vwarper.WarpConfig:
+    """tau_fg above every (min-max normalised) score: an empty mask. `WarpConfig` refuses it (it switches the
+    method off), so it is set past validation to test that an empty mask injects nothing."""
+    return vwarper.WarpConfig(warp_steps=(1, 4), **fields).model_copy(update={"tau_fg": 1.5})
+
+
 def test_empty_mask_equals_coarse_only(pipe, subject):
     coarse, _ = generate(pipe, subject, vwarper.WarpConfig(warp=False))
-    empty, session = generate(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 4), tau_fg=1.5))
+    empty, session = generate(pipe, subject, empty_mask_config())
     assert session.diagnostics and not any(d.mask.any() for d in session.diagnostics.values())
     assert torch.equal(empty, coarse)
 
@@ -124,7 +130,7 @@ def test_alternative_injectors_run(pipe, subject, injector):
     assert out.shape == coarse.shape and torch.isfinite(out).all()
     assert not torch.equal(out, coarse)
     assert sum(n for (kind, _, _), n in session.calls.items() if kind == "warp") == 4 * 10
-    empty, _ = generate(pipe, subject, vwarper.WarpConfig(warp_steps=(1, 4), tau_fg=1.5, injector=injector))
+    empty, _ = generate(pipe, subject, empty_mask_config(injector=injector))
     if injector == "kv_replace":
         assert torch.equal(empty, coarse)  # an empty mask injects nothing
     else:  # the paper's token-concatenation baseline has no correspondence and no mask (appendix B.2)

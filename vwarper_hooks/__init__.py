@@ -13,6 +13,7 @@ from .errors import (
     SubjectIntegrityError,
     SubjectMismatchError,
     SubjectTokenError,
+    TrainingDivergedError,
     VwarperError,
 )
 from .fine.session import Session, StepDiagnostics
@@ -36,6 +37,7 @@ __all__ = [
     "SubjectIntegrityError",
     "SubjectMismatchError",
     "SubjectTokenError",
+    "TrainingDivergedError",
     "VwarperError",
     "WarpConfig",
     "Session",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -16,6 +16,23 @@ StepRange = tuple[int, int]
 PAPER_DEPTH: int = 42
 PAPER_MATCH_LAYER: int = 12
 PAPER_WARP_LAYERS: LayerRange = (20, 29)
+
+
+def validation_problems(exc: ValidationError, model: str) -> list[str]:
+    """A pydantic `ValidationError` as `ConfigError` problems: ``"field: Expected ..., but got .... Do ..."``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"])) or model
+        message, got = error["msg"], error.get("input")
+        if message.startswith("Value error, "):  # our own validators already say what to do
+            problems.append(f"{where}: {message[len('Value error, '):]}")
+        elif message.startswith("Input should be "):
+            wanted = message[len("Input should be "):]
+            wanted = f"{where} {wanted}" if wanted.startswith(("greater", "less")) else wanted
+            problems.append(f"{where}: Expected {wanted}, but got {got!r}. Do fix {where}.")
+        else:
+            problems.append(f"{where}: {message} (got {got!r}).")
+    return problems
 
 
 class WarpConfig(BaseModel):
@@ -33,8 +50,8 @@ class WarpConfig(BaseModel):
     match_layer: int = Field(PAPER_MATCH_LAYER, ge=0, description="layer whose RoPE-free Q/K give correspondences")
     warp_layers: LayerRange = Field(PAPER_WARP_LAYERS, description="layers whose video values are warped")
     warp_steps: StepRange = Field((3, 19), description="denoising steps in which warping happens")
-    tau_fg: float = Field(0.3, ge=0.0, description="foreground threshold on min-max normalised V->T attention")
-    tau_cc: float = Field(0.1, ge=0.0, description="cycle-consistency threshold (eq. 5)")
+    tau_fg: float = Field(0.3, description="foreground threshold on min-max normalised V->T attention, in [0, 1)")
+    tau_cc: float = Field(0.1, description="cycle-consistency threshold (eq. 5), > 0")
     warp: bool = Field(True, description="False: coarse stage only, no reference branch")
     mask: bool = Field(True, description="False: warp every video token (no fg / cycle masks)")
     injector: str = Field("value_warp", description="appearance injector: value_warp, kv_replace, concat")
@@ -74,9 +91,31 @@ class WarpConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(
-                [f"{'.'.join(map(str, e['loc'])) or 'WarpConfig'}: {e['msg']}" for e in exc.errors()]
-            ) from None
+            raise ConfigError(validation_problems(exc, "WarpConfig")) from None
+
+    @field_validator("tau_fg")
+    @classmethod
+    def _tau_fg_below_one(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:  # also refuses nan
+            raise ValueError(
+                f"Expected tau_fg in [0, 1), but got {value}: the foreground score is min-max normalised to [0, 1], "
+                "so no token would pass and nothing would be warped. Do pick e.g. 0.3 (the paper's), or "
+                "mask=False to warp without masks."
+            )
+        return value
+
+    @field_validator("tau_cc")
+    @classmethod
+    def _tau_cc_positive(cls, value: float) -> float:
+        if not value > 0.0:  # also refuses nan
+            raise ValueError(
+                f"Expected tau_cc > 0, but got {value}: a cycle error is never below {value}, so the cycle mask "
+                "would be empty and nothing would be warped. Do pick e.g. 0.1 (the paper's), or mask=False to "
+                "warp without masks."
+            )
+        if value == float("inf"):
+            raise ValueError("Expected a finite tau_cc, but got inf. Do pick e.g. 0.1 (the paper's).")
+        return value
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> WarpConfig:

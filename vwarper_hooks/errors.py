@@ -48,5 +48,13 @@ class SubjectMismatchError(SubjectError):
     """The subject was made for another model (other depth, widths, text encoder or config)."""
 
 
+class TrainingDivergedError(VwarperError, FloatingPointError):
+    """Stage-1 training produced a non-finite loss or weights; nothing of the run was saved."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step  # the 1-based optimizer step that diverged
+
+
 class ConformanceError(VwarperError, AssertionError):
     """An adapter failed a check of the conformance kit (`vwarper_hooks.testing`)."""

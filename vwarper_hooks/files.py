@@ -1,8 +1,9 @@
 """Files and fingerprints: the one atomic writer and the one implementation of each hash.
 
 - `atomic_directory` / `atomic_file`: write into a temporary sibling, rename into place when the
-  block succeeds, so a crash or an error leaves either the old content or nothing. Results follow
-  the user's umask (mkstemp/mkdtemp would make them private).
+  block succeeds, so a crash or an error leaves either the old content or nothing (and what a killed
+  save left is removed by the next save or load, `remove_stale_temporaries`). Results follow the
+  user's umask (mkstemp/mkdtemp and safetensors would make them private).
 - `sha256_bytes` (file contents), `pixel_sha256` (an image's decoded pixels, size and mode),
   `config_hash` (a diffusers / transformers model config), `tensor_digest` (a tensor's values).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +29,8 @@ from safetensors.torch import load as _load_safetensors
 
 from .errors import SubjectIntegrityError, VwarperError
 
+logger = logging.getLogger(__name__)
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -37,12 +41,17 @@ def pixel_sha256(image: Image.Image) -> str:
     return sha256_bytes(repr((image.size, image.mode)).encode() + image.tobytes())
 
 
-def config_hash(model: Any) -> str:
-    """sha256 of a diffusers or transformers model config as sorted JSON (private ``_`` keys and
-    library versions left out)."""
+def model_config(model: Any) -> dict[str, Any]:
+    """A diffusers or transformers model config as plain JSON values (tuples as lists), private ``_`` keys
+    and library versions left out: what `config_hash` hashes and ``subject.json`` records."""
     raw = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
     config = {k: v for k, v in raw.items() if not k.startswith("_") and k != "transformers_version"}
-    return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def config_hash(model: Any) -> str:
+    """sha256 of a diffusers or transformers model config (`model_config`) as sorted JSON."""
+    return sha256_bytes(json.dumps(model_config(model), sort_keys=True, default=str).encode())
 
 
 def tensor_digest(x: torch.Tensor) -> str:
@@ -65,22 +74,76 @@ def _umask() -> int:
     return mask
 
 
+def _follow_umask(root: Path) -> None:
+    """Give `root` and everything below it the modes a plain open() / mkdir() would (some writers, e.g.
+    safetensors, create their files private)."""
+    mask = _umask()
+    root.chmod(0o777 & ~mask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no safe liveness probe: keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Clean up after a killed `atomic_directory` of `target`: its ``.NAME.tmp-*`` / ``.NAME.old-*``
+    siblings whose writing process (named in the folder) no longer runs, or was not named.
+
+    A stale ``.old-*`` is the previous content, moved aside just before the rename: it is put back when
+    `target` is missing (the kill fell between the two renames), else removed. Returns the folders
+    removed; one that cannot be removed is left.
+    """
+    removed = []
+    for kind in ("old", "tmp"):
+        for path in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
+            pid = path.name[len(f".{target.name}.{kind}-"):].split("-")[0]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not target.exists():
+                try:
+                    os.replace(path, target)
+                    logger.warning("restored %s from %s, left by a save that was killed", target, path.name)
+                except OSError:  # e.g. a read-only folder: leave it for a save that can
+                    pass
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    if removed:
+        logger.info("removed %d folder(s) a killed save of %s left behind", len(removed), target)
+    return removed
+
+
 @contextmanager
 def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temp directory next to `target`; rename it to `target` when the block succeeds.
 
     An existing `target` is replaced only with `overwrite` (else `VwarperError`), and kept when the
-    final rename fails.
+    final rename fails. Everything written follows the umask. Temporaries a killed earlier save left
+    (``.NAME.tmp-PID-*``) are removed first.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())
+    remove_stale_temporaries(target)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
+        _follow_umask(tmp)
         if target.exists():
             if not overwrite:
                 raise VwarperError(f"Expected no file or directory at {target}, but it exists. Pass overwrite=True.")
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
             try:
                 os.replace(tmp, target)

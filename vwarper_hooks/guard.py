@@ -6,13 +6,17 @@ Also the registry of open injections (`is_active`): a pipeline takes one `inject
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .adapter import Adapter, base_model
 from .config import WarpConfig
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
+from .files import config_hash, model_config
 from .plugins import get_adapter, make_parts
 from .subject.activate import fit_problems
+
+logger = logging.getLogger(__name__)
 
 PIPELINE_PARTS = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
 
@@ -42,7 +46,9 @@ def check_pipeline(pipe: Any) -> None:
         )
 
 
-def validate(pipe: Any, subjects: list[Any], config: WarpConfig) -> tuple[Adapter, WarpConfig, Any, Any]:
+def validate(
+    pipe: Any, subjects: list[Any], config: WarpConfig, allow_config_mismatch: bool = False
+) -> tuple[Adapter, WarpConfig, Any, Any]:
     """Check everything `inject` needs for `subjects` (one or several); raise one error listing every problem.
 
     Returns the adapter, `config` with the adapter's default layers filled in, the matcher and the
@@ -63,7 +69,8 @@ def validate(pipe: Any, subjects: list[Any], config: WarpConfig) -> tuple[Adapte
     matcher, injector, part_problems = make_parts(config)
     problems += part_problems + several_problems(subjects, config)
     for subject in subjects:
-        problems += subject_problems(pipe, subject) + reference_problems(subject, config, matcher)
+        problems += subject_problems(pipe, subject, allow_config_mismatch)
+        problems += reference_problems(subject, config, matcher)
     if problems:
         raise ConfigError(problems)
     return adapter, config, matcher, injector
@@ -86,14 +93,56 @@ def several_problems(subjects: list[Any], config: WarpConfig) -> list[str]:
     return problems
 
 
-def subject_problems(pipe: Any, subject: Any) -> list[str]:
+def subject_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False) -> list[str]:
     if subject is None or not hasattr(subject, "token"):
         return [f"Expected a vwarper.Subject, but got {type(subject).__name__}."]
     try:
         subject.check()
     except SubjectError as exc:
         return [str(exc)]
-    return fit_problems(pipe, subject) if subject.has_coarse else []
+    return subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
+
+
+def subject_fit_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False) -> list[str]:
+    """Every reason `subject`'s coarse stage does not fit `pipe`: trained for another transformer config
+    (with `allow_config_mismatch` only a warning), or LoRA / token shapes that do not fit. One check for
+    `inject`, `Subject.load(..., pipe=...)` and ``vwarper generate``."""
+    mismatch = config_mismatch(pipe, subject)
+    problems = []
+    if mismatch and allow_config_mismatch:
+        logger.warning("%s Used anyway: allow_config_mismatch=True.", mismatch.split(" Do ")[0])
+    elif mismatch:
+        problems.append(mismatch)
+    return problems + fit_problems(pipe, subject)
+
+
+def config_mismatch(pipe: Any, subject: Any) -> str | None:
+    """Why `subject` was trained for another transformer config than `pipe`'s (None: the same, or unknown).
+
+    Subjects record the config itself (``transformer_config``): then the keys both configs have are
+    compared (a key only one side has is a default a newer diffusers added, not another model) and the
+    differing ones are named. Older subjects record only its hash.
+    """
+    model = base_model(pipe.transformer)
+    info = getattr(subject, "info", None) or {}
+    recorded, here = info.get("transformer_config_hash"), config_hash(model)
+    if not recorded or recorded == here:
+        return None
+    theirs, ours = info.get("transformer_config"), model_config(model)
+    if isinstance(theirs, dict):
+        keys = sorted(k for k in set(theirs) & set(ours) if theirs[k] != ours[k])
+        if not keys:
+            return None
+        listed = "; ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in keys[:6])
+        differ = f"{listed}{f' and {len(keys) - 6} more' if len(keys) > 6 else ''}"
+    else:
+        differ = "the subject predates recorded configs, so only their hashes can be compared"
+    return (
+        f"Expected a subject trained for this {type(model).__name__} (config sha256 {here[:12]}), but got one "
+        f"trained for another config (sha256 {recorded[:12]}, {info.get('transformer_class')}, base model "
+        f"{info.get('base_model')}): {differ}. Do load the base model it was trained for, or train it for this "
+        "one; allow_config_mismatch=True uses it anyway (at your own risk)."
+    )
 
 
 def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[str]:

@@ -29,11 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterator[Session]:
+def inject(
+    pipe: Any, subject: Any, config: WarpConfig | None = None, *, allow_config_mismatch: bool = False
+) -> Iterator[Session]:
     """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
 
     :param subject: a `Subject`, or a list of them: every subject's coarse stage is active at once and
         each gets its own reference branch, foreground mask and flows (README, "Several subjects").
+
+    A subject trained for another transformer config is refused (`ConfigError` naming both configs);
+    ``allow_config_mismatch=True`` only warns (its LoRA and token must still fit the model's shapes).
 
     Example::
 
@@ -41,7 +46,7 @@ def inject(pipe: Any, subject: Any, config: WarpConfig | None = None) -> Iterato
             video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
     """
     subjects = list(subject) if isinstance(subject, list | tuple) else [subject]
-    adapter, config, matcher, injector = validate(pipe, subjects, config or WarpConfig())
+    adapter, config, matcher, injector = validate(pipe, subjects, config or WarpConfig(), allow_config_mismatch)
     transformer = pipe.transformer
     with ExitStack() as stack:
         mark_active(pipe)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WarpConfig
-from ..errors import VwarperError
+from ..errors import ConfigError, VwarperError
+from ..fine.plan import empty_window, warps_nothing
 from ..subject.subject import Subject
 from .evaluation import DEFAULT_CLIP, DEFAULT_DINO, VIDEO_SUFFIXES, ClipEmbedder, DinoEmbedder, evaluate
 from .generate import generate_video
@@ -123,6 +124,9 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
     from accelerate import PartialState
 
 
+    warp = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
+    if warps_nothing(warp, args.steps):
+        raise ConfigError([empty_window(warp.warp_steps, args.steps)])
     state = PartialState(cpu=args.device == "cpu")
     out = Path(args.out)
     jobs = load_jobs(args.spec)
@@ -132,7 +136,6 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
     logger.info("process %d/%d: %d jobs, %d already done", state.process_index, state.num_processes, len(mine), skipped)
     if todo:
         pipe = load_pipeline(args.model, dtype=args.dtype, device=str(state.device))
-        warp = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
         subjects: dict[str, Any] = {}
         for job in todo:
             if job.subject not in subjects:

@@ -60,12 +60,14 @@ def generate_video(
     negative_prompt: str = "",
     config: WarpConfig | None = None,
     on_step: Callable[[int], None] | None = None,
+    allow_config_mismatch: bool = False,
 ) -> Generation:
     """Generate inside `inject` (`subject`: one or a list); returns the ``(T, H, W, 3)`` uint8 frames,
     the per-step diagnostics and the reference photos each subject read.
 
     :param height, width: pixels; None keeps the pipeline's default size.
     :param on_step: called with the number of finished denoising steps (progress bars).
+    :param allow_config_mismatch: use a subject trained for another transformer config (`inject`).
     """
     call = dict(prompt=prompt, negative_prompt=negative_prompt, output_type="np",
                 generator=torch.Generator().manual_seed(seed),
@@ -77,7 +79,7 @@ def generate_video(
             return {}
 
         call["callback_on_step_end"] = callback
-    with inject(pipe, subject, config=config) as session:
+    with inject(pipe, subject, config=config, allow_config_mismatch=allow_config_mismatch) as session:
         frames_out = pipe(**call).frames
         diagnostics = dict(session.diagnostics)
     photos = {s.token: [s.images[i] for i in session.photos[s.token]] for s in session.subjects}

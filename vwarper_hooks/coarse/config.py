@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..config import validation_problems
 from ..errors import ConfigError
 
 #: Fields that do not change what a run computes; a checkpoint may be resumed with other values.
@@ -29,7 +30,7 @@ class CoarseConfig(BaseModel):
     deterministic runs. ``fp16`` needs CUDA.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # no inf / nan rates
 
     steps: int = Field(1000, ge=1, description="optimizer steps in total (over all resumed runs)")
     rank: int = Field(128, ge=1, description="LoRA rank")
@@ -51,9 +52,7 @@ class CoarseConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(
-                [f"{'.'.join(map(str, e['loc'])) or 'CoarseConfig'}: {e['msg']}" for e in exc.errors()]
-            ) from None
+            raise ConfigError(validation_problems(exc, "CoarseConfig")) from None
 
     @model_validator(mode="after")
     def _size_pair(self) -> CoarseConfig:

@@ -29,6 +29,7 @@ from ..subject.lora import peft_lora
 from ..subject.token import subject_token
 from .checkpoint import flatten_optimizer, resume_into, save_checkpoint
 from .config import CoarseConfig
+from .divergence import check_loss, check_weights
 from .objective import Objective
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,14 @@ def optimise(
         bar = stack.enter_context(_progress(pipe, progress, config.steps, start))
         for step in range(start, config.steps):
             losses.append(_step(plan, trainee, latents, template, accelerator, optimizer))
+            check_loss(config, step + 1, losses[-1])  # before a checkpoint of this step is written
             _checkpoint(plan, trainee, accelerator, step + 1, losses)
             bar(step + 1, losses[-1])
             if callback is not None:
                 callback(step + 1, losses[-1])
         from peft.utils import get_peft_model_state_dict
 
+        check_weights(config, len(losses), [*trainee.named, ("token_row", row)])
         state = get_peft_model_state_dict(pipe.transformer, adapter_name=TRAIN_ADAPTER)
         lora = {f"transformer.{k}": v.detach().float().cpu().clone() for k, v in state.items()}
         return lora, row.detach().float().cpu().clone(), losses
@@ -171,6 +174,7 @@ def _checkpoint(plan: Plan, trainee: _Trainee, accelerator: Any, done: int, loss
              "optimizer": flatten_optimizer(trainee.optimizer), "rng": {"generator": trainee.generator.get_state()}}
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     state = {"fingerprint": plan.fingerprint, "losses": losses, "scaler": scaler}
+    check_weights(config, done, parts["trainable"].items())
     save_checkpoint(Path(config.checkpoint_dir), done, parts, state)
 
 

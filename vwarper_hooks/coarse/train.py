@@ -17,13 +17,14 @@ from typing import Any
 
 from ..adapter import Adapter
 from ..errors import ConfigError, SubjectError
-from ..files import config_hash, pixel_sha256
+from ..files import config_hash, model_config, pixel_sha256
 from ..guard import is_active
 from ..images import ImageInput, load_images
 from ..plugins import get_adapter
 from ..subject.lora import lora_layer_count, lora_targets
 from ..subject.subject import Subject
 from ..subject.token import class_word_embedding, input_embedding, token_problems
+from ..units import video_units
 from .checkpoint import has_checkpoint
 from .config import CoarseConfig
 from .loop import TRAIN_ADAPTER, Plan, StepCallback, optimise
@@ -84,12 +85,12 @@ def train_subject(
         raising from it stops training cleanly.
     """
     config = config or CoarseConfig()
-    images = load_images(images)
-    if len(images) < 3:
-        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(images))
     adapter = get_adapter(pipe.transformer)
     objective = objective_for(pipe.scheduler)
     height, width = training_size(pipe, adapter, config)
+    images = load_images(images, min_size=video_units(pipe).token_grid(height, width))
+    if len(images) < 3:
+        logger.warning("only %d reference image(s); the paper uses 3-10 per subject", len(images))
     problems = _problems(pipe, token, config, resume)
     if problems:
         raise SubjectError("\n".join(problems))
@@ -141,7 +142,8 @@ def _subject(plan: Plan, class_word: str, lora: dict, embedding: Any, losses: li
     config, transformer = plan.config, plan.pipe.transformer
     info = {
         "base_model": base_model_id(plan.pipe), "transformer_class": type(transformer).__name__,
-        "transformer_config_hash": config_hash(transformer), "lora_targets": plan.targets, "losses": losses,
+        "transformer_config_hash": config_hash(transformer), "transformer_config": model_config(transformer),
+        "lora_targets": plan.targets, "losses": losses,
         "training": {**config.model_dump(mode="json"), "alpha": config.lora_alpha, "height": plan.height,
                      "width": plan.width, "prompt": plan.prompt, "steps_done": len(losses)},
         "image_sha256": plan.fingerprint["images"],

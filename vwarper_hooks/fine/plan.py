@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import WarpConfig
+from ..errors import ConfigError
 
 
 def span(bounds: tuple[int, int] | None) -> frozenset[int]:
@@ -26,6 +27,27 @@ def ranges(values: frozenset[int] | set[int]) -> str:
         else:
             out.append(str(v))
     return ", ".join(out)
+
+
+def warps_nothing(config: WarpConfig, num_steps: int) -> bool:
+    """Whether `config` warps (``warp=True``) but its warp window misses every step of a `num_steps` run."""
+    first, last = config.warp_steps
+    return config.warp and (last < 1 or first > num_steps - 1)
+
+
+def empty_window(warp_steps: tuple[int, int], num_steps: int) -> str:
+    """Why a warp window that misses every step of the run is refused, and what to pass instead."""
+    if num_steps < 2:
+        fix = "Do run at least 2 denoising steps"
+    else:
+        first = min(max(1, round(3 * num_steps / 50)), num_steps - 1)
+        fix = f"Do pass warp_steps within 1-{num_steps - 1}, e.g. ({first}, {max(first, round(19 * num_steps / 50))})"
+    steps = f"steps 1-{num_steps - 1}" if num_steps > 1 else "steps from 1 on"
+    return (
+        f"warp_steps: Expected warp_steps to overlap this run's {steps} (a {num_steps}-step run; "
+        f"step 0 has no previous step to match from), but got {tuple(warp_steps)}: no step would be warped. "
+        f"{fix}, or WarpConfig(warp=False) for the coarse stage alone."
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,8 @@ class StepPlan:
         if not config.warp:
             empty: frozenset[int] = frozenset()
             return cls(empty, empty, empty, config.match_layer, empty, empty)
+        if warps_nothing(config, num_steps):
+            raise ConfigError([empty_window(config.warp_steps, num_steps)])
         wanted = span(config.warp_steps)
         warp = frozenset(s for s in wanted if 1 <= s < num_steps)
         clipped = None

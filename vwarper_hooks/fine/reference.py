@@ -20,6 +20,7 @@ from ..adapter import Adapter, base_model
 from ..files import tensor_digest
 from ..images import image_to_video
 from .capture import Branch, Route, Router, StopReference
+from .encode import encode_reference
 from .feature_cache import FeatureCache
 from .inversion import invert_reference
 from .reference_cache import ReferenceState, cache_key
@@ -123,7 +124,7 @@ class ReferenceBranch:
         with self.router.routing(Route(branch=Branch.INTERNAL)):
             text = adapter.encode_text(pipe, prompt, kwargs)
             video = image_to_video(image, frames, height, width)
-            clean = adapter.encode_video(pipe, video).to(latents.dtype)
+            clean = encode_reference(adapter, pipe, video, latents)  # untiled if tiles change its size
 
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))

@@ -58,19 +58,6 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
     return problems
 
 
-def config_mismatch(pipe: Any, subject: Any) -> str | None:
-    """Why `subject` was trained for another transformer config than `pipe`'s (None: same or unknown)."""
-    model = base_model(pipe.transformer)
-    recorded, here = subject.info.get("transformer_config_hash"), config_hash(model)
-    if not recorded or recorded == here:
-        return None
-    return (
-        f"Expected a subject trained for this {type(model).__name__} (config sha256 {here[:12]}), but "
-        f"got one trained for config {recorded[:12]} ({subject.info.get('transformer_class')}, base model "
-        f"{subject.info.get('base_model')}). Load that base model or retrain."
-    )
-
-
 @contextmanager
 def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
     """Load the subject's LoRA and token into `pipe` for the ``with`` block.
@@ -82,8 +69,6 @@ def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
     problems = fit_problems(pipe, subject)
     if problems:
         raise SubjectMismatchError("\n".join(problems))
-    if config_mismatch(pipe, subject):
-        logger.warning("subject %r was trained for another transformer config; shapes fit, using it", subject.token)
     with ExitStack() as stack:
         if subject.token_embedding is not None:
             stack.enter_context(subject_token(pipe, subject.token, subject.token_embedding))

@@ -20,16 +20,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from safetensors.torch import save_file
 
+from ..config import validation_problems
 from ..errors import SubjectError, SubjectIntegrityError
-from ..files import atomic_directory, pixel_sha256, read_safetensors, sha256_bytes
+from ..files import atomic_directory, pixel_sha256, read_safetensors, remove_stale_temporaries, sha256_bytes
 from ..images import DECODE_ERRORS, downscale_to_cover
 from .lora import LORA_PREFIX, lora_spec
 
@@ -45,9 +48,9 @@ TOKEN_FILE = "token_embedding.safetensors"
 
 
 class LoraInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rank: int
-    alpha: float
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
     targets: list[str]
 
 
@@ -61,10 +64,11 @@ class SubjectManifest(BaseModel):
     base_model: str | None = None
     transformer_class: str | None = None
     transformer_config_hash: str | None = None
+    transformer_config: dict[str, Any] | None = None  # the config itself (files.model_config); older: hash only
     lora: LoraInfo | None = None
     token_embedding_dim: int | None = None
     training: dict[str, Any] = {}
-    losses: list[float] = []
+    losses: list[FiniteFloat] = []
     images: list[str]
     image_sha256: list[str]  # of the decoded RGB pixels
     files: dict[str, str]  # relative path -> sha256 of the file bytes
@@ -97,7 +101,14 @@ def stored_images(subject: Subject) -> list[Image.Image]:
 def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `subject` as a directory at `path` (atomically); refuses an existing path unless `overwrite`."""
     subject.check()
+    bad = nonfinite_problems(vars(subject))
+    if bad:
+        raise SubjectError(
+            f"Expected a subject with finite weights and losses to save, but got {' and '.join(bad)}: its "
+            "training diverged, and nothing was written. Do train it again with lower learning rates."
+        )
     target = Path(path)
+    remove_stale_temporaries(target)  # a killed earlier save's leftovers (it may also put target back)
     if target.exists() and not overwrite:
         raise SubjectError(
             f"Expected a path that does not exist yet, but got {target}, which exists. "
@@ -134,7 +145,8 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
         manifest = SubjectManifest(
             format_version=FORMAT_VERSION, token=subject.token, class_word=subject.class_word,
             base_model=info.get("base_model"), transformer_class=info.get("transformer_class"),
-            transformer_config_hash=info.get("transformer_config_hash"), lora=lora_info,
+            transformer_config_hash=info.get("transformer_config_hash"),
+            transformer_config=info.get("transformer_config"), lora=lora_info,
             token_embedding_dim=None if subject.token_embedding is None else int(subject.token_embedding.numel()),
             training=info.get("training", {}), losses=info.get("losses", []), images=names,
             image_sha256=[pixel_sha256(im) for im in images], files=files,
@@ -165,7 +177,23 @@ def _read_manifest(root: Path) -> SubjectManifest:
     try:
         return SubjectManifest.model_validate(raw)
     except ValidationError as exc:
-        raise SubjectIntegrityError(f"Expected a valid {MANIFEST}, but got: {exc}. Re-save the subject.") from None
+        problems = "; ".join(validation_problems(exc, MANIFEST))
+        raise SubjectIntegrityError(
+            f"Expected a valid {file}, but it has problems: {problems} Re-save or retrain the subject."
+        ) from None
+
+
+def nonfinite_problems(subject_fields: dict[str, Any]) -> list[str]:
+    """The LoRA / token tensors and training losses of a subject that hold NaN or inf (empty: all finite)."""
+    tensors = dict((subject_fields.get("lora") or {}).items())
+    if subject_fields.get("token_embedding") is not None:
+        tensors["token_embedding"] = subject_fields["token_embedding"]
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t.detach()).all())]
+    losses = (subject_fields.get("info") or {}).get("losses") or []
+    problems = [f"{len(bad)} tensor(s) with NaN or inf (e.g. {bad[0]})"] if bad else []
+    if not all(isinstance(x, int | float) and math.isfinite(x) for x in losses):
+        problems.append("non-finite training losses")
+    return problems
 
 
 def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
@@ -194,8 +222,10 @@ def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
 
 
 def read_subject(path: str | os.PathLike) -> dict[str, Any]:
-    """The `Subject` fields stored in a subject directory, after checking every file's hash."""
+    """The `Subject` fields stored in a subject directory, after checking every file's hash (and after
+    removing what a killed save of it left beside it)."""
     root = Path(path)
+    remove_stale_temporaries(root)
     manifest = _read_manifest(root)
     blobs = _read_files(root, manifest)
     lora = None
@@ -231,7 +261,8 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
         images.append(image)
     info = {
         "base_model": manifest.base_model, "transformer_class": manifest.transformer_class,
-        "transformer_config_hash": manifest.transformer_config_hash, "training": manifest.training,
+        "transformer_config_hash": manifest.transformer_config_hash,
+        "transformer_config": manifest.transformer_config, "training": manifest.training,
         "losses": manifest.losses, "image_sha256": manifest.image_sha256,
         "lora_targets": manifest.lora.targets if manifest.lora else [],
     }
@@ -240,6 +271,12 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
         lora_rank=manifest.lora.rank if manifest.lora else None,
         lora_alpha=manifest.lora.alpha if manifest.lora else None, token_embedding=embedding, info=info,
     )
+    bad = nonfinite_problems(fields)
+    if bad:
+        raise SubjectIntegrityError(
+            f"Expected finite weights in the subject at {root}, but got {' and '.join(bad)}: its training "
+            "diverged. Do train it again with lower learning rates."
+        )
     logger.info("subject %r read from %s", manifest.token, root)
     return fields
 

@@ -19,9 +19,9 @@ from PIL import Image
 from ..config import WarpConfig
 from ..errors import SubjectError, SubjectMismatchError
 from ..fine.reference_cache import ReferenceCache
+from ..guard import subject_fit_problems
 from ..images import ImageInput, check_image, load_images
 from ..inject import inject
-from .activate import config_mismatch, fit_problems
 from .store import read_subject, write_subject
 
 
@@ -58,16 +58,21 @@ class Subject:
         return write_subject(self, path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, pipe: Any = None, cache_inversions: bool = False) -> Subject:
+    def load(
+        cls, path: str | os.PathLike, pipe: Any = None, cache_inversions: bool = False, *,
+        allow_config_mismatch: bool = False,
+    ) -> Subject:
         """Read a subject directory, checking file hashes; with `pipe`, also that it fits that model.
 
+        :param allow_config_mismatch: with `pipe`, only warn when the subject was trained for another
+            transformer config (its LoRA and token must still fit the model's shapes); refused otherwise.
         :param cache_inversions: keep DDIM inversion trajectories on disk in ``<path>/inversions``
             (safetensors), so a later process generating at the same size and steps skips the inversion.
         """
         subject = cls(**read_subject(path))
         subject.check()
         if pipe is not None:
-            problems = [p for p in [config_mismatch(pipe, subject)] if p] + fit_problems(pipe, subject)
+            problems = subject_fit_problems(pipe, subject, allow_config_mismatch)
             if problems:
                 raise SubjectMismatchError("\n".join(problems))
         if cache_inversions:
@@ -83,6 +88,7 @@ class Subject:
         width: int,
         num_inference_steps: int,
         config: WarpConfig | None = None,
+        allow_config_mismatch: bool = False,
         **call_kwargs: Any,
     ) -> None:
         """Compute what a generation of this shape needs from the reference branch, now: the inversion
@@ -95,7 +101,7 @@ class Subject:
         """
         call = dict(prompt=f"a photo of {self.prompt}", num_frames=num_frames, height=height, width=width,
                     num_inference_steps=num_inference_steps, output_type="latent", **call_kwargs)
-        with inject(pipe, self, config or WarpConfig()) as session:
+        with inject(pipe, self, config or WarpConfig(), allow_config_mismatch=allow_config_mismatch) as session:
             session.prepare_call(**call)
 
     @property

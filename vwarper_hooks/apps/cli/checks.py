@@ -35,6 +35,29 @@ def finite_positive(value: float, flag: str, example: str, allow_zero: bool = Fa
         raise CliError(f"Expected {flag} to be {want}, but got {value}. Pass e.g. {flag} {example}.")
 
 
+def warp_window(steps: int, no_warp: bool) -> None:
+    """Refuse a run too short for the default warp window (steps 3-19): it would warp nothing."""
+    from ...config import WarpConfig
+    from ...fine.plan import warps_nothing
+
+    first = WarpConfig().warp_steps[0]
+    if not no_warp and warps_nothing(WarpConfig(), steps):
+        raise CliError(f"Expected --steps of at least {first + 1} for value warping (it warps from step {first}), "
+                       f"but got {steps}: nothing would be warped. Pass e.g. --steps 50 (the paper's), or --no-warp "
+                       "for the coarse stage alone.")
+
+
+def subject_fits(pipe: object, subject: object, allow_config_mismatch: bool) -> None:
+    """Refuse a subject trained for another transformer config (or whose LoRA / token do not fit) as soon
+    as the model is loaded, before any generation (`guard.subject_fit_problems`, as `inject` does)."""
+    from ...guard import subject_fit_problems
+
+    problems = subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
+    if problems:
+        raise CliError(" ".join(" ".join(problems).split()).replace("allow_config_mismatch=True",
+                                                                     "--allow-config-mismatch"))
+
+
 def seed(value: int) -> None:
     if not 0 <= value <= SEED_MAX:
         raise CliError(f"Expected --seed between 0 and {SEED_MAX}, but got {value}. Pass e.g. --seed 0.")

@@ -41,6 +41,8 @@ def register_generate(sub: Any, common: Any, formatter: Any, epilog: str) -> Non
     p.add_argument("--references", type=int, default=1,
                    help="reference photos per subject matched at once (each token reads the best); 0: all")
     p.add_argument("--panels", default=None, help="also write mask and figure-5 PNGs to this directory")
+    p.add_argument("--allow-config-mismatch", action="store_true",
+                   help="use a subject trained for another transformer config (refused otherwise; only a warning)")
     memory_options(p)
     p.set_defaults(handler=run_generate)
 
@@ -50,6 +52,7 @@ def _generate_checks(args: argparse.Namespace) -> tuple[list[Any], Path, Path | 
 
     checks.at_least(args.frames, 1, "--frames", "25")
     checks.at_least(args.steps, 1, "--steps", "50")
+    checks.warp_window(args.steps, args.no_warp)
     checks.finite_positive(args.guidance, "--guidance", "6.0", allow_zero=True)
     checks.at_least(args.fps, 1, "--fps", "8")
     checks.at_least(args.references, 0, "--references", "3")
@@ -97,12 +100,14 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = open_pipeline(args)
     height, width = args.height or None, args.width or None
     checks.frames_and_size(video_units(pipe), args.frames, height, width, args.model)
+    for subject in subjects:
+        checks.subject_fits(pipe, subject, args.allow_config_mismatch)
     config = WarpConfig(warp=not args.no_warp, mask=not args.no_mask, num_references=args.references or None)
     with stage_progress(not args.quiet) as update:
         generation = generate_video(
             pipe, subjects, args.prompt, frames=args.frames, steps=args.steps, guidance=args.guidance, seed=args.seed,
             height=args.height, width=args.width, negative_prompt=args.negative_prompt, config=config,
-            on_step=lambda done: update("denoise", done, args.steps),
+            on_step=lambda done: update("denoise", done, args.steps), allow_config_mismatch=args.allow_config_mismatch,
         )
     video, diagnostics, _ = generation
     targets = {"video": out, **({"panels": panels} if panels is not None and diagnostics else {})}
