@@ -206,34 +206,44 @@ def _meta_layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: Any, 
     return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
-def _masking_utils() -> Any:
-    """`transformers.masking_utils`, or None where this transformers has none."""
-    try:
-        return importlib.import_module("transformers.masking_utils")
-    except ModuleNotFoundError:
-        return None
+def _mask_checks() -> list[tuple[Any, str]]:
+    """(owner, attribute) of each transformers check that reads mask values to skip the mask: module
+    functions in `masking_utils` (transformers >= 4.53), the `AttentionMaskConverter` static method before."""
+    found = []
+    for module, owner_name in (("transformers.masking_utils", None),
+                               ("transformers.modeling_attn_mask_utils", "AttentionMaskConverter")):
+        try:
+            owner = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        owner = getattr(owner, owner_name) if owner_name else owner
+        found += [(owner, n) for n in ("_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa")
+                  if n in vars(owner)]
+    return found
 
 
 @contextmanager
 def meta_shims() -> Iterator[None]:
     """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", and
-    layer norm has a fast meta kernel (no FLOPs either way). Transformers before 4.53 has no
-    `masking_utils` (its T5 never skips the mask), so there is nothing to shim there."""
-    masking = _masking_utils()
-    names = [n for n in ("_ignore_causal_mask_sdpa", "_ignore_bidirectional_mask_sdpa") if hasattr(masking, n)]
-    saved = {n: getattr(masking, n) for n in names}
+    layer norm has a fast meta kernel (no FLOPs either way)."""
+    checks = _mask_checks()
+    saved = [(owner, n, vars(owner)[n]) for owner, n in checks]
     kernels = torch.library.Library("aten", "IMPL")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
             kernels.impl("native_layer_norm", _meta_layer_norm, "Meta")
-        for n in names:
-            setattr(masking, n, lambda *args, **kwargs: False)
+        for owner, n in checks:
+            setattr(owner, n, staticmethod(_keep_mask) if isinstance(owner, type) else _keep_mask)
         yield
     finally:
         kernels._destroy()  # torch's own meta kernel is back
-        for n, fn in saved.items():
-            setattr(masking, n, fn)
+        for owner, n, fn in saved:
+            setattr(owner, n, fn)
+
+
+def _keep_mask(*args: Any, **kwargs: Any) -> bool:
+    return False
 
 
 def meta_pipeline(shape: Shape) -> Any:
