@@ -25,6 +25,23 @@ def test_importing_the_library_loads_neither_apps_nor_porting():
     assert done.stdout.strip() == "[]"
 
 
+def test_cli_help_and_argument_errors_answer_before_diffusers_loads():
+    """Why the CLI imports its commands' heavy modules inside them: `--help` and a bad argument are instant."""
+    code = (
+        "import sys\n"
+        "from vwarper_hooks.apps.cli import main\n"
+        "for argv in (['--help'], ['generate', '--steps', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('LOADED', 'diffusers' in sys.modules)\n"
+    )
+    done = _fresh(code)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED False" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("old", "new", "name"),
     [

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from ..porting.tiny_models import tiny_cogvideox_pipeline
 from ..units import VideoUnits, video_units
 from .exits import CliError
 
@@ -17,9 +16,13 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY_MODELS = ("tiny", "tiny:cogvideox")
 
+
 def tiny_demo_pipeline(seed: int = 0) -> Any:
     """The tiny random CogVideoX pipeline with tied Q/K (so that matching means something): the
-    model behind ``--model tiny`` and the demo."""
+    model behind ``--model tiny`` and the demo. Imported here, not at the top: the kit imports
+    diffusers, and `vwarper --help` should answer without it."""
+    from ..porting.tiny_models import tiny_cogvideox_pipeline
+
     return tiny_cogvideox_pipeline(seed=seed, tie_qk=True)
 
 
