@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .visualize import PAD, grid, label_tiles, mask_panel
 
@@ -113,8 +114,6 @@ def _rows_figure(rows: list[list[np.ndarray]], row_names: list[str], tile: tuple
 def subjects_figure(per_token: dict[str, Any], tile: int = 48) -> Any:
     """Several subjects at one warp step: one row per subject (its final mask in its own colour), and a
     last row with every token coloured by the subject it is injected from."""
-    import torch
-
     tokens = list(per_token)
     frames, h, w = per_token[tokens[0]].grid
     size = (tile, max(1, round(tile * w / h)))
@@ -134,8 +133,6 @@ def subjects_figure(per_token: dict[str, Any], tile: int = 48) -> Any:
 
 def references_figure(per_token: dict[str, Any], tile: int = 48) -> Any:
     """Several reference photos: for each subject, the photo each injected token reads."""
-    import torch
-
     tokens = [t for t, d in per_token.items() if d.reference is not None]
     frames, h, w = per_token[tokens[0]].grid
     size = (tile, max(1, round(tile * w / h)))

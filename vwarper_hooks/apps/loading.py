@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,6 @@ def probe_units(model: str) -> tuple[VideoUnits, tuple[int, int] | None] | None:
 
 
 def _units_from_configs(model: str) -> tuple[VideoUnits, dict]:
-    import inspect
     from types import SimpleNamespace
 
     import diffusers

@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from rich.logging import RichHandler
+
+from ... import __version__
 from ...errors import MissingDependencyError, VwarperError
 from ..exits import EXIT_CODES, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MISSING, CliError
+from . import commands
 from .checks import is_write_failure, write_failure_message
-from .render import error
+from .render import err_console, error
 
 __all__ = ["main", "build_parser", "CliError", "EXIT_CODES"]
 
@@ -53,8 +58,6 @@ def _common(debug_default: object) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (see `commands` for what each does)."""
-    from . import commands
-
     parser = argparse.ArgumentParser(
         prog="vwarper", description=DESCRIPTION, epilog=_epilog(), formatter_class=_Formatter,
         parents=[_common(False)],
@@ -69,20 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from ... import __version__
-
     return f"vwarper_hooks {__version__}"
 
 
 @contextmanager
 def _logging(debug: bool, verbose: bool) -> Iterator[None]:
     """Rich log lines on stderr for the command; everything is put back afterwards (in-process callers)."""
-    import warnings
-
-    from rich.logging import RichHandler
-
-    from .render import err_console
-
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     ours = [logging.getLogger(n) for n in ("vwarper_hooks", "vwarper_adapters")]

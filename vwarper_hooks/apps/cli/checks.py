@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from ...config import WarpConfig
+from ...fine.plan import warps_nothing
+from ...guard import subject_fit_problems
 from ...units import VideoUnits
 from ..exits import CliError
 
@@ -37,9 +42,6 @@ def finite_positive(value: float, flag: str, example: str, allow_zero: bool = Fa
 
 def warp_window(steps: int, no_warp: bool) -> None:
     """Refuse a run too short for the default warp window (steps 3-19): it would warp nothing."""
-    from ...config import WarpConfig
-    from ...fine.plan import warps_nothing
-
     first = WarpConfig().warp_steps[0]
     if not no_warp and warps_nothing(WarpConfig(), steps):
         raise CliError(f"Expected --steps of at least {first + 1} for value warping (it warps from step {first}), "
@@ -50,8 +52,6 @@ def warp_window(steps: int, no_warp: bool) -> None:
 def subject_fits(pipe: object, subject: object, allow_config_mismatch: bool) -> None:
     """Refuse a subject trained for another transformer config (or whose LoRA / token do not fit) as soon
     as the model is loaded, before any generation (`guard.subject_fit_problems`, as `inject` does)."""
-    from ...guard import subject_fit_problems
-
     problems = subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
     if problems:
         raise CliError(" ".join(" ".join(problems).split()).replace("allow_config_mismatch=True",
@@ -67,8 +67,6 @@ def device(name: str | None) -> str | None:
     """`name` when torch can use it here (None: the default device); else a `CliError`."""
     if name is None:
         return None
-    import torch
-
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):

@@ -10,10 +10,16 @@ from typing import Any
 from rich.panel import Panel
 from rich.table import Table
 
+from ... import CoarseConfig, Subject, train_subject
+from ...images import load_images
+from ...plugins import adapter_sources
 from ...units import video_units
+from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
+from ..demo import run_demo as demo
 from ..exits import CliError
+from ..generate import prepare_subject
 from ..loading import probe_units, require_dir
-from . import checks
+from . import checks, measure
 from .common import add_command, memory_options, open_pipeline
 from .generation import register_generate
 from .render import console, print_json, records_table, render_data, stage_progress, status
@@ -39,9 +45,6 @@ def register_demo(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
-    from ..demo import run_demo as demo
-
     settings = DemoSettings(train_steps=args.train_steps, steps=args.steps, size=args.size, frames=args.frames,
                             subjects=args.subjects, references=args.references)
     console.print(Panel("The demo model has RANDOM weights: the video is noise-like on purpose. It shows "
@@ -114,8 +117,6 @@ def image_files(folder: Path) -> list[Path]:
 
 def _train_checks(args: argparse.Namespace) -> tuple[list, Path]:
     """Everything `vwarper train` can check before loading the model; returns (photos, --out)."""
-    from ...images import load_images
-
     checks.at_least(args.steps, 1, "--steps", "1000")
     checks.at_least(args.rank, 1, "--rank", "128")
     checks.finite_positive(args.lora_lr, "--lora-lr", "1e-4")
@@ -154,8 +155,6 @@ def _train_checks(args: argparse.Namespace) -> tuple[list, Path]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ... import CoarseConfig, train_subject
-
     photos, out = _train_checks(args)
     height, width = args.resolution or (None, None)
 
@@ -183,9 +182,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, pipe: Any, out: Path) -> None:
     """``--prepare``: the inversion of each shape, cached on disk in the subject directory."""
-    from ... import Subject
-    from ..generate import prepare_subject
-
     shapes = args.prepare or []
     for frames, height, width, _ in shapes:
         checks.frames_and_size(video_units(pipe), frames, height, width, args.model, "--prepare")
@@ -206,8 +202,6 @@ def register_adapters(sub: Any, common: Any, formatter: Any, epilog: str) -> Non
 
 
 def run_adapters(args: argparse.Namespace) -> int:
-    from ...plugins import adapter_sources
-
     rows = [{"adapter": name, "plugin": plugin} for name, plugin in adapter_sources().items()]
     if args.json:
         print_json(rows)
@@ -231,7 +225,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.tiny is None):
         raise CliError("Expected exactly one of MODEL or --tiny NAME, but got "
                        f"{'both' if args.model else 'neither'}. Pass e.g. `vwarper inspect --tiny cogvideox`.")
-    from ...porting.inspection import inspect_model
+    from ...porting.inspection import inspect_model  # imports diffusers: only for this command
 
     report = inspect_model(target=args.model, tiny=args.tiny)
     data = report.to_dict()
@@ -248,8 +242,6 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def _measure_commands() -> list:
-    from . import measure
-
     return measure.REGISTRY
 
 

@@ -6,8 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ... import Subject, WarpConfig
 from ...units import video_units
+from .. import visualize as vis
 from ..exits import CliError
+from ..generate import generate_video
 from ..loading import probe_units, require_dir
 from ..panels import write_panels
 from . import checks
@@ -77,8 +80,6 @@ def _generate_checks(args: argparse.Namespace) -> tuple[list[Any], Path, Path | 
 
 
 def _load_subject(path: str, args: argparse.Namespace) -> Any:
-    from ... import Subject
-
     folder = require_dir(path, "a subject directory", "Train one with `vwarper train ... --out DIR`.")
     if not (folder / "subject.json").is_file():
         raise CliError(f"Expected a subject directory with subject.json, but got {str(folder)!r} without it. "
@@ -92,10 +93,6 @@ def _load_subject(path: str, args: argparse.Namespace) -> Any:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ... import WarpConfig
-    from .. import visualize as vis
-    from ..generate import generate_video
-
     subjects, out, panels = _generate_checks(args)
     pipe = open_pipeline(args)
     height, width = args.height or None, args.width or None

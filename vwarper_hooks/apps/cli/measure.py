@@ -10,7 +10,11 @@ from typing import Any
 
 from rich.table import Table
 
+from ...images import load_images
 from ...units import video_units
+from .. import analysis, evaluation
+from .. import visualize as vis
+from ..demo import sample_images
 from ..exits import CliError
 from ..loading import default_device, load_pipeline, require_dir
 from . import checks
@@ -20,8 +24,6 @@ from .render import console, print_json, stage_progress, status
 
 # ----------------------------------------------------------------------------------------- eval
 def register_eval(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
-    from ..evaluation import DEFAULT_CLIP, DEFAULT_DINO
-
     summary = "score videos with CLIP-I, DINO-I and CLIP-T (paper table 1)"
     p = add_command(sub, "eval", common, formatter, epilog, summary,
              "Score generated videos against the subjects' reference photos (CLIP-I, DINO-I) and their\n"
@@ -32,8 +34,8 @@ def register_eval(sub: Any, common: Any, formatter: Any, epilog: str) -> None:
              "Writes RUN/metrics.json (or --out) and prints the means per subject.")
     p.add_argument("run", help="run folder (see the layout above)")
     p.add_argument("--references", default=None, help="reference folder (default: RUN/references)")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP model id or folder")
-    p.add_argument("--dino-model", default=DEFAULT_DINO, help="DINO model id or folder")
+    p.add_argument("--clip-model", default=evaluation.DEFAULT_CLIP, help="CLIP model id or folder")
+    p.add_argument("--dino-model", default=evaluation.DEFAULT_DINO, help="DINO model id or folder")
     p.add_argument("--out", default=None, help="JSON file to write (default: RUN/metrics.json)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
@@ -55,19 +57,19 @@ def metrics_table(report: Any) -> Table:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluation import ClipEmbedder, DinoEmbedder, evaluate, find_videos
-
     run = require_dir(args.run, "a run folder", "Pass the folder holding videos/ and references/.")
     if args.references:
         require_dir(args.references, "a reference folder", "Pass --references DIR with one folder per subject.")
-    find_videos(run)  # fail fast, before loading models
+    evaluation.find_videos(run)  # fail fast, before loading models
     if args.out:
         checks.writable(Path(args.out), "--out", "file")
     device = checks.device(args.device) or default_device()
     with status("loading CLIP and DINO ...", args.quiet):
-        clip, dino = ClipEmbedder(args.clip_model, device=device), DinoEmbedder(args.dino_model, device=device)
+        clip = evaluation.ClipEmbedder(args.clip_model, device=device)
+        dino = evaluation.DinoEmbedder(args.dino_model, device=device)
     with stage_progress(not args.quiet) as update:
-        report = evaluate(run, args.references, clip=clip, dino=dino, progress=lambda d, t: update("score", d, t))
+        report = evaluation.evaluate(run, args.references, clip=clip, dino=dino,
+                                     progress=lambda d, t: update("score", d, t))
     out = report.save(Path(args.out) if args.out else run / "metrics.json")
     if args.json:
         print_json(report.to_dict())
@@ -139,8 +141,6 @@ def synthetic_size(pipe: Any, size: tuple[int, int] | None, shift: int) -> tuple
 
 
 def _print_best(result: Any, alpha: float) -> None:
-    from .. import analysis
-
     table = Table(title=f"best layer per descriptor ({result.mode}, grid {result.grid})")
     for column in ("descriptor", "best layer", f"PCK@{alpha:g}", "mean over layers"):
         table.add_column(column)
@@ -152,13 +152,8 @@ def _print_best(result: Any, alpha: float) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from .. import analysis
-    from ..demo import sample_images
-
     _analyze_checks(args)
     if args.reference:
-        from ...images import load_images
-
         reference = load_images([Path(args.reference)])[0]
     else:
         reference = sample_images()[0]
@@ -166,10 +161,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with status("capturing features of every layer ...", args.quiet):
         if args.video:
-            from ..visualize import read_video
-
             matcher = analysis.DinoMatcher(args.matcher_model, device=str(pipe._execution_device))
-            result = analysis.dense_matcher_truth(pipe, read_video(args.video), reference, matcher,
+            result = analysis.dense_matcher_truth(pipe, vis.read_video(args.video), reference, matcher,
                                                   timestep=args.timestep, alpha=args.alpha, prompt=args.prompt)
         else:
             size = synthetic_size(pipe, tuple(args.size) if args.size else None, args.shift)
@@ -181,8 +174,6 @@ def run_analyze(args: argparse.Namespace) -> int:
                        f"(grid {result.grid}). Pass a larger --size or a smaller --shift.")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = result.save_csv(out / "pck.csv"), result.plot(out / "pck.png")
-    from .. import visualize as vis
-
     picture, layer = result.warp_figure()
     caption = f"layer {layer}, rows:\ngenerated\nwarped by: intermediate\nraw Q/K\nRoPE-free Q/K"
     warps = vis.save_png(vis.label(picture, caption), out / "warps.png")
