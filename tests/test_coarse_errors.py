@@ -87,10 +87,29 @@ def test_damaged_subject_directory_is_refused(saved, tmp_path, damage):
         (root / "subject.json").write_text('{"format_version": 99}')
     files = snapshot(root)
     match = {"truncate": "changed or truncated", "flip": "changed or truncated", "delete": "missing",
-             "manifest": "format version 1"}[damage]
+             "manifest": "format version 1 or 2"}[damage]
     with pytest.raises(vwarper.SubjectIntegrityError, match=match):
         vwarper.Subject.load(root)
     assert snapshot(root) == files  # loading never writes
+
+
+def test_a_version_1_subject_still_loads_and_new_saves_are_version_2(saved, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "old"
+    shutil.copytree(saved, root)
+    manifest = json.loads((root / "subject.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["transformer_config"]
+    manifest["format_version"] = 1
+    del manifest["transformer_config"]  # what 0.1 wrote: the config named by its hash only
+    (root / "subject.json").write_text(json.dumps(manifest))
+    old = vwarper.Subject.load(root)
+    assert old.info["transformer_config"] is None and old.info["transformer_config_hash"]
+    manifest["transformer_config"] = {"num_layers": 2}  # a version 1 file never held it
+    (root / "subject.json").write_text(json.dumps(manifest))
+    with pytest.raises(vwarper.SubjectIntegrityError, match="format version 1 or 2"):
+        vwarper.Subject.load(root)
 
 
 def test_save_refuses_existing_path_and_failed_save_leaves_nothing(saved, tmp_path, monkeypatch):

@@ -109,6 +109,21 @@ def test_weights_changed_in_place_are_a_new_key_in_memory_too(small, saved):
             weight.copy_(before)
 
 
+
+def test_a_new_weight_at_the_old_address_and_version_is_a_new_digest():
+    """An allocator that hands a freed LoRA's address to the next one (CUDA's caching allocator does) gives
+    new weights the old address and version counter: the old digest must not stand for them."""
+    from vwarper_hooks.files import weights_digest
+
+    model = torch.nn.Linear(4, 4)
+    old_weight = model.weight
+    old = weights_digest(model)
+    new_weight = torch.nn.Parameter(old_weight.detach())  # same storage and version counter, a new tensor
+    new_weight.data.copy_(torch.randn(4, 4))  # through .data: the version counter stays as it was
+    model.weight = new_weight
+    assert (new_weight.data_ptr(), new_weight._version) == (old_weight.data_ptr(), old_weight._version)
+    assert weights_digest(model) != old
+
 KILLED_SAVE = """
 import os, signal, sys
 from pathlib import Path

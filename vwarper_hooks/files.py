@@ -5,7 +5,8 @@
   save left is removed by the next save or load, `remove_stale_temporaries`). Results follow the
   user's umask (mkstemp/mkdtemp and safetensors would make them private).
 - `sha256_bytes` (file contents), `pixel_sha256` (an image's decoded pixels, size and mode),
-  `config_hash` (a diffusers / transformers model config), `tensor_digest` (a tensor's values).
+  `config_hash` (a diffusers / transformers model config), `tensor_digest` (a tensor's values),
+  `weights_digest` (a model's weights, LoRA included, sampled; recomputed only when they change).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,92 @@ def tensor_digest(x: torch.Tensor) -> str:
     """Short sha256 of a tensor's values (one host copy: used once per run, for cache keys)."""
     data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return sha256_bytes(data)[:16]
+
+
+#: values read per weight tensor for its digest (evenly spaced, first and last included)
+WEIGHT_SAMPLES = 64
+
+#: model -> (cheap state signature, digest): the digest is recomputed only when the weights changed
+_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
+
+
+def _signature(model: torch.nn.Module) -> tuple | None:
+    """Changes whenever a weight is replaced (another tensor object, even at a freed one's address) or
+    written in place (torch's version counter), or an adapter is switched or rescaled; None where it
+    cannot be read (inference tensors). Tensors are held by weak reference and compared by identity."""
+    try:
+        tensors = _tensors(model)
+        weights = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    except RuntimeError:
+        return None
+    return tuple(weakref.ref(t) for t in tensors), weights, _adapter_state(model)
+
+
+def _same_signature(a: tuple, b: tuple) -> bool:
+    refs_a, *rest_a = a
+    refs_b, *rest_b = b
+    return rest_a == rest_b and len(refs_a) == len(refs_b) and all(
+        x() is not None and x() is y() for x, y in zip(refs_a, refs_b, strict=True))
+
+
+def _adapter_state(model: torch.nn.Module) -> tuple:
+    """What peft's LoRA layers do with their weights: active adapters' scales, disabled or merged (adapter
+    names left out: inject names its adapter anew each time)."""
+    state = []
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and hasattr(module, "active_adapters"):
+            active = [a for a in module.active_adapters if a in scaling]
+            state.append(([float(scaling[a]) for a in active], bool(getattr(module, "disable_adapters", False)),
+                          len(getattr(module, "merged_adapters", []))))
+    return tuple(state)
+
+
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    """`WEIGHT_SAMPLES` evenly spaced values of `t` as float64, on its device (integer index arithmetic: exact
+    for any size, and no host read)."""
+    flat = t.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    count = min(WEIGHT_SAMPLES, flat.numel())
+    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
+    return flat[index].to(torch.float64)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of a model's weights, LoRA included, cheap enough for a 5B model.
+
+    Every parameter and buffer gives its shape, dtype and `WEIGHT_SAMPLES` evenly spaced values; peft's
+    LoRA layers add their active scales and whether they are disabled or merged. Any training or
+    fine-tuning (which moves nearly every value) changes it; an edit of a few values between the samples
+    would not. One host read per device, and only when `_signature` says the weights changed since the
+    last digest: about once per `inject` with a LoRA subject (its LoRA goes in anew), never per call.
+    Meta tensors (no values) contribute their shapes only.
+    """
+    signature = _signature(model)
+    cached = _digests.get(model)
+    if signature is not None and cached is not None and _same_signature(cached[0], signature):
+        return cached[1]
+    shapes, samples = [], {}
+    with torch.no_grad():
+        for t in _tensors(model):
+            shapes.append((tuple(t.shape), str(t.dtype)))
+            if not t.is_meta and t.numel():
+                try:
+                    samples.setdefault(t.device, []).append(_sample(t))
+                except (RuntimeError, TypeError, NotImplementedError):  # e.g. a quantized tensor subclass
+                    shapes.append("unsampled")
+    digest = hashlib.sha256(repr((shapes, _adapter_state(model))).encode())
+    for device in sorted(samples, key=str):
+        digest.update(torch.cat(samples[device]).cpu().numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    if signature is not None:
+        _digests[model] = (signature, value)
+    return value
 
 
 def read_safetensors(blob: bytes, what: str) -> dict[str, torch.Tensor]:

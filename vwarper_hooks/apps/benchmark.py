@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WarpConfig
-from ..errors import ConfigError, VwarperError
-from ..fine.plan import empty_window, warps_nothing
+from ..errors import VwarperError
 from ..subject.subject import Subject
 from .evaluation import DEFAULT_CLIP, DEFAULT_DINO, VIDEO_SUFFIXES, ClipEmbedder, DinoEmbedder, evaluate
-from .generate import generate_video
+from .generate import check_warp_window, generate_video
 from .loading import load_pipeline
 from .visualize import write_video
 
@@ -123,10 +122,8 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
     """Generate this process's share of the jobs; returns (generated, skipped)."""
     from accelerate import PartialState
 
-
+    check_warp_window(args.steps, args.no_warp)
     warp = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
-    if warps_nothing(warp, args.steps):
-        raise ConfigError([empty_window(warp.warp_steps, args.steps)])
     state = PartialState(cpu=args.device == "cpu")
     out = Path(args.out)
     jobs = load_jobs(args.spec)

@@ -9,8 +9,21 @@ import numpy as np
 import torch
 
 from ..config import WarpConfig
+from ..fine.plan import warps_nothing
 from ..inject import inject
+from .exits import CliError
 from .visualize import to_uint8
+
+
+def check_warp_window(steps: int, no_warp: bool) -> None:
+    """Refuse, before loading, a command-line run too short for the default warp window (steps 3-19):
+    it would warp nothing. Names the flags (`--steps`, `--no-warp`) of `vwarper generate` and the
+    benchmark runner, where `inject` would name `WarpConfig` fields."""
+    first = WarpConfig().warp_steps[0]
+    if not no_warp and warps_nothing(WarpConfig(), steps):
+        raise CliError(f"Expected --steps of at least {first + 1} for value warping (it warps from step {first}), "
+                       f"but got {steps}: nothing would be warped. Pass e.g. --steps 50 (the paper's), or --no-warp "
+                       "for the coarse stage alone.")
 
 
 class Generation(NamedTuple):

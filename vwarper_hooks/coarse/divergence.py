@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from ..errors import TrainingDivergedError
+from ..subject.store import nonfinite_names
 from .config import CoarseConfig
 
 
@@ -31,10 +32,8 @@ def check_loss(config: CoarseConfig, step: int, loss: float) -> None:
 
 
 def check_weights(config: CoarseConfig, step: int, named: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Refuse trained weights with a NaN or an infinity after `step` (one host read)."""
-    named = list(named)
-    finite = torch.stack([torch.isfinite(t.detach()).all().cpu() for _, t in named]).tolist() if named else []
-    bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+    """Refuse trained weights with a NaN or an infinity after `step` (one host read per device)."""
+    bad = nonfinite_names(named)
     if bad:
         raise TrainingDivergedError(
             f"Expected finite LoRA and token weights after step {step} of {config.steps}, but got {len(bad)} "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +22,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..files import atomic_file, config_hash, pixel_sha256
+from ..files import atomic_file, config_hash, pixel_sha256, weights_digest
 
 logger = logging.getLogger(__name__)
-
-
-#: values read per weight tensor for its digest (evenly spaced, first and last included)
-WEIGHT_SAMPLES = 64
-
-#: model -> (cheap state signature, digest): the digest is recomputed only when the weights changed
-_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -40,76 +32,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     two models of one config, or one model with another LoRA, never share an inversion."""
     source = dict(getattr(model, "config", {})).get("_name_or_path", "")
     return f"{type(model).__name__}:{config_hash(model)[:16]}:{source}:{weights_digest(model)}"
-
-
-def _tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
-
-
-def _signature(model: torch.nn.Module) -> tuple | None:
-    """Changes whenever a weight is replaced or written in place (torch's version counter), or an
-    adapter is switched or rescaled; None where it cannot be read (inference tensors)."""
-    try:
-        weights = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in _tensors(model))
-    except RuntimeError:
-        return None
-    return weights, _adapter_state(model)
-
-
-def _adapter_state(model: torch.nn.Module) -> tuple:
-    """What peft's LoRA layers do with their weights: active adapters' scales, disabled or merged (adapter
-    names left out: inject names its adapter anew each time)."""
-    state = []
-    for module in model.modules():
-        scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict) and hasattr(module, "active_adapters"):
-            active = [a for a in module.active_adapters if a in scaling]
-            state.append(([float(scaling[a]) for a in active], bool(getattr(module, "disable_adapters", False)),
-                          len(getattr(module, "merged_adapters", []))))
-    return tuple(state)
-
-
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """`WEIGHT_SAMPLES` evenly spaced values of `t` as float64, on its device (integer index arithmetic: exact
-    for any size, and no host read)."""
-    flat = t.detach().reshape(-1)
-    if flat.is_complex():
-        flat = torch.view_as_real(flat).reshape(-1)
-    count = min(WEIGHT_SAMPLES, flat.numel())
-    index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
-    return flat[index].to(torch.float64)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of a model's weights, LoRA included, cheap enough for a 5B model.
-
-    Every parameter and buffer gives its shape, dtype and `WEIGHT_SAMPLES` evenly spaced values; peft's
-    LoRA layers add their active scales and whether they are disabled or merged. Any training or
-    fine-tuning (which moves nearly every value) changes it; an edit of a few values between the samples
-    would not. One host read per device, and only when `_signature` says the weights changed since the
-    last digest: about once per `inject` with a LoRA subject (its LoRA goes in anew), never per call.
-    Meta tensors (no values) contribute their shapes only.
-    """
-    signature = _signature(model)
-    cached = _digests.get(model)
-    if signature is not None and cached is not None and cached[0] == signature:
-        return cached[1]
-    shapes, samples = [], {}
-    with torch.no_grad():
-        for t in _tensors(model):
-            shapes.append((tuple(t.shape), str(t.dtype)))
-            if not t.is_meta and t.numel():
-                try:
-                    samples.setdefault(t.device, []).append(_sample(t))
-                except (RuntimeError, TypeError, NotImplementedError):  # e.g. a quantized tensor subclass
-                    shapes.append("unsampled")
-    digest = hashlib.sha256(repr((shapes, _adapter_state(model))).encode())
-    for device in sorted(samples, key=str):
-        digest.update(torch.cat(samples[device]).cpu().numpy().tobytes())
-    value = digest.hexdigest()[:16]
-    if signature is not None:
-        _digests[model] = (signature, value)
-    return value
 
 
 @dataclass

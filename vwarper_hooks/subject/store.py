@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: what `save` writes; 2 added `transformer_config` (so that releases reading only 1 say "format version"
+#: rather than "invalid subject.json" on a newer subject)
+FORMAT_VERSION = 2
+#: what `load` reads: version 1 is version 2 without `transformer_config` (its config named by hash only)
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "subject.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TOKEN_FILE = "token_embedding.safetensors"
@@ -169,9 +174,10 @@ def _read_manifest(root: Path) -> SubjectManifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SubjectIntegrityError(f"Expected valid JSON in {file}, but got: {exc}. Re-save the subject.") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or (version == 1 and "transformer_config" in raw):
         raise SubjectIntegrityError(
-            f"Expected subject format version {FORMAT_VERSION}, but got {version!r} in {file}. "
+            f"Expected subject format version {' or '.join(map(str, READABLE_VERSIONS))}, but got {version!r} "
+            f"in {file}. "
             "Use the vwarper_hooks version that wrote it, or re-save the subject."
         )
     try:
@@ -183,12 +189,24 @@ def _read_manifest(root: Path) -> SubjectManifest:
         ) from None
 
 
+def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in named:
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for group in by_device.values():
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
+        bad += [name for (name, _), ok in zip(group, finite, strict=True) if not ok]
+    return bad
+
+
 def nonfinite_problems(subject_fields: dict[str, Any]) -> list[str]:
     """The LoRA / token tensors and training losses of a subject that hold NaN or inf (empty: all finite)."""
     tensors = dict((subject_fields.get("lora") or {}).items())
     if subject_fields.get("token_embedding") is not None:
         tensors["token_embedding"] = subject_fields["token_embedding"]
-    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t.detach()).all())]
+    bad = nonfinite_names(tensors.items())
     losses = (subject_fields.get("info") or {}).get("losses") or []
     problems = [f"{len(bad)} tensor(s) with NaN or inf (e.g. {bad[0]})"] if bad else []
     if not all(isinstance(x, int | float) and math.isfinite(x) for x in losses):

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ...config import WarpConfig
-from ...fine.plan import warps_nothing
 from ...guard import subject_fit_problems
 from ...units import VideoUnits
 from ..exits import CliError
@@ -38,15 +36,6 @@ def finite_positive(value: float, flag: str, example: str, allow_zero: bool = Fa
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         want = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise CliError(f"Expected {flag} to be {want}, but got {value}. Pass e.g. {flag} {example}.")
-
-
-def warp_window(steps: int, no_warp: bool) -> None:
-    """Refuse a run too short for the default warp window (steps 3-19): it would warp nothing."""
-    first = WarpConfig().warp_steps[0]
-    if not no_warp and warps_nothing(WarpConfig(), steps):
-        raise CliError(f"Expected --steps of at least {first + 1} for value warping (it warps from step {first}), "
-                       f"but got {steps}: nothing would be warped. Pass e.g. --steps 50 (the paper's), or --no-warp "
-                       "for the coarse stage alone.")
 
 
 def subject_fits(pipe: object, subject: object, allow_config_mismatch: bool) -> None:

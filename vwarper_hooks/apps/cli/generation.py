@@ -10,7 +10,7 @@ from ... import Subject, WarpConfig
 from ...units import video_units
 from .. import visualize as vis
 from ..exits import CliError
-from ..generate import generate_video
+from ..generate import check_warp_window, generate_video
 from ..loading import probe_units, require_dir
 from ..panels import write_panels
 from . import checks
@@ -55,7 +55,7 @@ def _generate_checks(args: argparse.Namespace) -> tuple[list[Any], Path, Path | 
 
     checks.at_least(args.frames, 1, "--frames", "25")
     checks.at_least(args.steps, 1, "--steps", "50")
-    checks.warp_window(args.steps, args.no_warp)
+    check_warp_window(args.steps, args.no_warp)
     checks.finite_positive(args.guidance, "--guidance", "6.0", allow_zero=True)
     checks.at_least(args.fps, 1, "--fps", "8")
     checks.at_least(args.references, 0, "--references", "3")
