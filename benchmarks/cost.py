@@ -45,6 +45,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.fine.capture import Branch
 from vwarper_hooks.fine.plan import StepPlan, ranges
 from vwarper_hooks.plugins import get_adapter
 
@@ -78,12 +79,33 @@ class Probe:
         if part == "generation" and key == ("plain", 0) and self.plain is None:
             self.plain = dict(kwargs)
         if part == "generation" and key == ((True, True, True), 0) and self.held is None:
-            self.held = snapshot(session, kwargs)
+            if session.lockstep.active:  # the reference runs beside the generation: look inside it
+                self._at_first_warp_layer(session, kwargs)
+            else:
+                self.held = snapshot(session, kwargs)
+
+    def _at_first_warp_layer(self, session: Any, kwargs: dict) -> None:
+        """Snapshot once the generation has entered its first warp layer (its reference values made,
+        the reference worker paused before the next)."""
+        enter = session.router.on_enter
+
+        def probing(layer: int) -> None:
+            enter(layer)
+            if session.router.route.branch is Branch.GENERATION and layer in session.lockstep.layers:
+                session.router.on_enter = enter
+                self.held = snapshot(session, kwargs)
+
+        session.router.on_enter = probing
 
 
 def warp_config(shape: Shape, warp_steps: tuple[int, int], **fields: Any) -> vwarper.WarpConfig:
-    """Built fresh (not `updated`): fields a user did not set keep the adapter's default layers."""
-    return vwarper.WarpConfig(warp_steps=warp_steps, **shape.layers, **fields)
+    """Built fresh (not `updated`): fields a user did not set keep the adapter's default layers.
+
+    FLOPs are counted with the reference branch before the generation (``reference_lockstep=False``):
+    the ledger attributes FLOPs to parts by nesting, which lockstep interleaves. Lockstep runs the very
+    same operations (`measure_variants` checks the totals agree); the memory probe runs in lockstep.
+    """
+    return vwarper.WarpConfig(warp_steps=warp_steps, **shape.layers, **{"reference_lockstep": False, **fields})
 
 
 def new_subject(photos: int = 1, token: str = "<clock>") -> vwarper.Subject:
@@ -111,7 +133,11 @@ def measure_variants(pipe: Any, shape: Shape, steps: int, warp_steps: tuple[int,
     out = {"plain": measure(pipe, {**kwargs, "num_inference_steps": plain_steps}, probe=probe)}
     first = new_subject()
     out["cold"] = measure(pipe, kwargs, first, base)
-    out["warm"] = measure(pipe, kwargs, first, base, probe=probe)
+    out["warm"] = measure(pipe, kwargs, first, base)
+    if probe is not None:  # the memory snapshot, with the default reference_lockstep=True: the same FLOPs
+        lockstep = measure(pipe, kwargs, first, warp_config(shape, warp_steps, reference_lockstep=True), probe=probe)
+        if lockstep.total != out["warm"].total:
+            raise AssertionError(f"{shape.name}: lockstep counted {lockstep.total} FLOPs, warm {out['warm'].total}")
     out["fill feature cache"] = measure_prepare(pipe, kwargs, first, cache)
     out["cached"] = measure(pipe, kwargs, first, cache)
     for name, fields in OPTIONS.items() if options else ():
@@ -221,7 +247,15 @@ def flop_table(result: ShapeResult, unit: float) -> list[str]:
 
 
 def memory_table(results: list[ShapeResult]) -> list[str]:
-    names = [k for k in results[0].memory if k not in ("weights", "activations", "inputs")]
+    # every shape's items, each where its shape lists it (lockstep shapes and shapes holding every warp
+    # layer's values itemise differently)
+    names: list[str] = []
+    for r in results:
+        at = 0
+        for key in (k for k in r.memory if k not in ("weights", "activations", "inputs")):
+            if key not in names:
+                names.insert(at, key)
+            at = names.index(key) + 1
     widths = [61] + [17] * len(results)
     mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
     lines = [_row(["peak memory, MiB (estimate, see cost_memory.py)", *[r.shape.name for r in results]], widths)]
@@ -230,7 +264,8 @@ def memory_table(results: list[ShapeResult]) -> list[str]:
         lines.append(_row([f"plain transformer forward: {key}", *[mib(r.memory[key]) for r in results]], widths))
     lines.append(_row(["plain transformer forward: peak", *map(mib, plain)], widths))
     for key in names:
-        lines.append(_row([f"V-Warper: {key}", *[mib(r.memory[key]) for r in results]], widths))
+        lines.append(_row([f"V-Warper: {key}", *[mib(r.memory[key]) if key in r.memory else "-" for r in results]],
+                          widths))
     extra = [r.memory["= extra at the peak"] for r in results]
     lines.append(_row(["V-Warper extra, % of plain peak (target <= 5%)",
                        *[f"{100 * e / p:.2f}%" for e, p in zip(extra, plain, strict=True)]], widths))

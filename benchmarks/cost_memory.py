@@ -17,7 +17,8 @@ An estimate: allocator rounding, fragmentation and the CUDA attention kernels' w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -87,11 +88,49 @@ def _transient(run: Callable[..., Any], specs: list[tuple[tuple[int, ...], torch
     return peak["Total"] - peak["Other"]
 
 
+def _storage_id(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata  # the storage itself (data pointers are all 0 on meta)
+
+
+def _tensors_in(value: Any, depth: int = 2) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth and isinstance(value, tuple | list):
+        for v in value:
+            yield from _tensors_in(v, depth - 1)
+    elif depth and isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v, depth - 1)
+
+
+def paused_reference(session: Any, exclude: list[torch.Tensor]) -> int:
+    """Bytes that the lockstep reference workers' paused stacks hold: every tensor in a local variable of
+    their frames (the reference forward's inputs, its hidden states and the paused block's inputs),
+    each storage once, the model's weights and the `exclude` tensors (counted elsewhere) left out."""
+    skip = {_storage_id(t) for t in exclude}
+    model = session.pipe.transformer
+    skip |= {_storage_id(t) for t in [*model.parameters(), *model.buffers()]}
+    frames = sys._current_frames()
+    seen: dict[int, int] = {}
+    for worker in session.lockstep:
+        frame = frames.get(worker._thread.ident)
+        while frame is not None:
+            for value in frame.f_locals.values():
+                for t in _tensors_in(value):
+                    key = _storage_id(t)
+                    if key not in skip:
+                        seen[key] = storage(t)
+            frame = frame.f_back
+    return sum(seen.values())
+
+
 def snapshot(session: Any, forward_kwargs: dict) -> dict[str, Any]:
-    """Shapes and sizes of what the session holds now (call it before a warp-step generation forward)."""
+    """Shapes and sizes of what the session holds now: call it before a warp-step generation forward, or
+    in lockstep when the generation enters its first warp layer (that layer's reference values made)."""
     run, reference = session.router.run, session.branches[0].reference
     mine, state = run.subjects[0], reference.states[reference.image]
-    values = [f.value for f in mine.ref_values.values()]
+    lockstep = session.lockstep.active
+    values = [f.value for f in (run.warp_values if lockstep else mine.ref_values).values()]
     diagnostics = [d for per_token in session._diagnostics._steps.values() for d in per_token.values()]
     one = diagnostics[0]
     latents = session.adapter.latents(forward_kwargs)
@@ -106,6 +145,9 @@ def snapshot(session: Any, forward_kwargs: dict) -> dict[str, Any]:
         ref_mask=nbytes(run.warp.ref_mask), batch=latents.shape[0], subject=run.subject.stop - run.subject.start,
         grid=session.adapter.token_grid(session.pipe.transformer, latents), config=run.config,
         joint_fg=run.config.fg_softmax == "joint" and not session.adapter.text_attention_outside,
+        lockstep=lockstep,
+        paused=paused_reference(session, [state.clean, state.trajectory, *state.text.values(), *values])
+        if lockstep else 0,
     )
 
 
@@ -166,7 +208,9 @@ def vwarper_items(snap: dict, plan: StepPlan, steps: int, activations: int) -> d
     """V-Warper's extra bytes at the peak of a run following `plan` (no feature cache), item by item."""
     first = min(s for s in range(steps) if plan.reference_layers(s))
     items = {
-        "reference V of every warp layer": snap["ref_values"],
+        **({"reference V of one warp layer (lockstep)": snap["ref_values"],
+            "paused reference forward (its stack's tensors)": snap["paused"]} if snap["lockstep"] else
+           {"reference V of every warp layer": snap["ref_values"]}),
         "reference match Q/K (step t)": snap["ref_match"],
         "generation match Q/K (step t-1)": snap["gen_match"],
         "inversion trajectory + clean latent + text": (steps - first) * snap["latent"] + snap["clean"] + snap["text"],

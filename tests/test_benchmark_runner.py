@@ -54,16 +54,6 @@ def eval_models(tmp_path_factory) -> list[str]:
     return ["--clip-model", str(root / "clip"), "--dino-model", str(root / "dino")]
 
 
-def test_a_run_too_short_to_warp_is_refused_before_loading_naming_the_runners_flags(spec, tmp_path, capsys):
-    from vwarper_hooks.apps.benchmark import main
-
-    args = ["--spec", str(spec), "--out", str(tmp_path / "run"), "--model", "no/such-model", "--steps", "3"]
-    assert main(args) == 3
-    err = capsys.readouterr().err
-    assert "--steps of at least 4" in err and "--no-warp" in err and "WarpConfig" not in err
-    assert not (tmp_path / "run").exists()
-
-
 def test_jobs_from_spec(spec):
     jobs = load_jobs(spec)
     assert [(j.subject, j.name, j.prompt) for j in jobs] == [

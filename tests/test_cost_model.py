@@ -90,3 +90,21 @@ def test_the_meta_shims_leave_torch_as_it_was():
         assert all(getattr(owner, n)(None) is False for owner, n in checks)
     assert out.shape == x.shape and mean.shape == rstd.shape == (2, 1) and mean.dtype == torch.float32
     assert state() == before
+
+
+def test_the_memory_table_shows_each_shapes_own_items():
+    """Shapes in lockstep and shapes holding every warp layer itemise differently: one table, '-' where absent."""
+    from types import SimpleNamespace
+
+    def result(name: str, items: dict[str, int]) -> SimpleNamespace:
+        memory = {"weights": 8 * 2**20, "activations": 2**20, "inputs": 0, **items, "= extra at the peak": 2**19}
+        return SimpleNamespace(shape=SimpleNamespace(name=name), memory=memory, cache=(0, 0),
+                               config=SimpleNamespace(feature_cache_device_gib=4.0))
+
+    lines = cost.memory_table([result("A", {"one layer": 2**20, "both": 0}), result("B", {"every layer": 2**21,
+                                                                                         "both": 0})])
+    rows = {line.split("  ")[0]: line.split() for line in lines}
+    order = [line.split("  ")[0] for line in lines]
+    assert order.index("V-Warper: every layer") < order.index("V-Warper: both")
+    assert rows["V-Warper: one layer"][-2:] == ["1.0", "-"]
+    assert rows["V-Warper: every layer"][-2:] == ["-", "2.0"]

@@ -121,7 +121,9 @@ def test_generate_refuses_too_few_steps_for_warping_before_loading(capsys, tmp_p
 
     assert benchmark.main(["--spec", str(tmp_path / "spec.json"), "--model", "no/such-model", "--out",
                            str(tmp_path / "run"), "--steps", "3"]) == 3
-    assert "warp_steps" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    err = capsys.readouterr().err  # the runner's own flags, not WarpConfig fields
+    assert "--steps of at least 4" in err and "--no-warp" in err and "WarpConfig" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_subject_token_only_in_the_negative_prompt_is_refused(pipe, subject):

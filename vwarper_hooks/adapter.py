@@ -82,7 +82,12 @@ def proportional_layers(depth: int) -> LayerDefaults:
 
 
 class LayerRouter(Protocol):
-    """What an adapter's processor talks to (implemented by the core's session)."""
+    """What an adapter's processor talks to (implemented by the core's session).
+
+    The core's router also has ``entering(layer)``, which `RoutedProcessor` calls before `routed`
+    computes anything (the lockstep reference branch pauses or runs there): a processor written
+    without the base should call it too, when the router has it.
+    """
 
     def wants(self, layer: int) -> bool:
         """True when the core needs this layer's call now (False: run the stock processor)."""

@@ -85,6 +85,11 @@ class WarpConfig(BaseModel):
         4.0, ge=0.0, description="cached features stay on the model's device up to this size; beyond it, in "
         "(pinned) CPU memory, copied to the device step by step"
     )
+    reference_lockstep: bool = Field(
+        True, description="run the reference branch layer by layer beside the generation (one warp layer's "
+        "values held, not all; same output). Where CFG runs as separate calls (Wan) or with "
+        "cache_reference_features it runs before the generation, as with False"
+    )
     keep_diagnostics: bool = Field(True, description="keep per-step flows and masks on CPU")
 
     def __init__(self, **data: object) -> None:

@@ -73,7 +73,7 @@ class RoutedProcessor:
         super().__init_subclass__(**kwargs)
         if "__call__" not in cls.__dict__:
             cls.__call__ = _dispatch_named_like(cls.routed, cls.__qualname__)
-        cls._routed_eagerly = _eager(cls.routed)
+        cls._routed_eagerly = _eager(_entering_first(cls.routed))
 
     def asks(self) -> bool:
         """The router's answer for this layer now (evaluated by the router when its route changes).
@@ -102,6 +102,20 @@ class RoutedProcessor:
         if self.wanted(*args, **kwargs):
             return self._routed_eagerly(attn, *args, **kwargs)
         return self.original(attn, *args, **kwargs)
+
+
+def _entering_first(routed: Callable[..., Any]) -> Callable[..., Any]:
+    """`routed`, after telling a router that has ``entering`` which layer is about to compute its Q/K/V
+    (the core's lockstep reference branch runs or pauses there; see `vwarper_hooks.fine.lockstep`)."""
+
+    def enter_then_route(self: RoutedProcessor, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        entering = getattr(self.router, "entering", None) if self.managed else None
+        if entering is not None:
+            entering(self.layer)
+        return routed(self, attn, *args, **kwargs)
+
+    functools.update_wrapper(enter_then_route, routed)
+    return enter_then_route
 
 
 def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -125,6 +125,8 @@ class Router:
         self.run: RunState | None = None
         #: (branch, step, layer) -> routed attention calls; ("warp", step, layer) counts injections
         self.calls: Counter[tuple[str, int, int]] = Counter()
+        #: told each routed layer before it computes its Q/K/V (the session's lockstep reference)
+        self.on_enter: Any = None
 
     def register(self, processor: Any) -> None:
         """A `RoutedProcessor` installed for this router: its ``active`` flag follows every route."""
@@ -156,6 +158,11 @@ class Router:
             yield
         finally:
             self.route = previous
+
+    def entering(self, layer: int) -> None:
+        """A routed layer is about to compute its Q/K/V (called by `RoutedProcessor`, eagerly)."""
+        if self.on_enter is not None:
+            self.on_enter(layer)
 
     # ----------------------------------------------------------------- the LayerRouter protocol
     def wants(self, layer: int) -> bool:

@@ -23,6 +23,7 @@ from .capture import Branch, Route, Router, StopReference
 from .encode import encode_reference
 from .feature_cache import FeatureCache
 from .inversion import invert_reference
+from .lockstep import Lockstep
 from .reference_cache import ReferenceState, cache_key
 from .steps import StepClock
 
@@ -139,30 +140,39 @@ class ReferenceBranch:
                 )
         return ReferenceState(text=text, clean=clean, trajectory=trajectory, first=first)
 
-    def run(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
+    def run(self, step: int, kwargs: dict, layers: frozenset[int], lockstep: Lockstep | None = None) -> None:
         """One reference forward at `step` through the deepest of `layers`, all photos batched (the
-        router captures), or with ``cache_reference_features`` their features from the cache."""
+        router captures), or with ``cache_reference_features`` their features from the cache. With a
+        `lockstep`, the forward runs up to its first warp layer now and on beside the generation."""
         cache, run = self._features, self.router.run
         if cache is not None and cache.complete(run, self.index, self.photos, step):
             later = [s for s in self._steps if s > step]
             cache.load(run, self.index, self.photos, step, later[0] if later else None)
             return
-        self._forward(step, kwargs, layers)
+        ref_kwargs, route = self._inputs(step, kwargs, layers)
+        if lockstep is not None:
+            lockstep.start(lambda: self._call(ref_kwargs), lambda: self.router.routing(route),
+                           layers & run.plan.warp_layers, name=f"vwarper-reference-{self.index}")
+            return
+        with self.router.routing(route):
+            self._call(ref_kwargs)
         if cache is not None:
             cache.store(run, self.index, self.photos, step)
 
-    def _forward(self, step: int, kwargs: dict, layers: frozenset[int]) -> None:
+    def _inputs(self, step: int, kwargs: dict, layers: frozenset[int]) -> tuple[dict, Route]:
         # this step's own timestep, from the scheduler's device copy (the call's may be another step's)
         timestep = self.pipe.scheduler.timesteps[step : step + 1]
         states = [self.states[i] for i in self.photos]
         latents = torch.cat([state.latents_at(step) for state in states])  # (k, ...): one sample per photo
         ref_kwargs = self.adapter.reference_kwargs(kwargs, latents, states[0].text, timestep)
-        route = Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers), subject=self.index)
-        with self.router.routing(route):
-            try:
-                self.pipe.transformer(**ref_kwargs)
-            except StopReference:
-                pass
+        return ref_kwargs, Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers),
+                                 subject=self.index)
+
+    def _call(self, ref_kwargs: dict) -> None:
+        try:
+            self.pipe.transformer(**ref_kwargs)
+        except StopReference:
+            pass
 
     def close(self) -> None:
         self.states, self._features = {}, None

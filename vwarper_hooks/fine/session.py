@@ -23,6 +23,7 @@ from ..errors import ConfigError, SubjectTokenError, VwarperError
 from ..plugins import make_parts
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
+from .lockstep import Lockstep
 from .matching import Matcher
 from .plan import StepPlan
 from .reference import ReferenceBranch
@@ -72,6 +73,8 @@ class Session:
         self.config, self.matcher, self.injector = config, matcher, injector
         self.clock = StepClock(pipe.scheduler)
         self.router = Router()
+        self.lockstep = Lockstep()  # the reference workers beside the running generation forward, if any
+        self.router.on_enter = self._entering
         tokenizer = getattr(pipe, "tokenizer", None)
         self.branches = [
             SubjectBranch(s, SubjectTokens(tokenizer, s.token), ReferenceBranch(pipe, adapter, s, self.router,
@@ -175,6 +178,27 @@ class Session:
     def after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         if self.router.route.branch is Branch.GENERATION:
             self.router.route = Route()
+            if self.lockstep.active:  # the workers ended at their deepest layer; drop what is left
+                self.lockstep.close()
+                self.router.run.warp_values = {}
+
+    def _entering(self, layer: int) -> None:
+        """Before a routed layer's Q/K/V: in lockstep, a reference worker pauses before its next warp
+        layer, and the generation entering a warp layer has every worker run that layer first (the
+        previous warp layer's values are dropped: used)."""
+        lockstep, route = self.lockstep, self.router.route
+        if not lockstep.active or layer not in lockstep.layers:
+            return
+        if route.branch is Branch.REFERENCE:
+            lockstep.pause_here(layer)
+        elif route.branch is Branch.GENERATION and route.pass_index == 0:
+            run = self.router.run
+            run.warp_values = {}
+            lockstep.advance(layer)
+            if run.warp is not None:
+                run.warp_values[layer] = side_by_side(run, layer)
+            for subject in run.subjects:
+                subject.ref_values.pop(layer, None)
 
     # ----------------------------------------------------------------- per run / per step
     def _start_run(self, kwargs: dict) -> None:
@@ -241,12 +265,21 @@ class Session:
             run.gen_match = None  # no later warp step matches: free the features
             for subject in run.subjects:
                 subject.ref_match = []
+        self.lockstep.close()  # what an interrupted forward left
         layers = plan.reference_layers(step)
+        lockstep = self.lockstep if self._in_lockstep(layers) else None
         if layers:
             for branch in self.branches:
-                branch.reference.run(step, kwargs, layers)
-        if run.warp is not None:
+                branch.reference.run(step, kwargs, layers, lockstep)
+        if run.warp is not None and lockstep is None:
             run.warp_values = {layer: side_by_side(run, layer) for layer in plan.warp_layers}
+
+    def _in_lockstep(self, layers: frozenset[int]) -> bool:
+        """Whether this step's reference forward runs beside the generation (see `fine.lockstep`): it
+        has warp layers, one generation pass reads them, and no feature cache keeps them all."""
+        config = self.router.run.config
+        return (config.reference_lockstep and self.adapter.cfg_in_one_batch and not config.cache_reference_features
+                and bool(layers & self.router.run.plan.warp_layers))
 
     def _choose_photos(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> None:
         """With ``reference_image="best"``, at the first warp step: each subject keeps its best photo."""
@@ -271,6 +304,7 @@ class Session:
 
     def close(self) -> None:
         """Drop every tensor this session holds (the cache on the subject stays)."""
+        self.lockstep.close()
         self.router.run = None
         self.router.route = Route()
         self.router.release()
