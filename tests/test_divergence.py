@@ -102,6 +102,16 @@ def test_an_invalid_rank_or_alpha_is_refused_at_load(saved, tmp_path, field, val
         vwarper.Subject.load(root)
 
 
+def test_a_learning_rate_whose_first_adamw_step_overflows_float32_is_refused(tmp_path, capsys):
+    with pytest.raises(vwarper.ConfigError, match="lora_lr"):
+        vwarper.CoarseConfig(lora_lr=1e38)
+    vwarper.CoarseConfig(lora_lr=1e37)  # 10 x 1e37 still fits in float32
+    code = main(["train", "--model", "tiny", "--images", str(DATA / "clock"), "--token", "<zz>",
+                 "--class-word", "clock", "--out", str(tmp_path / "s"), "--steps", "2", "--token-lr", "1e38", "-q"])
+    assert code in (2, 3) and "token_lr" in capsys.readouterr().err.replace("-", "_")
+    assert not (tmp_path / "s").exists()
+
+
 def test_non_finite_losses_never_reach_subject_json(saved, tmp_path):
     subject = vwarper.Subject.load(saved)
     subject.info["losses"] = [0.5, math.nan]

@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import validation_problems
 from ..errors import ConfigError
+
+#: AdamW's first update is lr / (1 - beta1) = 10 x lr, applied to float32 weights (the largest float32
+#: is 3.4e38): above this the step itself cannot be computed, let alone trained with
+MAX_LEARNING_RATE = 3.4028234663852886e38 / 10
 
 #: Fields that do not change what a run computes; a checkpoint may be resumed with other values.
 RUN_ONLY_FIELDS = frozenset({"steps", "checkpoint_every", "checkpoint_dir"})
@@ -53,6 +57,16 @@ class CoarseConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(validation_problems(exc, "CoarseConfig")) from None
+
+    @field_validator("lora_lr", "token_lr")
+    @classmethod
+    def _adamw_can_step(cls, value: float) -> float:
+        if value > MAX_LEARNING_RATE:
+            raise ValueError(
+                f"Expected a learning rate of at most {MAX_LEARNING_RATE:.3g} (AdamW's first update is 10 x the "
+                f"rate, on float32 weights), but got {value:g}: the update itself would overflow. Use e.g. 1e-4."
+            )
+        return value
 
     @model_validator(mode="after")
     def _size_pair(self) -> CoarseConfig:
