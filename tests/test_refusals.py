@@ -86,6 +86,19 @@ def test_generate_refuses_a_subject_for_another_config_with_one_line(pipe, tmp_p
     assert "--allow-config-mismatch" in err and not out.exists()
 
 
+def test_generate_with_allow_config_mismatch_warns_once(tmp_path, capsys):
+    other = other_config_pipeline()
+    subject = vwarper.train_subject(other, IMAGES, "<sks-o>", "clock", vwarper.CoarseConfig(steps=1, **FAST),
+                                    progress=False)
+    folder = subject.save(tmp_path / "other")
+    out = tmp_path / "video.gif"
+    argv = ["generate", "--model", "tiny", "--subject", str(folder), "--prompt", "a <sks-o> clock", "--frames", "9",
+            "--steps", "4", "--height", "32", "--width", "32", "--out", str(out), "--quiet", "--no-warp",
+            "--allow-config-mismatch"]
+    assert main(argv) == 0 and list(tmp_path.glob("video.*"))  # the container write_video picks
+    assert capsys.readouterr().err.count("Used anyway") == 1
+
+
 @pytest.mark.parametrize(("fields", "name"), [
     (dict(tau_fg=1.0), "tau_fg"), (dict(tau_fg=1.5), "tau_fg"), (dict(tau_fg=-0.1), "tau_fg"),
     (dict(tau_fg=math.nan), "tau_fg"), (dict(tau_cc=0.0), "tau_cc"), (dict(tau_cc=-1.0), "tau_cc"),

@@ -103,15 +103,16 @@ def subject_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = Fals
     return subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
 
 
-def subject_fit_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False) -> list[str]:
+def subject_fit_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False, warn: bool = True) -> list[str]:
     """Every reason `subject`'s coarse stage does not fit `pipe`: trained for another transformer config
-    (with `allow_config_mismatch` only a warning), or LoRA / token shapes that do not fit. One check for
-    `inject`, `Subject.load(..., pipe=...)` and ``vwarper generate``."""
+    (with `allow_config_mismatch` only a warning, unless not `warn`: a caller whose `inject` follows), or
+    LoRA / token shapes that do not fit. One check for `inject`, `Subject.load(..., pipe=...)` and
+    ``vwarper generate``."""
     mismatch = config_mismatch(pipe, subject)
     problems = []
-    if mismatch and allow_config_mismatch:
+    if mismatch and allow_config_mismatch and warn:
         logger.warning("%s Used anyway: allow_config_mismatch=True.", mismatch.split(" Do ")[0])
-    elif mismatch:
+    elif mismatch and not allow_config_mismatch:
         problems.append(mismatch)
     return problems + fit_problems(pipe, subject)
 
