@@ -72,30 +72,31 @@ def test_an_older_subject_without_its_config_is_named_by_hash(saved, tmp_path):
     vwarper.Subject.load(root, pipe=tiny_cogvideox_pipeline())  # its own config: the hashes agree
 
 
-def test_generate_refuses_a_subject_for_another_config_with_one_line(pipe, tmp_path, capsys):
-    other = other_config_pipeline()
-    subject = vwarper.train_subject(other, IMAGES, "<sks-o>", "clock", vwarper.CoarseConfig(steps=1, **FAST),
-                                    progress=False)
-    folder = subject.save(tmp_path / "other")
+@pytest.fixture(scope="module")
+def other_saved(tmp_path_factory):
+    """A subject trained on the other-config pipeline, saved: the tiny model (`--model tiny`) is not its own."""
+    subject = vwarper.train_subject(other_config_pipeline(), IMAGES, "<sks-o>", "clock",
+                                    vwarper.CoarseConfig(steps=1, **FAST), progress=False)
+    return subject.save(tmp_path_factory.mktemp("subjects") / "other")
+
+
+def _generate_other(other_saved, out, *extra: str) -> int:
+    return main(["generate", "--model", "tiny", "--subject", str(other_saved), "--prompt", "a <sks-o> clock",
+                 "--frames", "9", "--steps", "4", "--height", "32", "--width", "32", "--out", str(out), "--quiet",
+                 *extra])
+
+
+def test_generate_refuses_a_subject_for_another_config_with_one_line(other_saved, tmp_path, capsys):
     out = tmp_path / "video.gif"
-    argv = ["generate", "--model", "tiny", "--subject", str(folder), "--prompt", "a <sks-o> clock", "--frames", "9",
-            "--steps", "4", "--height", "32", "--width", "32", "--out", str(out), "--quiet"]
-    assert main(argv) == 3
+    assert _generate_other(other_saved, out) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "norm_eps 1e-06 there, 1e-05 here" in err
     assert "--allow-config-mismatch" in err and not out.exists()
 
 
-def test_generate_with_allow_config_mismatch_warns_once(tmp_path, capsys):
-    other = other_config_pipeline()
-    subject = vwarper.train_subject(other, IMAGES, "<sks-o>", "clock", vwarper.CoarseConfig(steps=1, **FAST),
-                                    progress=False)
-    folder = subject.save(tmp_path / "other")
-    out = tmp_path / "video.gif"
-    argv = ["generate", "--model", "tiny", "--subject", str(folder), "--prompt", "a <sks-o> clock", "--frames", "9",
-            "--steps", "4", "--height", "32", "--width", "32", "--out", str(out), "--quiet", "--no-warp",
-            "--allow-config-mismatch"]
-    assert main(argv) == 0 and list(tmp_path.glob("video.*"))  # the container write_video picks
+def test_generate_with_allow_config_mismatch_warns_once(other_saved, tmp_path, capsys):
+    assert _generate_other(other_saved, tmp_path / "video.gif", "--no-warp", "--allow-config-mismatch") == 0
+    assert list(tmp_path.glob("video.*"))  # the container write_video picks
     assert capsys.readouterr().err.count("Used anyway") == 1
 
 
