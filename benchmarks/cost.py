@@ -37,6 +37,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +182,7 @@ class ShapeResult:
     decode: int = 0  # the VAE decode, counted apart and added to every generation variant's VAE part
     memory: dict[str, int] = field(default_factory=dict)
     cache: tuple[int, int] = (0, 0)
+    seconds: float = 0.0  # how long measuring it took
 
     def total(self, variant: str) -> int:
         return sum(self.parts[variant].values())
@@ -353,42 +355,58 @@ def _measure_one(config: str, index: int, options: bool, blocks: int | None) -> 
     shape = (full_shapes() if config == "full" else tiny_shapes())[index]
     start = time.time()
     result = measure_shape(shape, options, blocks)
-    print(f"{shape.name}: {time.time() - start:.0f} s", file=sys.stderr)
+    result.seconds = time.time() - start
     result.shape, result.probe.plain = None, None
     return result
 
 
-def measure_all(config: str, indices: list[int], blocks: int | None, jobs: int) -> list[ShapeResult]:
-    """Every shape of `config` in `indices` (the first with the option variants), `jobs` processes at a time."""
+def measure_all(config: str, indices: list[int], blocks: int | None, jobs: int) -> Iterator[ShapeResult]:
+    """Every shape of `config` in `indices` (the first with the option variants), `jobs` processes at a time,
+    yielded in order as each is done."""
     shapes = full_shapes() if config == "full" else tiny_shapes()
     work = [(config, i, n == 0, blocks) for n, i in enumerate(indices)]
     if jobs <= 1 or len(work) == 1:
-        results = [_measure_one(*w) for w in work]
-    else:  # shapes are independent and each runs on one core: the meta device is single-threaded Python
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
+        results: Iterator[ShapeResult] = (_measure_one(*w) for w in work)
+        for result, index in zip(results, indices, strict=True):
+            result.shape = shapes[index]
+            yield result
+        return
+    # shapes are independent and each runs on one core: the meta device is single-threaded Python
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_measure_one, *zip(*work, strict=True)))
-    for result, index in zip(results, indices, strict=True):
-        result.shape = shapes[index]
-    return results
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        for result, index in zip(pool.map(_measure_one, *zip(*work, strict=True)), indices, strict=True):
+            result.shape = shapes[index]
+            yield result
 
 
 def main(argv: list[str] | None = None) -> int:
+    names = [s.name for s in full_shapes()] + [s.name for s in tiny_shapes()]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
+    parser.add_argument("--shape", choices=names, help="run only this shape")
     parser.add_argument("--only", help="run only the shapes whose name contains this")
     parser.add_argument("--memory-depth", choices=("blocks", "full", "none"), default="blocks",
                         help="plain peak from one block of each kind (default), the full depth, or skip memory")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: 2)")
     args = parser.parse_args(argv)
     shapes = full_shapes() if args.config == "full" else tiny_shapes()
-    indices = [i for i, s in enumerate(shapes) if args.only is None or args.only in s.name]
+    if args.shape and args.shape not in [s.name for s in shapes]:
+        parser.error(f"--shape {args.shape!r} is not a shape of --config {args.config}")
+    indices = [i for i, s in enumerate(shapes)
+               if (args.only is None or args.only in s.name) and (args.shape is None or s.name == args.shape)]
     blocks = {"blocks": 1, "full": None, "none": 0}[args.memory_depth]
     start = time.time()
-    results = measure_all(args.config, indices, blocks, args.jobs)
-    print(report(results, args.config))
+    print(f"{len(indices)} shapes, {args.jobs} processes; each table is printed as soon as its shape is done",
+          flush=True)
+    results = []
+    for result in measure_all(args.config, indices, blocks, args.jobs):
+        results.append(result)
+        print(f"\n== {result.shape.name}: measured in {result.seconds:.0f} s", flush=True)
+        print(report([result], args.config), flush=True)
+    if len(results) > 1 and results[0].memory:
+        print("\n" + "\n".join(memory_table(results)), flush=True)
     print(f"\n({len(results)} shapes in {time.time() - start:.0f} s, {args.jobs} processes)")
     return 0
 

@@ -48,3 +48,45 @@ def test_full_config_without_gpu_says_so(script):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--config", "full"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr
+
+
+def test_the_gpu_check_runs_dry_on_the_cpu(tmp_path):
+    import json
+
+    out = _run("gpu_check.py", "--dry-run", "--out", str(tmp_path / "dry.json"), "--steps", "5",
+               "--lora-steps", "1", "--rank", "2")
+    report = json.loads((tmp_path / "dry.json").read_text())
+    assert report["errors"] == {} and report["dry_run"] and report["warp_steps"] == [1, 2]
+    assert set(report["variants"]) == {"plain", "cold", "warm", "fill feature cache", "cached"}
+    assert all(v["peak_bytes"] > 0 and v["seconds"] > 0 for v in report["variants"].values())
+    assert report["syncs"] == {"skipped": "no CUDA"} and "train_subject_seconds" in report
+    assert "written to" in out
+
+
+def test_without_a_gpu_the_gpu_check_says_to_use_dry_run():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run for real")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--out", os.devnull],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "needs a CUDA GPU" in done.stderr and "--dry-run" in done.stderr
+
+
+def test_lse_kernel_prefers_flash_on_cuda_in_half_precision():
+    from types import SimpleNamespace
+
+    import torch
+
+    from vwarper_hooks.processors import lse_kernel
+
+    def q(device: str, dtype: torch.dtype, dim: int = 64):
+        return SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(1, 2, 8, dim))
+
+    assert lse_kernel(q("cuda", torch.bfloat16), masked=False) == "flash"
+    assert lse_kernel(q("cuda", torch.float16), masked=False) == "flash"
+    assert lse_kernel(q("cuda", torch.bfloat16), masked=True) == "efficient"  # flash takes no mask
+    assert lse_kernel(q("cuda", torch.float32), masked=False) == "efficient"
+    assert lse_kernel(q("cuda", torch.bfloat16, dim=512), masked=False) == "efficient"
+    assert lse_kernel(q("cpu", torch.float32), masked=True) == "flash_cpu"
+    assert lse_kernel(q("meta", torch.bfloat16), masked=False) == "efficient"  # what the FLOP counter sees

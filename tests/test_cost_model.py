@@ -108,3 +108,19 @@ def test_the_memory_table_shows_each_shapes_own_items():
     assert order.index("V-Warper: every layer") < order.index("V-Warper: both")
     assert rows["V-Warper: one layer"][-2:] == ["1.0", "-"]
     assert rows["V-Warper: every layer"][-2:] == ["-", "2.0"]
+
+
+def test_each_shape_is_printed_as_soon_as_it_is_done_and_shape_picks_one(composed, monkeypatch, capsys):
+    seen: list[str] = []
+
+    def measure_all(config, indices, blocks, jobs):
+        assert indices == [list(SHAPES).index(composed.shape.name)]  # --shape picks exactly one
+        composed.seconds = 1.5
+        yield composed
+        seen.append(capsys.readouterr().out)  # what was printed before the next shape would start
+
+    monkeypatch.setattr(cost, "measure_all", measure_all)
+    assert cost.main(["--config", "tiny", "--shape", composed.shape.name]) == 0
+    assert f"== {composed.shape.name}: measured in 2 s" in seen[0] and "x plain" in seen[0]
+    with pytest.raises(SystemExit):
+        cost.main(["--config", "tiny", "--shape", "CogVideoX-5B 25f"])  # a full shape with --config tiny

@@ -146,7 +146,7 @@ def test_a_worker_runs_only_while_its_caller_waits():
         assert worker.paused_at == expected
     assert worker.done and order == ["worker: up to 1", "main: worker at 1", "worker: 1 to 2",
                                      "main: worker at 2", "worker: after 2", "main: worker at None"]
-    worker.cancel()
+    worker.shutdown()
 
 
 def test_a_cancelled_worker_unwinds_from_its_pause_and_takes_the_callers_grad_mode():
@@ -166,7 +166,9 @@ def test_a_cancelled_worker_unwinds_from_its_pause_and_takes_the_callers_grad_mo
         worker.resume()
     assert worker.paused_at == 3 and state == {"grad": False}
     worker.cancel()
-    assert worker.done and state == {"grad": False, "unwound": True} and _workers() == []
+    assert worker.done and state == {"grad": False, "unwound": True}
+    worker.shutdown()
+    assert _workers() == []
 
 
 def test_ctrl_c_while_the_worker_runs_waits_for_its_pause_before_unwinding():
@@ -189,4 +191,37 @@ def test_ctrl_c_while_the_worker_runs_waits_for_its_pause_before_unwinding():
         worker.resume()
     assert state == {"ran to its pause": True} and worker.paused_at == 1
     worker.cancel()
-    assert worker.done and state == {"ran to its pause": True} and _workers() == []
+    assert worker.done and state == {"ran to its pause": True}
+    worker.shutdown()
+    assert _workers() == []
+
+
+def test_one_worker_thread_per_subject_serves_every_reference_forward(pipe, subject, monkeypatch):
+    started = []
+    start = threading.Thread.start
+
+    def counting(self):
+        if self.name.startswith("vwarper-reference"):
+            started.append(self.name)
+        return start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting)
+    with vwarper.inject(pipe, subject) as session:
+        run(pipe, num_inference_steps=STEPS, prompt=PROMPT)
+        run(pipe, num_inference_steps=STEPS, prompt=PROMPT)
+        lockstep_forwards = sum(1 for (branch, step, layer) in session.calls if branch == "reference"
+                                and layer == max(session.config.warp_layers))
+    assert lockstep_forwards > 2 and started == ["vwarper-reference-0"]  # one thread for both calls
+    assert _workers() == []
+
+
+def test_a_second_job_reuses_the_thread_and_takes_the_callers_state_anew():
+    seen: list[bool] = []
+    worker = Worker(lambda: seen.append(torch.is_grad_enabled()), "vwarper-reference-test")
+    worker.resume()
+    with torch.no_grad():
+        worker.submit(lambda: seen.append(torch.is_grad_enabled()))
+        worker.resume()
+    assert seen == [True, False] and worker.done and _workers() == ["vwarper-reference-test"]
+    worker.shutdown()
+    assert _workers() == []

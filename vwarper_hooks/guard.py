@@ -13,6 +13,7 @@ from .adapter import Adapter, base_model
 from .config import WarpConfig
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
 from .files import config_hash, model_config
+from .model_hooks import hook_problems
 from .plugins import get_adapter, make_parts
 from .subject.activate import fit_problems
 
@@ -161,7 +162,7 @@ def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[s
 
 
 def unsupported_modes(pipe: Any) -> list[str]:
-    """Modes no family supports yet: image-conditioned inputs and step caches."""
+    """Modes no family supports yet: image-conditioned inputs, step caches, context parallelism."""
     problems = []
     transformer = base_model(pipe.transformer)
     config = transformer.config
@@ -172,9 +173,5 @@ def unsupported_modes(pipe: Any) -> list[str]:
             f"out_channels={channels_out}: an image-to-video model, whose extra conditioning channels the "
             "reference branch does not build yet. Use the text-to-video checkpoint."
         )
-    if getattr(transformer, "is_cache_enabled", False):
-        problems.append(
-            "Expected no diffusers cache on the transformer, but one is enabled (FirstBlockCache, FasterCache, ...): "
-            "the reference branch would share its cached residuals. Call transformer.disable_cache() first."
-        )
+    problems += hook_problems(transformer)  # step caches anywhere in the model, context parallelism
     return problems

@@ -194,24 +194,40 @@ def processor_problems(modules: list[nn.Module], stock: str, ours: tuple[type, .
     return []
 
 
+def lse_kernel(q: torch.Tensor, masked: bool) -> str:
+    """Which fused kernel `attend_with_lse` uses for `q` (and a key mask or not).
+
+    "flash_cpu" on the CPU; "flash" on CUDA for half precision without a mask and head_dim <= 256 (the
+    kernel stock SDPA picks there, faster than the memory-efficient one); "efficient" elsewhere (float32,
+    a key mask, the meta device, where the FLOP counter sees it).
+    """
+    if q.device.type == "cpu":
+        return "flash_cpu"
+    if q.device.type == "cuda" and not masked and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        return "flash"
+    return "efficient"
+
+
 def attend_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention output and each query's log-sum-exp over the keys, from one fused kernel.
+    """Attention output and each query's log-sum-exp over the keys, from one fused kernel (`lse_kernel`).
 
     Tensors are (batch, heads, tokens, head_dim); `keep` is a (batch, 1, 1, keys) bool key mask or
-    None. The flash kernel for CPU and the memory-efficient kernel elsewhere (CUDA, and the meta
-    device, where the FLOP counter sees it) return the log-sum-exp they compute anyway, so the
-    joint-softmax foreground score costs no second attention pass. A kernel that refuses the inputs
-    falls back to the math path plus a streamed log-sum-exp (one more Q K^T).
+    None. The fused kernels return the log-sum-exp they compute anyway, so the joint-softmax
+    foreground score costs no second attention pass. A kernel that refuses the inputs falls back to
+    the math path plus a streamed log-sum-exp (one more Q K^T).
     """
     bias = None if keep is None else torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(
         ~keep.to(q.device), float("-inf")
     )
     n = q.shape[2]
+    kernel = lse_kernel(q, keep is not None)
     try:
-        if q.device.type == "cpu":
+        if kernel == "flash_cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
+        elif kernel == "flash":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)[:2]
         else:
             if bias is not None:
                 bias = bias.expand(q.shape[0], q.shape[1], n, k.shape[2])

@@ -102,14 +102,18 @@ def _lse_mask(call: AttentionCall, rows: int | None = None) -> torch.Tensor | No
     return keep if rows is None else keep[rows : rows + 1]
 
 
-def _recording_lse(call: AttentionCall, store: list[torch.Tensor]) -> Any:
-    """An ``attend`` that computes what the call's own one does and keeps the first call's log-sum-exp."""
-    attend = call.attend
+def _recording_lse(attend: Any, mask: torch.Tensor | None, store: list[torch.Tensor]) -> Any:
+    """An ``attend`` that computes what `attend` does and keeps the first call's log-sum-exp in `store`.
+
+    It holds the call's own ``attend`` and key mask, never the call: the call keeps this function as its
+    ``attend``, and a closure over the call would make a reference cycle that keeps the whole batch's
+    Q/K/V alive until the cyclic garbage collector happens to run.
+    """
 
     def attend_recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if store:
             return attend(q, k, v)
-        out, lse = attend_with_lse(q, k, v, _lse_mask(call))
+        out, lse = attend_with_lse(q, k, v, mask)
         store.append(lse)
         return out
 
@@ -215,7 +219,7 @@ class Router:
             self.observe_text_attention(layer, query, call.key[cond : cond + 1, :, call.text], valid)
         lse: list[torch.Tensor] = []
         if joint:  # the attention below also returns each query's log-sum-exp (first attend only)
-            call.attend = _recording_lse(call, lse)
+            call.attend = _recording_lse(call.attend, _lse_mask(call), lse)
         if run.warp is not None and layer in run.plan.warp_layers and step in run.plan.warp_steps:
             self.calls[("warp", step, layer)] += 1
             out = run.injector.attend(call, run.warp_values[layer], run.warp)

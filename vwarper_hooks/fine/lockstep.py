@@ -66,38 +66,55 @@ def _caller_state() -> Callable[[], contextlib.ExitStack]:
 
 
 class Worker:
-    """`fn` in a thread that runs only while the main thread waits in `resume` (strict hand-off).
+    """A thread that runs reference forwards (jobs) only while the main thread waits in `resume` (strict
+    hand-off). One per subject for a whole session: a new job reuses the thread (`submit`).
 
-    Inside `fn`, `pause(layer)` hands control back; `resume` runs it on to its next pause or its end.
+    Inside a job, `pause(layer)` hands control back; `resume` runs it on to its next pause or its end;
+    `cancel` ends the job wherever it is; `shutdown` ends the thread.
     """
 
     def __init__(self, fn: Callable[[], None], name: str) -> None:
-        self._fn, self._enter = fn, _caller_state()
         self._turn = threading.Condition()
         self._worker_runs = False
-        self._cancelled = False
+        self._closing = False
         self._error: BaseException | None = None
-        self.done = False
+        self._job: tuple[Callable[[], None], Callable[[], contextlib.ExitStack]] | None = None
+        self._cancelled = False
+        self.done = True
         #: the layer the worker waits before (None: running, not started or done)
         self.paused_at: int | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
+        self.submit(fn)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """In the main thread: give the (idle) worker its next job; it starts at the next `resume`."""
+        if not self.done:
+            raise RuntimeError("Expected an idle reference worker, but its previous job is still running.")
+        self._job, self._cancelled, self._error, self.done = (fn, _caller_state()), False, None, False
 
     def _main(self) -> None:
-        with self._turn:
-            self._turn.wait_for(lambda: self._worker_runs)
-        try:
-            if not self._cancelled:
-                with self._enter():
-                    self._fn()
-        except Cancelled:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self._error = exc
-        finally:
+        while True:
             with self._turn:
-                self.done, self.paused_at, self._worker_runs = True, None, False
-                self._turn.notify_all()
+                self._turn.wait_for(lambda: self._worker_runs)
+                if self._closing:
+                    self._worker_runs = False
+                    self._turn.notify_all()
+                    return
+                fn, enter = self._job
+            try:
+                if not self._cancelled:
+                    with enter():
+                        fn()
+            except Cancelled:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                self._error = exc
+            finally:
+                with self._turn:
+                    self._job = None
+                    self.done, self.paused_at, self._worker_runs = True, None, False
+                    self._turn.notify_all()
 
     def pause(self, layer: int) -> None:
         """In the worker: wait before `layer` until resumed (`Cancelled` if the main thread gave up)."""
@@ -110,7 +127,7 @@ class Worker:
             raise Cancelled
 
     def resume(self) -> None:
-        """In the main thread: run the worker to its next pause or its end; raise what it raised."""
+        """In the main thread: run the job to its next pause or its end; raise what it raised."""
         if self.done:
             return
         with self._turn:
@@ -127,7 +144,7 @@ class Worker:
             raise error
 
     def cancel(self) -> None:
-        """In the main thread: end the worker wherever it is (it unwinds at its next pause) and join it."""
+        """In the main thread: end the job wherever it is (it unwinds at its next pause); the thread stays."""
         self._cancelled = True
         with self._turn:
             self._turn.wait_for(lambda: not self._worker_runs)  # a worker still running reaches a pause
@@ -135,18 +152,30 @@ class Worker:
                 self._worker_runs = True
                 self._turn.notify_all()
                 self._turn.wait_for(lambda: self.done)
-        self._thread.join()
         self._error = None
+
+    def shutdown(self) -> None:
+        """In the main thread: cancel the job, end the thread and join it."""
+        self.cancel()
+        with self._turn:
+            self._closing, self._worker_runs = True, True
+            self._turn.notify_all()
+        self._thread.join()
 
     def is_current(self) -> bool:
         return threading.current_thread() is self._thread
 
 
 class Lockstep:
-    """The paused reference workers of one generation forward, and the layers they pause before."""
+    """The paused reference workers of one generation forward, and the layers they pause before.
+
+    The worker threads (one per subject) live until `shutdown` (the session's end): each reference
+    forward is a new job on its subject's thread, not a new thread.
+    """
 
     def __init__(self) -> None:
         self._workers: list[tuple[Worker, Callable[[], Any]]] = []  # (worker, its routing context)
+        self._threads: dict[str, Worker] = {}
         self.layers: frozenset[int] = frozenset()
 
     @property
@@ -156,7 +185,11 @@ class Lockstep:
     def start(self, fn: Callable[[], None], routing: Callable[[], Any], layers: frozenset[int], name: str) -> None:
         """Run `fn` (a reference forward, routed by ``routing()``) up to its first pause in `layers`."""
         self.layers = layers
-        worker = Worker(fn, name)
+        worker = self._threads.get(name)
+        if worker is None:
+            worker = self._threads[name] = Worker(fn, name)
+        else:
+            worker.submit(fn)
         self._workers.append((worker, routing))
         self._run(worker, routing)
 
@@ -178,11 +211,18 @@ class Lockstep:
             worker.resume()
 
     def close(self) -> None:
-        """End every worker (done ones are simply joined); the next forward starts afresh."""
+        """End every job (done ones are simply forgotten); the next forward starts afresh on the same threads."""
         workers, self._workers = self._workers, []
         for worker, _ in workers:
             worker.cancel()
         self.layers = frozenset()
+
+    def shutdown(self) -> None:
+        """End every job and every thread (the session's end)."""
+        self.close()
+        threads, self._threads = self._threads, {}
+        for worker in threads.values():
+            worker.shutdown()
 
     def __iter__(self) -> Iterator[Worker]:
         return (worker for worker, _ in self._workers)

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..adapter import Adapter, base_model
 from ..config import WarpConfig
 from ..errors import ConfigError, SubjectTokenError, VwarperError
+from ..files import weights_digest
+from ..model_hooks import hook_problems, memory_hooks
 from ..plugins import make_parts
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
@@ -71,7 +76,11 @@ class Session:
         self.pipe, self.adapter, self.subjects = pipe, adapter, list(subjects)
         self.depth = len(adapter.attention_layers(base_model(pipe.transformer)))
         self.config, self.matcher, self.injector = config, matcher, injector
-        self.clock = StepClock(pipe.scheduler)
+        model = base_model(pipe.transformer)
+        # The inversion cache's key digests the weights (one host read when they changed): at inject, with
+        # the subjects' LoRA in, and before each run's loop, never inside it (the closure holds no session).
+        weights_digest(model)
+        self.clock = StepClock(pipe.scheduler, before_run=lambda: weights_digest(model))
         self.router = Router()
         self.lockstep = Lockstep()  # the reference workers beside the running generation forward, if any
         self.router.on_enter = self._entering
@@ -89,6 +98,7 @@ class Session:
         #: the (first) subject's reference photo in the latest run, and with "best" every photo's score
         self.reference_image: int | None = None
         self.reference_scores: list[float] | None = None
+        self._memory_hooks: list[str] = []  # offload / casting hooks on the model: no lockstep (model_hooks)
 
     @property
     def subject(self) -> Any:
@@ -177,10 +187,26 @@ class Session:
 
     def after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         if self.router.route.branch is Branch.GENERATION:
+            if self._last is not None and self._last[1] == self.clock.num_steps - 1:
+                self._check_finite(output)
             self.router.route = Route()
             if self.lockstep.active:  # the workers ended at their deepest layer; drop what is left
                 self.lockstep.close()
                 self.router.run.warp_values = {}
+
+    def _check_finite(self, output: Any) -> None:
+        """After the loop's last transformer call (one host read per call): a non-finite prediction is
+        never silent."""
+        first = output[0] if isinstance(output, tuple | list) else getattr(output, "sample", output)
+        if torch.is_tensor(first) and first.device.type != "meta" and not bool(torch.isfinite(first).all()):
+            warnings.warn(
+                "The last denoising step's prediction under V-Warper is not finite (NaN or inf): the video will be "
+                "blank. Check that it is finite without inject(); if it is, try WarpConfig(reference_lockstep=False) "
+                "(memory hooks), a float32 or bfloat16 transformer, or the subject's LoRA (lora.alpha in "
+                "subject.json).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _entering(self, layer: int) -> None:
         """Before a routed layer's Q/K/V: in lockstep, a reference worker pauses before its next warp
@@ -203,6 +229,18 @@ class Session:
     # ----------------------------------------------------------------- per run / per step
     def _start_run(self, kwargs: dict) -> None:
         config = self.config
+        model = base_model(self.pipe.transformer)
+        problems = hook_problems(model)  # again at each run: a cache may have been enabled inside the block
+        if problems:
+            raise ConfigError(problems)
+        self._memory_hooks = memory_hooks(model)
+        if self._memory_hooks and config.reference_lockstep:
+            self._warn_once(
+                f"reference_lockstep off for this run: {', '.join(self._memory_hooks)} on the transformer would "
+                "offload or cast a block's weights while the paused reference branch is inside it; the reference "
+                "runs before the generation instead (same output, all warp layers' reference values held)",
+                level=logging.INFO,
+            )
         plan = StepPlan.build(config, self.clock.num_steps, self.depth)
         self._warn_once(plan.clipped)
         for branch in self.branches:
@@ -279,7 +317,7 @@ class Session:
         has warp layers, one generation pass reads them, and no feature cache keeps them all."""
         config = self.router.run.config
         return (config.reference_lockstep and self.adapter.cfg_in_one_batch and not config.cache_reference_features
-                and bool(layers & self.router.run.plan.warp_layers))
+                and not self._memory_hooks and bool(layers & self.router.run.plan.warp_layers))
 
     def _choose_photos(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> None:
         """With ``reference_image="best"``, at the first warp step: each subject keeps its best photo."""
@@ -297,16 +335,17 @@ class Session:
                     branch.reference.run(step, kwargs, layers)
         raise Prepared
 
-    def _warn_once(self, message: str | None) -> None:
+    def _warn_once(self, message: str | None, level: int = logging.WARNING) -> None:
         if message and message not in self._warned:
             self._warned.add(message)
-            logger.warning(message)
+            logger.log(level, message)
 
     def close(self) -> None:
-        """Drop every tensor this session holds (the cache on the subject stays)."""
-        self.lockstep.close()
+        """Drop every tensor this session holds (the cache on the subject stays) and end the worker threads."""
+        self.lockstep.shutdown()
         self.router.run = None
         self.router.route = Route()
         self.router.release()
+        self.router.on_enter = None  # a bound method of this session: the cycle would outlive the block
         for branch in self.branches:
             branch.reference.close()

@@ -49,8 +49,9 @@ def wrap_method(obj: Any, name: str, after: Callable[[tuple, dict], None]) -> It
 class StepClock:
     """Counts runs and steps of one scheduler. `current()` is the step of the transformer call now."""
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, before_run: Callable[[], Any] | None = None) -> None:
         self.scheduler = scheduler
+        self.before_run = before_run  # called at every set_timesteps, before the denoising loop
         self.run = 0  # increases at every set_timesteps
         self.step = 0
         self.num_steps = 0
@@ -69,6 +70,8 @@ class StepClock:
         self.step = 0
         self.num_steps = len(self.scheduler.timesteps)
         self._call, self._host = (args, kwargs), None
+        if self.before_run is not None:
+            self.before_run()
 
     def _on_step(self, args: tuple, kwargs: dict) -> None:
         self.step += 1

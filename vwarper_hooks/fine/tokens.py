@@ -102,12 +102,16 @@ def watch_tokenizer(pipe: Any, observe: Callable[[Any, Any], None]) -> Iterator[
         yield
         return
     cls = type(original)
+    # A class is always in a reference cycle (its __mro__): it reaches `observe` only through this
+    # list, emptied on exit, so the observer (a session) is freed as soon as nothing else holds it.
+    observers = [observe]
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = cls.__call__(self, *args, **kwargs)
         text = args[0] if args else kwargs.get("text")
         ids = out.get("input_ids") if hasattr(out, "get") else None
-        observe(text, ids)
+        for each in observers:
+            each(text, ids)
         return out
 
     spy_cls = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
@@ -119,3 +123,4 @@ def watch_tokenizer(pipe: Any, observe: Callable[[Any, Any], None]) -> Iterator[
         yield
     finally:
         pipe.tokenizer = original
+        observers.clear()
