@@ -17,7 +17,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall
+from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
+from vwarper_hooks.config import PAPER_WARP_LAYERS
 from vwarper_hooks.hookspecs import hookimpl
 from vwarper_hooks.processors import RoutedProcessor
 
@@ -99,6 +100,11 @@ class CogVideoXAdapter(Adapter):
 
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         return [block.attn1 for block in transformer.transformer_blocks]
+
+    def default_layers(self, depth: int) -> LayerDefaults | None:
+        """The paper's layers (12, 20-29) wherever they exist (5B: 42 layers, 2B: 30); scaled to the depth of a
+        shallower model (`proportional_layers`; e.g. the learned world model's 12 layers: 3 and 6-8)."""
+        return None if depth > PAPER_WARP_LAYERS[1] else proportional_layers(depth)
 
     def problems(self, transformer: nn.Module) -> list[str]:
         problems = super().problems(transformer)

@@ -31,7 +31,8 @@ def vwarper(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    done = vwarper("demo", "--out", str(out), "--train-steps", "3", "--steps", "4", "--size", "64", "--frames", "9")
+    done = vwarper("demo", "--model", "tiny", "--out", str(out), "--train-steps", "3", "--steps", "4", "--size", "64",
+                   "--frames", "9")
     assert done.returncode == 0, done.stderr
     assert "RANDOM" in done.stdout and "THUDM/CogVideoX-5b" in done.stdout
     return out
@@ -51,8 +52,8 @@ def test_demo_writes_a_decodable_video_and_non_empty_pngs(demo):
 
 
 def test_demo_with_two_subjects_and_three_references_draws_both(tmp_path):
-    done = vwarper("demo", "--out", str(tmp_path), "--train-steps", "2", "--steps", "4", "--size", "64",
-                   "--frames", "9", "--subjects", "2", "--references", "3")
+    done = vwarper("demo", "--model", "tiny", "--out", str(tmp_path), "--train-steps", "2", "--steps", "4",
+                   "--size", "64", "--frames", "9", "--subjects", "2", "--references", "3")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert {"subjects", "references"} <= set(summary["pngs"]) and summary["subjects"] == ["subject", "subject2"]
@@ -108,7 +109,7 @@ def test_top_level_help_lists_commands_and_exit_codes(capsys):
 
 
 @pytest.mark.parametrize(("command", "words"), [
-    ("demo", ["RANDOM", "--out", "figure-5"]),
+    ("demo", ["learned", "RANDOM", "--out", "comparison.png"]),
     ("train", ["--images", "--token", "--class-word", "--steps", "LoRA"]),
     ("generate", ["--subject", "--no-warp", "--no-mask", "--cpu-offload", "--vae-tiling", "--vae-slicing", "--dtype"]),
     ("eval", ["CLIP-I", "DINO-I", "CLIP-T", "references", "--clip-model"]),

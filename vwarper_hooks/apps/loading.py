@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY_MODELS = ("tiny", "tiny:cogvideox")
+LEARNED_MODELS = ("learned",)  # the world model shipped with the package (vwarper_hooks/data/world)
 
 
 def tiny_demo_pipeline(seed: int = 0) -> Any:
@@ -27,6 +28,13 @@ def tiny_demo_pipeline(seed: int = 0) -> Any:
     return tiny_cogvideox_pipeline(seed=seed, tie_qk=True)
 
 
+def learned_demo_pipeline() -> Any:
+    """The learned world model shipped with the package (imported here: the world kit imports diffusers)."""
+    from ..world import learned_pipeline
+
+    return learned_pipeline()
+
+
 def probe_units(model: str) -> tuple[VideoUnits, tuple[int, int] | None] | None:
     """The model's `VideoUnits` and default (height, width), from its configs alone (no weights).
 
@@ -34,8 +42,8 @@ def probe_units(model: str) -> tuple[VideoUnits, tuple[int, int] | None] | None:
     own VAE factors, and reads the transformer's patch size from its config. Returns None when
     the configs cannot be read (the checks then run after loading, before any generation).
     """
-    if model in TINY_MODELS:
-        pipe = tiny_demo_pipeline()
+    if model in TINY_MODELS or model in LEARNED_MODELS:
+        pipe = tiny_demo_pipeline() if model in TINY_MODELS else learned_demo_pipeline()
         units = video_units(pipe)
         config = dict(pipe.transformer.config)
     else:
@@ -101,7 +109,8 @@ def load_pipeline(
     vae_tiling: bool = False,
     vae_slicing: bool = False,
 ) -> Any:
-    """A diffusers pipeline from a hub id or a local directory ('tiny': the random test model).
+    """A diffusers pipeline from a hub id or a local directory ('tiny': the random test model; 'learned':
+    the world model shipped with the package).
 
     :param cpu_offload: ``enable_model_cpu_offload()`` (needs an accelerator) instead of ``.to(device)``.
     :param vae_tiling, vae_slicing: decode the video in tiles / one sample at a time (less memory).
@@ -111,6 +120,10 @@ def load_pipeline(
         logger.info("using the tiny random test model (random weights, tied Q/K), on one CPU thread")
         torch.set_num_threads(1)  # the CLI process ends after the command; more threads only spin on it
         pipe = tiny_demo_pipeline()
+    elif model in LEARNED_MODELS:
+        logger.info("using the learned world model shipped with the package, on one CPU thread")
+        torch.set_num_threads(1)
+        pipe = learned_demo_pipeline()
     else:
         local = Path(model).expanduser()
         looks_local = model.startswith((".", "/", "~")) or local.exists()

@@ -19,8 +19,8 @@ VOCAB_WORDS = (
 TEXT_DIM = 32
 
 
-def tiny_tokenizer() -> Any:
-    """A T5-style tokenizer built in code from `VOCAB_WORDS` (Unigram, no files, no downloads).
+def tiny_tokenizer(words: tuple[str, ...] | list[str] | None = None) -> Any:
+    """A T5-style tokenizer built in code from `words` (default `VOCAB_WORDS`; Unigram, no files, no downloads).
 
     Built with the `tokenizers` library (the pieces T5's own fast tokenizer is made of: Unigram,
     Metaspace, ``</s>`` appended) and wrapped in a transformers fast tokenizer, so it behaves the
@@ -32,7 +32,7 @@ def tiny_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(f"▁{w}", -5.0) for w in VOCAB_WORDS]
+    vocab += [(f"▁{w}", -5.0) for w in (VOCAB_WORDS if words is None else words)]
     vocab += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz<>"]
     vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
     backend = Tokenizer(Unigram(vocab, unk_id=2))

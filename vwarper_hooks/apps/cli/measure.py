@@ -87,7 +87,9 @@ def register_analyze(sub: Any, common: Any, formatter: Any, epilog: str) -> None
              "or, with --video, DINO correspondences between the video's frames and the reference image.\n"
              "Writes pck.csv and pck.png (figure-4 style) and warps.png (figure-5 style: the reference\n"
              "warped into the generation by each descriptor's flow at the best layer) to --out.")
-    p.add_argument("--model", default="tiny", help="diffusers hub id or folder ('tiny': random test model)")
+    p.add_argument("--model", default="tiny", help="diffusers hub id or folder ('tiny': random test model; "
+                   "'learned': the world model, scored with the world's exact ground truth)")
+    p.add_argument("--pairs", type=int, default=24, help="learned model: world pairs per condition")
     p.add_argument("--reference", default=None, help="reference image (default: the demo's clock photo)")
     p.add_argument("--video", default=None, help="generated video (mp4/gif): use DINO pseudo ground truth")
     p.add_argument("--matcher-model", default=None, help="DINO model id or folder for --video")
@@ -151,7 +153,30 @@ def _print_best(result: Any, alpha: float) -> None:
     console.print(table)
 
 
+def run_world_analyze(args: argparse.Namespace) -> int:
+    """Fig. 4 on the learned world model: all and far tokens, same-position share, two noise levels."""
+    from ...world.correspondence import correspondence_table
+    from ...world.report import fig4_markdown, plot_fig4, save_fig4_csv
+
+    checks.at_least(args.pairs, 1, "--pairs", "24")
+    checks.writable(Path(args.out), "--out", "directory")
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    conditions = [(250, True), (500, True), (250, False)]
+    with status("matching world pairs at every layer ...", args.quiet):
+        tables = [correspondence_table(pipe, args.pairs, t, same) for t, same in conditions]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = save_fig4_csv(tables, out / "pck.csv"), plot_fig4(tables, out / "pck.png")
+    text = "\n".join(line for table in tables for line in [*fig4_markdown(table), ""])
+    (out / "pck.md").write_text(text)
+    console.print(text)
+    console.print(f"written: {csv_path}, {png_path}, {out / 'pck.md'}")
+    return 0
+
+
 def run_analyze(args: argparse.Namespace) -> int:
+    if args.model == "learned":
+        return run_world_analyze(args)
     _analyze_checks(args)
     if args.reference:
         reference = load_images([Path(args.reference)])[0]
