@@ -37,6 +37,19 @@ def learned_layers(model: Path) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if k in ("match_layer", "warp_layers")}
 
 
+def record_layers(model: Path, match_layer: int, depth: int) -> None:
+    """The paper chose its match layer where RoPE-free Q/K matched best (fig. 4); its warp layers scale with depth."""
+    from vwarper_hooks.adapter import proportional_layers
+
+    path = model / "training.json"
+    card = json.loads(path.read_text())
+    warp = proportional_layers(depth).warp_layers
+    card["vwarper"] = {"match_layer": match_layer, "warp_layers": list(warp),
+                       "why": "match: the best RoPE-free Q/K layer on far tokens in fig. 4 (t=250, same background); "
+                              "warp: the paper's 20-29 of 42 scaled to the depth"}
+    path.write_text(json.dumps(card, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(LEARNED_MODEL))
@@ -49,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--quick", action="store_true", help="few pairs, 2 subjects x 2 prompts, 20 steps")
     parser.add_argument("--skip-table2", action="store_true")
+    parser.add_argument("--record-layers", action="store_true",
+                        help="write the match layer chosen from fig. 4 (best RoPE-free Q/K on far tokens, t=250, same "
+                             "background) and the proportional warp layers into the model's training.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.subjects, args.prompts, args.steps, args.train_steps = 8, 2, 2, 20, 60
@@ -66,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     save_fig4_csv(tables, out / "fig4.csv")
     plot_fig4(tables, out / "fig4.png")
     report: dict = {"fig4": [t.rows() for t in tables], "seconds_fig4": time.time() - start}
+    if args.record_layers:
+        record_layers(Path(args.model), tables[0].best("qk_ropefree")["layer"], pipe.transformer.config.num_layers)
     if not args.skip_table2:
         layers = learned_layers(Path(args.model))
         bar = tqdm(total=args.subjects * args.prompts, desc="table 2")

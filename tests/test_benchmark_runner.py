@@ -108,3 +108,22 @@ def test_two_processes_then_resume_then_eval(spec, eval_models, tmp_path):
 
     clip, dino = ClipEmbedder(eval_models[1]), DinoEmbedder(eval_models[3])  # the same model folders
     assert metrics["overall"] == pytest.approx(evaluate(out, clip=clip, dino=dino).overall, abs=1e-5)
+
+
+def test_the_readme_command_shards_the_jobs_on_cpu_without_a_device_flag(spec, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 ...` as the README writes it, on a machine without GPUs:
+    each process runs its half of the 4 jobs (before: both ran all 4 and wrote the same files)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --multi_gpu would use it")
+    tiny = [a for a in TINY if a not in ("--device", "cpu")]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()),
+              "-m", "vwarper_hooks.benchmark_runner", "--spec", str(spec), "--out", str(tmp_path / "run"), *tiny,
+              "--no-eval"]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=180, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = sorted(line for line in done.stdout.splitlines() if line.startswith("process "))
+    assert counts == ["process 0: generated 2, skipped 0", "process 1: generated 2, skipped 0"]

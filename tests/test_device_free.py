@@ -43,7 +43,7 @@ def test_cold_and_warm_calls_run_on_the_meta_device(family):
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cost_configs import meta_shims  # noqa: E402  (transformers' own mask checks read values; ours do not)
+from cost_configs import _mask_checks, meta_shims  # noqa: E402  (transformers' mask checks read values; ours do not)
 
 
 def _subject(token: str, photos: int) -> vwarper.Subject:
@@ -86,6 +86,9 @@ def test_the_best_photo_is_chosen_with_one_host_read_per_run():
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
 def test_other_families_run_on_the_meta_device(family):
+    in_masking_utils = any(getattr(o, "__name__", "") == "transformers.masking_utils" for o, _ in _mask_checks())
+    if family == "hunyuan_video" and not in_masking_utils:
+        pytest.skip("transformers before 4.53: its Llama text encoder cannot run on the meta device")
     with meta_shims():
         pipe = _on_meta(family)
         subject = _subject("<clock>", 1)

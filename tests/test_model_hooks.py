@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import diffusers
 import pytest
 import torch
 from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, apply_first_block_cache
@@ -46,13 +47,24 @@ OFFLOADS = {
 }
 
 
+def _stock_or_skip(pipe, setup) -> None:
+    """Apply `setup(pipe)` and run one stock call; skip where diffusers itself cannot do it on this machine."""
+    try:
+        setup(pipe)
+        pipe(**tiny_call_kwargs(num_inference_steps=1))
+    except (AttributeError, RuntimeError, ValueError) as exc:
+        pytest.skip(f"diffusers {diffusers.__version__} cannot do this on a CPU-only machine without V-Warper "
+                    f"either ({type(exc).__name__}: {str(exc)[:80]})")
+
+
 @pytest.mark.parametrize("name", list(OFFLOADS))
 def test_group_offloading_gives_the_same_video(name, subject, expected, tmp_path, caplog):
     options = dict(OFFLOADS[name])
     pipe = tiny_cogvideox_pipeline()
     if options.pop("disk", False):
         options["offload_to_disk_path"] = str(tmp_path)
-    pipe.transformer.enable_group_offload(onload_device=CPU, offload_device=CPU, **options)
+    _stock_or_skip(pipe, lambda p: p.transformer.enable_group_offload(onload_device=CPU, offload_device=CPU,
+                                                                     **options))
     with caplog.at_level(logging.INFO, logger="vwarper_hooks"), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a non-finite output would warn
         frames = _generate(pipe, subject)
@@ -62,13 +74,14 @@ def test_group_offloading_gives_the_same_video(name, subject, expected, tmp_path
 
 def test_model_cpu_offload_gives_the_same_video(subject, expected):
     pipe = tiny_cogvideox_pipeline()
-    pipe.enable_model_cpu_offload(device="cpu")
+    _stock_or_skip(pipe, lambda p: p.enable_model_cpu_offload(device="cpu"))
     assert torch.equal(_generate(pipe, subject), expected)
 
 
 def test_layerwise_casting_gives_the_same_video_as_without_lockstep(subject):
     pipe = tiny_cogvideox_pipeline()
-    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    _stock_or_skip(pipe, lambda p: p.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                                                         compute_dtype=torch.float32))
     lockstep = _generate(pipe, subject)
     assert torch.isfinite(lockstep).all()
     assert torch.equal(lockstep, _generate(pipe, subject, CONFIG.updated(reference_lockstep=False)))
@@ -105,8 +118,10 @@ def test_a_cache_enabled_inside_the_block_is_refused_at_the_run(subject, cache):
 
 
 def test_a_context_parallel_transformer_is_refused(subject):
+    parallel = pytest.importorskip("diffusers.models._modeling_parallel", reason="context parallelism: diffusers 0.36+")
     from diffusers import ContextParallelConfig
-    from diffusers.models._modeling_parallel import ParallelConfig
+
+    ParallelConfig = parallel.ParallelConfig  # noqa: N806
 
     pipe = tiny_cogvideox_pipeline()
     # what enable_parallelism(config=ContextParallelConfig(...)) records on the model (it needs 2+ processes)

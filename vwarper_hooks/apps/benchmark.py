@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import WarpConfig
 from ..errors import VwarperError
 from ..subject.subject import Subject
@@ -124,7 +126,10 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
 
     check_warp_window(args.steps, args.no_warp)
     warp = WarpConfig(warp=not args.no_warp, mask=not args.no_mask)
-    state = PartialState(cpu=args.device == "cpu")
+    # The process layout comes from the launcher (accelerate / torchrun) whatever the device: without CUDA,
+    # `--multi_gpu` processes are CPU processes (gloo), so they shard the jobs as the README's command says.
+    cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
     out = Path(args.out)
     jobs = load_jobs(args.spec)
     mine = jobs[state.process_index :: state.num_processes]
