@@ -3,6 +3,8 @@
     python -m vwarper_hooks.world.train --state runs/world --minutes 120        # train (resumes)
     python -m vwarper_hooks.world.train --state runs/world --export vwarper_hooks/data/world
 
+On a GPU (found by itself, or ``--device cuda``) the same command trains in minutes: raise ``--batch``.
+
 v-prediction on CogVideoX-5B's DDIM schedule, AdamW, EMA of the weights, 10% empty captions (for
 classifier-free guidance), 20% of batches one-frame "photos" (stage 1 trains subjects on photos).
 The state (model, EMA, optimiser: safetensors; counters: JSON) is written to `--state` every few
@@ -46,15 +48,16 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.device = torch.device(args.device)
         self.pipe = build_pipeline()
-        self.model = self.pipe.transformer.train().requires_grad_(True)
-        self.ema = CogVideoXTransformer3DModel(**transformer_config()).requires_grad_(False)
+        self.model = self.pipe.transformer.to(self.device).train().requires_grad_(True)
+        self.ema = CogVideoXTransformer3DModel(**transformer_config()).to(self.device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
         self.counters: dict[str, Any] = {"step": 0, "clips": 0, "seconds": 0.0, "resumed_from": None}
         sched = self.pipe.scheduler
         self.alphas = sched.alphas_cumprod.float()
-        self.rope = {f: self.pipe._prepare_rotary_positional_embeddings(32, 32, f, torch.device("cpu")) for f in (1, 3)}
+        self.rope = {f: self.pipe._prepare_rotary_positional_embeddings(32, 32, f, self.device) for f in (1, 3)}
 
     # ------------------------------------------------------------------ state
     def save(self, state: Path) -> None:
@@ -64,24 +67,24 @@ class Trainer:
         for i, p in enumerate(self.model.parameters()):
             for name, value in self.opt.state.get(p, {}).items():
                 tensors[f"opt.{i}.{name}"] = value.reshape(-1) if value.dim() == 0 else value
-        save_file({k: v.contiguous() for k, v in tensors.items()}, state / "state.safetensors.tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, state / "state.safetensors.tmp")
         os.replace(state / "state.safetensors.tmp", state / "state.safetensors")
         (state / "counters.json").write_text(json.dumps(self.counters))
 
     def load(self, state: Path, init: Path | None) -> None:
         if (state / "state.safetensors").exists():
-            tensors = load_file(state / "state.safetensors")
+            tensors = load_file(state / "state.safetensors", device=str(self.device))
             self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
             self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
             for i, p in enumerate(self.model.parameters()):
                 saved = {k.split(".")[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
                 if saved:
-                    saved["step"] = saved["step"].reshape(())
+                    saved["step"] = saved["step"].reshape(()).cpu()  # AdamW keeps its step count on the CPU
                     self.opt.state[p] = saved
             self.counters = json.loads((state / "counters.json").read_text())
             logger.info("resumed from %s at step %d", state, self.counters["step"])
         elif init is not None and (init / "transformer").exists():
-            weights = load_file(init / "transformer" / "diffusion_pytorch_model.safetensors")
+            weights = load_file(init / "transformer" / "diffusion_pytorch_model.safetensors", device=str(self.device))
             self.model.load_state_dict(weights)
             self.ema.load_state_dict(weights)
             card = json.loads((init / "training.json").read_text())
@@ -94,10 +97,11 @@ class Trainer:
         a = self.args
         frames = 1 if rng.random() < 0.2 else 3
         x0, captions = batch(rng, a.batch, frames)
-        text = encode_captions(self.pipe, captions)
+        text = encode_captions(self.pipe, captions).to(self.device)
         t = torch.from_numpy(rng.integers(0, len(self.alphas), a.batch))
-        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
-        alpha = self.alphas[t].view(-1, 1, 1, 1, 1)
+        noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32)).to(self.device)
+        alpha = self.alphas[t].view(-1, 1, 1, 1, 1).to(self.device)
+        x0, t = x0.to(self.device), t.to(self.device)
         noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
         target = alpha.sqrt() * noise - (1 - alpha).sqrt() * x0  # v
         lr = a.lr * min(1.0, (self.counters["step"] + 1) / 300)
@@ -154,7 +158,7 @@ def export(args: argparse.Namespace) -> None:
     state = Path(args.state)
     trainer = Trainer(args)
     trainer.load(state, None)
-    pipe = build_pipeline(transformer=trainer.ema)
+    pipe = build_pipeline(transformer=trainer.ema.cpu())
     out = Path(args.export)
     pipe.save_pretrained(out)
     index = json.loads((out / "model_index.json").read_text())
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to train (default: CUDA when there is one)")
     parser.add_argument("--save-minutes", type=float, default=5.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
