@@ -53,7 +53,7 @@ def inject(
         stack.callback(mark_inactive, pipe)
         for each in subjects:
             if each.has_coarse:
-                stack.enter_context(activate_subject(pipe, each))
+                stack.enter_context(activate_subject(pipe, each, checked=True))  # validate checked its fit
         session = Session(pipe, adapter, subjects, config, matcher, injector)
         stack.callback(session.close)
         stack.enter_context(session.clock.installed())
