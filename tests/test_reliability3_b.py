@@ -3,10 +3,15 @@ inputs people pass in Python, one pipeline call at a time, and stable photo choi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
+from conftest import DATA
+from PIL import Image
 
 import vwarper_hooks as vwarper
 from vwarper_hooks import guard
+from vwarper_hooks.images import load_images
 from vwarper_hooks.subject import activate
 
 SMALL = vwarper.WarpConfig(match_layer=1, warp_layers=(2, 3), warp_steps=(1, 2))
@@ -49,3 +54,57 @@ def test_a_subjects_fit_is_checked_once_per_inject(pipe, clock_image, monkeypatc
     with vwarper.inject(pipe, subject, SMALL):
         pass
     assert calls == ["<clock-vw>"]
+
+
+# ----------------------------------------------------------------- item 3: inputs people pass in Python
+def test_numpy_arrays_and_tensors_are_read_like_pil_images(clock_image):
+    rgb = np.array(clock_image)  # (H, W, 3) uint8
+    chw = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255  # diffusers' (C, H, W) in [0, 1]
+    subject = vwarper.Subject.from_images(rgb, "<clock>", "clock")
+    assert len(subject.images) == 1 and np.array_equal(np.asarray(subject.images[0]), rgb)
+    loaded = load_images([rgb / 255.0, chw, chw[None].expand(2, -1, -1, -1), np.stack([rgb, rgb])])
+    assert len(loaded) == 6 and all(np.array_equal(np.asarray(image), rgb) for image in loaded)
+    cutout = np.zeros((8, 8, 4), dtype=np.uint8)  # transparent black: white, as for RGBA PIL images
+    assert np.asarray(load_images(cutout)[0]).min() == 255
+    with pytest.raises(vwarper.SubjectError, match=r"float pixels in \[0, 1\] .* but got values in \[-1, 1\]"):
+        load_images(chw * 2 - 1)
+    with pytest.raises(vwarper.SubjectError, match=r"shape \(C, H, W\) .* but got shape \(8, 8, 3\)"):
+        load_images(torch.zeros(8, 8, 3))
+
+
+def test_other_types_are_refused_with_one_clear_error(pipe):
+    with pytest.raises(vwarper.SubjectError, match="Expected reference photos as PIL images, numpy arrays, torch "
+                                                   "tensors, file paths or a folder .* but got float"):
+        vwarper.train_subject(pipe, 3.5, "<toy-vw>", "toy")
+    with pytest.raises(vwarper.SubjectError, match="as reference image #1, but got dict"):
+        load_images([np.zeros((8, 8), np.uint8), {"path": "a.jpg"}])
+
+
+def test_a_folder_is_accepted_in_the_api_as_in_the_cli(tmp_path):
+    photos = sorted((DATA / "clock").glob("*.jpg"))
+    for folder in (str(DATA / "clock"), DATA / "clock", [str(DATA / "clock")]):
+        subject = vwarper.Subject.from_images(folder, "<clock>", "clock")
+        assert len(subject.images) == len(photos)
+        assert np.array_equal(np.asarray(subject.images[-1]), np.asarray(load_images(photos[-1])[0]))
+    with pytest.raises(vwarper.SubjectError, match=r"Expected image files \(.jpg.*in the folder"):
+        load_images(str(tmp_path))
+
+
+def test_inject_takes_a_dict_as_warp_config_and_refuses_other_types_by_name(pipe, subject):
+    with vwarper.inject(pipe, subject, {"match_layer": 1, "warp_layers": (2, 3), "warp_steps": (1, 2)}) as session:
+        assert isinstance(session.config, vwarper.WarpConfig) and session.config.warp_steps == (1, 2)
+    with pytest.raises(vwarper.ConfigError, match="warp_stepz"):
+        vwarper.inject(pipe, subject, {"warp_stepz": (1, 2)}).__enter__()
+    with pytest.raises(vwarper.ConfigError, match="Expected a vwarper.WarpConfig, a dict .* but got CoarseConfig"):
+        vwarper.inject(pipe, subject, vwarper.CoarseConfig()).__enter__()
+    assert not guard.is_active(pipe)
+
+
+def test_grey_wider_than_sixteen_bits_is_scaled_by_its_actual_range():
+    grey = np.zeros((16, 16), dtype=np.int32)
+    grey[:, 8:] = 200_000  # a 32-bit "I" image: /257 would clip both halves to white
+    grey[:8, :8] = 100_000
+    image = Image.fromarray(grey)
+    assert image.mode == "I"
+    pixels = np.asarray(load_images(image)[0])[..., 0]
+    assert pixels[12, 2] == 0 and pixels[2, 2] == 128 and pixels[2, 12] == 255

@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .adapter import base_model
-from .config import WarpConfig
+from .config import WarpConfig, as_config
 from .fine.session import Session
 from .fine.tokens import watch_tokenizer
 from .guard import is_active, mark_active, mark_inactive, validate
@@ -30,12 +30,14 @@ logger = logging.getLogger(__name__)
 
 @contextmanager
 def inject(
-    pipe: Any, subject: Any, config: WarpConfig | None = None, *, allow_config_mismatch: bool = False
+    pipe: Any, subject: Any, config: WarpConfig | dict[str, Any] | None = None, *, allow_config_mismatch: bool = False
 ) -> Iterator[Session]:
     """Apply V-Warper to `pipe` for the duration of the ``with`` block; yields the `Session`.
 
     :param subject: a `Subject`, or a list of them: every subject's coarse stage is active at once and
         each gets its own reference branch, foreground mask and flows (README, "Several subjects").
+
+    :param config: a `WarpConfig`, or a dict of its fields (``WarpConfig(**config)``); None: the defaults.
 
     A subject trained for another transformer config is refused (`ConfigError` naming both configs);
     ``allow_config_mismatch=True`` only warns (its LoRA and token must still fit the model's shapes).
@@ -46,7 +48,7 @@ def inject(
             video = pipe(prompt="a <clock> clock on the beach", num_frames=25).frames[0]
     """
     subjects = list(subject) if isinstance(subject, list | tuple) else [subject]
-    adapter, config, matcher, injector = validate(pipe, subjects, config or WarpConfig(), allow_config_mismatch)
+    adapter, config, matcher, injector = validate(pipe, subjects, as_config(config), allow_config_mismatch)
     transformer = pipe.transformer
     with ExitStack() as stack:
         mark_active(pipe)
