@@ -3,10 +3,12 @@ inputs people pass in Python, one pipeline call at a time, and stable photo choi
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from conftest import DATA, run
 from PIL import Image
 
 import vwarper_hooks as vwarper
@@ -108,3 +110,50 @@ def test_grey_wider_than_sixteen_bits_is_scaled_by_its_actual_range():
     assert image.mode == "I"
     pixels = np.asarray(load_images(image)[0])[..., 0]
     assert pixels[12, 2] == 0 and pixels[2, 2] == 128 and pixels[2, 12] == 255
+
+
+# ----------------------------------------------------------------- item 4: concurrency and reuse
+def test_a_second_threads_call_is_refused_at_once_and_the_first_runs_on(pipe, subject):
+    cls = type(pipe)
+    with vwarper.inject(pipe, subject, SMALL):
+        alone = run(pipe, num_inference_steps=4)
+    inside, go, result = threading.Event(), threading.Event(), {}
+
+    def pause(pipe, step, timestep, tensors):
+        if step == 1:  # the first call waits inside its denoising loop, after a warp step
+            inside.set()
+            go.wait(120)
+        return tensors
+
+    def first():
+        try:
+            result["frames"] = run(pipe, num_inference_steps=4, callback_on_step_end=pause)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    with vwarper.inject(pipe, subject, SMALL) as session:
+        worker = threading.Thread(target=first)
+        worker.start()
+        try:
+            assert inside.wait(120)
+            with pytest.raises(vwarper.VwarperError, match="one pipeline call at a time under inject"):
+                run(pipe, num_inference_steps=4)
+        finally:
+            go.set()
+            worker.join(120)
+        assert "error" not in result, result.get("error")
+        assert torch.equal(result["frames"], alone) and sorted(session.diagnostics) == [1, 2]
+        assert torch.equal(run(pipe, num_inference_steps=4), alone)  # then the next call, from this thread
+    assert type(pipe) is cls  # the pipeline's own class again
+
+
+def test_one_inject_object_is_one_with_block_and_a_closed_session_refuses_override(pipe, subject):
+    block = vwarper.inject(pipe, subject, SMALL)
+    with block as session:
+        pass
+    with pytest.raises(vwarper.VwarperError, match=r"fresh inject\(...\) for each with block"):
+        with block:
+            pass
+    with pytest.raises(vwarper.VwarperError, match="that block has ended"):
+        session.override(tau_fg=0.5).__enter__()
+    assert not guard.is_active(pipe)
