@@ -13,6 +13,7 @@ from PIL import Image
 
 import vwarper_hooks as vwarper
 from vwarper_hooks import guard
+from vwarper_hooks.fine.matching import RopeFreeMatcher, union_flows
 from vwarper_hooks.images import load_images
 from vwarper_hooks.subject import activate
 
@@ -157,3 +158,34 @@ def test_one_inject_object_is_one_with_block_and_a_closed_session_refuses_overri
     with pytest.raises(vwarper.VwarperError, match="that block has ended"):
         session.override(tau_fg=0.5).__enter__()
     assert not guard.is_active(pipe)
+
+
+# ----------------------------------------------------------------- item 5: identical photos, float noise
+def test_a_tie_within_the_tolerance_goes_to_the_lower_photo():
+    g = torch.Generator().manual_seed(0)
+    best = torch.rand(96, generator=g) * 0.5 + 0.25
+    flows = [(torch.arange(96), torch.arange(96), best + torch.randn(96, generator=g) * 1e-6) for _ in range(3)]
+    flows[0] = (*flows[0][:2], best)
+    _, _, choice = union_flows(flows)
+    assert int(choice.max()) == 0  # copies 1e-6 apart: every token reads photo 0
+    clearly = [(f, b, s * (1.01 if i == 2 else 1.0)) for i, (f, b, s) in enumerate(flows)]
+    assert (union_flows(clearly)[2] == 2).all()  # 1 % better is no tie
+
+
+def test_identical_photos_give_the_one_photo_choice_under_batch_float_noise(pipe, clock_image, monkeypatch):
+    """What some machines do: identical batch rows of the reference forward come out about 1e-6 apart."""
+    g = torch.Generator().manual_seed(0)
+    features = RopeFreeMatcher.features
+
+    def noisy(self, call, sample):
+        q, k = features(self, call, sample)
+        if call.query.shape[0] == 3 and sample:  # copies 1 and 2 of the three-photo reference batch
+            q, k = (x + torch.randn(x.shape, generator=g) * 1e-6 * x.abs().mean() for x in (q, k))
+        return q, k
+
+    monkeypatch.setattr(RopeFreeMatcher, "features", noisy)
+    three = vwarper.Subject.from_images([clock_image] * 3, "<clock>", "clock")
+    with vwarper.inject(pipe, three, vwarper.WarpConfig(warp_steps=(1, 3), num_references=None)) as session:
+        run(pipe, num_inference_steps=4)
+    assert sorted(session.diagnostics) == [1, 2, 3]
+    assert all(int(d.reference.max()) == 0 for d in session.diagnostics.values())
