@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -180,3 +181,16 @@ class WarpConfig(BaseModel):
                     f"but got {getattr(self, name)}. Pick layers below {depth}."
                 )
         return problems
+
+
+def as_config(config: Any) -> WarpConfig:
+    """`inject`'s config argument as a `WarpConfig`: None gives the defaults, a dict its fields
+    (``WarpConfig(**d)``, validated); anything else is refused by name."""
+    if config is None:
+        return WarpConfig()
+    if isinstance(config, WarpConfig):
+        return config
+    if isinstance(config, Mapping):
+        return WarpConfig(**{str(key): value for key, value in config.items()})
+    raise ConfigError([f"Expected a vwarper.WarpConfig, a dict of its fields or None as config, but got "
+                       f"{type(config).__name__}. Do pass vwarper.WarpConfig(...)."])

@@ -63,18 +63,30 @@ def validate(
         )
     adapter = get_adapter(pipe.transformer)
     model = base_model(pipe.transformer)
-    depth = len(adapter.attention_layers(model))
-    config = config.for_adapter(adapter, depth)  # other families may default to other layers
-    problems = config.layer_problems(depth) + adapter.problems(model)
-    problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
-    matcher, injector, part_problems = make_parts(config)
-    problems += part_problems + several_problems(subjects, config)
+    config, matcher, injector, problems = config_problems(adapter, model, subjects, config)
+    problems += adapter.problems(model) + adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
     for subject in subjects:
         problems += subject_problems(pipe, subject, allow_config_mismatch)
-        problems += reference_problems(subject, config, matcher)
     if problems:
         raise ConfigError(problems)
     return adapter, config, matcher, injector
+
+
+def config_problems(
+    adapter: Adapter, model: Any, subjects: list[Any], config: WarpConfig
+) -> tuple[WarpConfig, Any, Any, list[str]]:
+    """Every problem of `config` with this model and these subjects: layers, matcher and injector, several
+    subjects or photos, reference photos. The one path `inject` (`validate`) and `Session.override` take.
+
+    Returns `config` with the adapter's default layers filled in, the matcher, the injector and the problems.
+    """
+    depth = len(adapter.attention_layers(model))
+    config = config.for_adapter(adapter, depth)  # other families may default to other layers
+    matcher, injector, part_problems = make_parts(config)
+    problems = config.layer_problems(depth) + part_problems + several_problems(subjects, config)
+    for subject in subjects:
+        problems += reference_problems(subject, config, matcher)
+    return config, matcher, injector, problems
 
 
 def several_problems(subjects: list[Any], config: WarpConfig) -> list[str]:
@@ -155,9 +167,16 @@ def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[s
             return [f"Expected a matcher with a score() for reference_image='best', but {config.matcher!r} has none. "
                     "Pass a photo index instead."]
         return []
-    if images and (choice >= len(images)):
-        return [f"Expected reference_image below {len(images)} (the subject has {len(images)} photos), but got "
-                f"{choice}. Pass an index from 0 to {len(images) - 1}, or 'best'."]
+    count, wanted = len(images), config.num_references
+    if not count:
+        return []
+    if choice >= count:
+        return [f"Expected reference_image below {count} (the subject has {count} photos), but got "
+                f"{choice}. Pass an index from 0 to {count - 1}, or 'best'."]
+    if wanted is not None and choice + min(wanted, count) > count:  # None: every photo, whatever the index
+        return [f"Expected at most {count - choice} photos from reference_image={choice} on (the subject has "
+                f"{count}), but got num_references={wanted}. Pass num_references={count - choice} or a lower "
+                "reference_image."]
     return []
 
 

@@ -1,16 +1,17 @@
 """Reference photos as the models see them: read as a photo viewer shows them, checked, resized and
 centre-cropped, repeated over time.
 
-Every photo, whether a file path or a PIL image passed in Python, goes through `to_rgb`:
-EXIF orientation applied, 16-bit grey scaled to 8 bits (not clipped to white), palette images
-expanded, and transparency composited onto white. Decompression bombs and unreadable files are
+Every photo, whether a file path, a folder of photos, a PIL image, a numpy array or a torch tensor
+passed in Python (`pixels`: diffusers' layouts), goes through `to_rgb`: EXIF orientation applied,
+16-bit grey scaled to 8 bits and wider grey by its actual range (never clipped to white), palette
+images expanded, and transparency composited onto white. Decompression bombs and unreadable files are
 refused with a `SubjectError`, and so are images smaller than the model's token grid (`min_size`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,18 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SubjectError
+from .pixels import array_images, wide_to_8bit
 
-ImageInput = Image.Image | str | Path
+ImageInput = Image.Image | str | Path | np.ndarray | torch.Tensor
+#: One image, or a folder of them (a path); several come as a sequence.
+SINGLE = (Image.Image, str, Path, np.ndarray, torch.Tensor)
+#: What a folder of photos holds (other files are skipped), as ``vwarper train --images DIR`` reads it.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 logger = logging.getLogger(__name__)
 
-#: Modes that hold 16 (or 32) bits per grey value: scaled by 1/257 (65535 -> 255), not clipped.
+#: Modes that hold 16 (or 32) bits per grey value: scaled by 1/257 (65535 -> 255), wider values by their
+#: actual range (`pixels.wide_to_8bit`), never clipped.
 WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 #: What a broken file can raise inside PIL besides OSError (truncated chunks, bad headers).
 DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -59,8 +66,7 @@ def to_rgb(image: Image.Image, what: str = "reference image") -> Image.Image:
         raise SubjectError(f"Expected a PIL.Image.Image as {what}, but got {type(image).__name__}. Open it with PIL.")
     image = ImageOps.exif_transpose(image) or image
     if image.mode in WIDE_GREY:
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(wide_to_8bit(np.asarray(image)))
     elif image.mode == "F":
         raise SubjectError(f"Expected a photo as {what}, but got a floating-point image (mode 'F'). Save it as "
                            "an 8-bit PNG or JPEG.")
@@ -137,27 +143,55 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
         ) from None
 
 
+def image_files(folder: str | Path, what: str = "reference images") -> list[Path]:
+    """The photos in `folder` (`IMAGE_SUFFIXES`, sorted by name); `SubjectError` when it holds none."""
+    files = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise SubjectError(f"Expected image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {str(folder)!r} as "
+                           f"{what}, but got none. Put 3-10 photos of the subject there.")
+    return files
+
+
+def _items(images: object) -> list[object]:
+    """`images` as a list: one image (or folder) becomes a list of one; anything else is refused by name."""
+    if isinstance(images, SINGLE):
+        return [images]
+    if isinstance(images, Iterable) and not isinstance(images, Mapping | bytes):
+        return list(images)
+    raise SubjectError(
+        f"Expected reference photos as PIL images, numpy arrays, torch tensors, file paths or a folder (or a list "
+        f"of them), but got {type(images).__name__}. Do pass e.g. [Image.open('photo.jpg'), ...] or 'photos/'."
+    )
+
+
+def _read(item: object, what: str) -> list[Image.Image]:
+    """One entry of `load_images`' input as RGB images (a folder or a batched array gives several)."""
+    if isinstance(item, Image.Image):
+        return [to_rgb(item, what)]
+    if isinstance(item, np.ndarray | torch.Tensor):
+        return [to_rgb(image, what) for image in array_images(item, what)]
+    if isinstance(item, str | Path):
+        if Path(item).is_dir():
+            return [open_image(path, f"{what} ({path.name})") for path in image_files(item)]
+        return [open_image(item, what)]
+    raise SubjectError(f"Expected a PIL image, numpy array, torch tensor, file path or folder as {what}, but got "
+                       f"{type(item).__name__}. Do pass one of those.")
+
+
 def load_images(
     images: ImageInput | Sequence[ImageInput], min_size: tuple[int, int] | None = None
 ) -> list[Image.Image]:
-    """Reference images as RGB PIL images (`to_rgb`); accepts PIL images and file paths alike.
+    """Reference images as RGB PIL images (`to_rgb`): PIL images, numpy arrays and torch tensors (diffusers'
+    layouts, `pixels`; a batch gives several), file paths and folders of photos alike, or a sequence of them.
 
     :param min_size: (height, width) in pixels below which an image is refused (`units.VideoUnits.token_grid`).
     """
-    if isinstance(images, Image.Image | str | Path):
-        images = [images]
-    images = list(images or [])
-    if not images:
+    items = _items(images)
+    if not items:
         raise SubjectError("Expected 3-10 reference images, but got none. Pass PIL images or file paths.")
     out = []
-    for i, item in enumerate(images):
-        what = f"reference image #{i}"
-        if isinstance(item, Image.Image):
-            image = to_rgb(item, what)
-        elif isinstance(item, str | Path):
-            image = open_image(item, what)
-        else:
-            raise SubjectError(f"Expected a PIL image or a file path as image #{i}, but got {type(item).__name__}.")
-        check_size(image, min_size, what)
-        out.append(image)
+    for i, item in enumerate(items):
+        for image in _read(item, f"reference image #{i}"):
+            check_size(image, min_size, f"reference image #{i}")
+            out.append(image)
     return out

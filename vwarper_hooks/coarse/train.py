@@ -75,7 +75,8 @@ def train_subject(
     Works for every registered model family whose scheduler has an objective the trainer knows
     (DDPM epsilon / v-prediction, flow matching); others are refused with a `ConfigError`.
 
-    :param images: 3-10 reference photos (PIL images or paths; 1-2 work with a warning).
+    :param images: 3-10 reference photos: PIL images, numpy arrays or torch tensors (diffusers' layouts),
+        file paths or a folder of photos (1-2 work with a warning; `images.load_images`).
     :param token: the new subject token, e.g. ``"<my-dog>"`` (must be unknown to the tokenizer).
     :param class_word: the subject's category, e.g. ``"dog"``; initialises the token embedding.
     :param resume: continue from ``config.checkpoint_dir``'s latest checkpoint (same weights

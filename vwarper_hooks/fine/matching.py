@@ -38,6 +38,26 @@ from ..hookspecs import hookimpl
 
 HeadCombine = Literal["probs", "logits"]
 
+#: Photo scores (row maxima of the symmetric map, in (0, 1]) within this relative distance of the best
+#: are a tie, and a tie goes to the lower photo index: identical copies of a photo batched in one reference
+#: forward get features about 1e-6 apart (stock CogVideoX does the same for identical batch rows), which
+#: must not pick a copy. Half-precision features widen it to 4 eps of their dtype (`tie_tolerance`).
+TIE_RTOL = 1e-3
+
+
+def tie_tolerance(dtype: torch.dtype) -> float:
+    """The relative tolerance of a tie between photo scores computed from features of `dtype`."""
+    return max(TIE_RTOL, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else TIE_RTOL
+
+
+def first_best(scores: torch.Tensor, rtol: float = TIE_RTOL) -> torch.Tensor:
+    """Along dim 0, the lowest index whose score is within `rtol` (relative) of the best: stable under
+    float noise (no host read). (k, ...) -> (...) long."""
+    top = scores.max(dim=0, keepdim=True).values
+    index = torch.arange(scores.shape[0], device=scores.device).view(-1, *([1] * (scores.ndim - 1)))
+    near = scores >= top - rtol * top.abs()
+    return torch.where(near, index, scores.shape[0]).amin(dim=0)
+
 
 def _grouped(x: torch.Tensor, frames: int, per_frame: bool, combine: HeadCombine) -> torch.Tensor:
     """(H, N, d) -> (G, h, n, d'): G = frames if per_frame else 1; h = H, d' = d for "probs";
@@ -124,18 +144,20 @@ def match_flows(
     return (*flows, row_best.float().reshape(-1)) if with_best else flows
 
 
-def union_flows(per_reference: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+def union_flows(
+    per_reference: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rtol: float = TIE_RTOL
+) -> tuple[torch.Tensor, ...]:
     """Flows into the union of several references, each matched on its own (eq. 3-4 per reference).
 
     :param per_reference: (flow_gen_to_ref, flow_ref_to_gen, row maxima) of each reference, N tokens each.
     :return: (flow into [ref 0 tokens, ref 1 tokens, ...] (N,), the references' reverse flows side by side
         (k*N,), the reference each generation token reads (N,)): every token reads the reference whose
-        symmetric map scores it highest (the first on a tie, so identical copies change nothing), and
-        cycle consistency (`cycle_mask`) then goes through that same reference.
+        symmetric map scores it highest (the first on a tie within `rtol`, `first_best`, so identical copies
+        change nothing), and cycle consistency (`cycle_mask`) then goes through that same reference.
     """
     n = per_reference[0][0].numel()
     best = torch.stack([r[2] for r in per_reference])  # (k, N)
-    choice = best.argmax(dim=0)  # (N,)
+    choice = first_best(best, rtol)  # (N,)
     flows = torch.stack([r[0] for r in per_reference])  # (k, N)
     flow = flows.gather(0, choice[None])[0] + choice * n
     back = torch.cat([r[1] for r in per_reference])
@@ -210,7 +232,8 @@ class RopeFreeMatcher:
     def match(self, gen: tuple, refs: list[tuple], grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
         if len(refs) == 1:
             return (*self._flows(gen, refs[0], grid, with_best=False), None)
-        return union_flows([self._flows(gen, ref, grid, with_best=True) for ref in refs])
+        per_reference = [self._flows(gen, ref, grid, with_best=True) for ref in refs]
+        return union_flows(per_reference, tie_tolerance(gen[0].dtype))
 
     def score(self, gen: tuple, ref: tuple, grid: tuple[int, int, int]) -> torch.Tensor:
         """How well `ref` matches `gen`: the mean of the symmetric map's row maxima (a 0-d tensor)."""

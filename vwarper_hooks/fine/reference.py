@@ -24,6 +24,7 @@ from .encode import encode_reference
 from .feature_cache import FeatureCache
 from .inversion import invert_reference
 from .lockstep import Lockstep
+from .matching import first_best
 from .reference_cache import ReferenceState, cache_key
 from .steps import StepClock
 
@@ -89,7 +90,8 @@ class ReferenceBranch:
 
     def choose_best(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> list[float]:
         """Pick the photo whose match-layer features at `step` best match the generation's (the mean of
-        the symmetric map's row maxima); returns every photo's score. One host read, once per run."""
+        the symmetric map's row maxima; the lower index on a tie, `matching.first_best`); returns every
+        photo's score. One host read, once per run."""
         run = self.router.run
         mine = run.subjects[self.index]
         scores, matches = [], []
@@ -99,7 +101,7 @@ class ReferenceBranch:
             matches.append(mine.ref_match)
             scores.append(run.matcher.score(run.gen_match, mine.ref_match[0], grid))
         values = torch.stack(scores).float().cpu().tolist()
-        self.photos = [int(max(range(len(values)), key=values.__getitem__))]
+        self.photos = [int(first_best(torch.tensor(values)))]  # a tie within TIE_RTOL: the lower index
         mine.ref_match = matches[self.image]
         logger.info("reference photo %d of %d chosen (match scores %s)", self.image, len(values),
                     ", ".join(f"{v:.4f}" for v in values))

@@ -24,8 +24,8 @@ from ..adapter import Adapter, base_model
 from ..config import WarpConfig
 from ..errors import ConfigError, SubjectTokenError, VwarperError
 from ..files import weights_digest
+from ..guard import config_problems
 from ..model_hooks import hook_problems, memory_hooks
-from ..plugins import make_parts
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .lockstep import Lockstep
@@ -99,6 +99,7 @@ class Session:
         self.reference_image: int | None = None
         self.reference_scores: list[float] | None = None
         self._memory_hooks: list[str] = []  # offload / casting hooks on the model: no lockstep (model_hooks)
+        self.closed = False  # set when the inject() block ends
 
     @property
     def subject(self) -> Any:
@@ -129,13 +130,19 @@ class Session:
     @contextmanager
     def override(self, **fields: Any) -> Iterator[Session]:
         """Change `WarpConfig` fields (step and layer ranges, thresholds, matcher, ...) for the pipeline
-        calls started inside the block; validated like `inject`, restored on exit (also on error).
+        calls started inside the block; validated by `inject`'s own checks (`guard.config_problems`), restored
+        on exit (also on error). Refused on a closed session.
 
         Example: ``with vwarper.inject(pipe, subject) as s, s.override(warp_steps=(5, 15)): pipe(...)``
         """
-        config = self.config.updated(**fields)
-        matcher, injector, part_problems = make_parts(config)
-        problems = config.layer_problems(self.depth) + part_problems
+        if self.closed:
+            raise VwarperError(
+                "Expected override() inside its inject() block, but that block has ended (the session is closed). "
+                "Call it within the with block, or open a new inject()."
+            )
+        model = base_model(self.pipe.transformer)
+        config, matcher, injector, problems = config_problems(self.adapter, model, self.subjects,
+                                                              self.config.updated(**fields))
         if problems:
             raise ConfigError(problems)
         previous = self.config, self.matcher, self.injector
@@ -342,6 +349,7 @@ class Session:
 
     def close(self) -> None:
         """Drop every tensor this session holds (the cache on the subject stays) and end the worker threads."""
+        self.closed = True
         self.lockstep.shutdown()
         self.router.run = None
         self.router.route = Route()

@@ -59,14 +59,15 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
 
 
 @contextmanager
-def activate_subject(pipe: Any, subject: Any) -> Iterator[None]:
+def activate_subject(pipe: Any, subject: Any, checked: bool = False) -> Iterator[None]:
     """Load the subject's LoRA and token into `pipe` for the ``with`` block.
 
-    Validates first (nothing is touched when the subject does not fit). On exit, normal or by
-    exception, the LoRA is unloaded and the tokenizer and embedding modules are restored, so
-    the pipeline's outputs are bit-identical to before.
+    Validates first (nothing is touched when the subject does not fit), unless `checked`: the caller
+    ran `fit_problems` already (`inject`, through `guard.validate`). On exit, normal or by exception,
+    the LoRA is unloaded and the tokenizer and embedding modules are restored, so the pipeline's
+    outputs are bit-identical to before.
     """
-    problems = fit_problems(pipe, subject)
+    problems = [] if checked else fit_problems(pipe, subject)
     if problems:
         raise SubjectMismatchError("\n".join(problems))
     with ExitStack() as stack:

@@ -46,7 +46,7 @@ class Subject:
     def from_images(cls, images: Sequence[ImageInput], token: str, class_word: str) -> Subject:
         """A subject without coarse training (fine stage only): the token must tokenize as-is.
 
-        `images` are PIL images or paths, read as `train_subject` reads them (`images.load_images`:
+        `images` are PIL images, arrays, paths or a folder, read as `train_subject` reads them (`images.load_images`:
         EXIF orientation, 16-bit and palette images, transparency onto white).
         """
         subject = cls(token=token, class_word=class_word, images=load_images(images))

@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ... import CoarseConfig, Subject, train_subject
-from ...images import load_images
+from ...images import IMAGE_SUFFIXES, load_images
 from ...plugins import adapter_sources
 from ...units import video_units
 from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
@@ -23,8 +23,6 @@ from . import checks, measure
 from .common import add_command, memory_options, open_pipeline
 from .generation import register_generate
 from .render import console, print_json, records_table, render_data, stage_progress, status
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 # ----------------------------------------------------------------------------------------- demo
