@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,18 @@ def weights_digest(model: torch.nn.Module) -> str:
     if signature is not None:
         _digests[model] = (signature, value)
     return value
+
+
+def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in named:
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for group in by_device.values():
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
+        bad += [name for (name, _), ok in zip(group, finite, strict=True) if not ok]
+    return bad
 
 
 def read_safetensors(blob: bytes, what: str) -> dict[str, torch.Tensor]:

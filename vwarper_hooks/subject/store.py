@@ -22,18 +22,23 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from safetensors.torch import save_file
 
 from ..config import validation_problems
 from ..errors import SubjectError, SubjectIntegrityError
-from ..files import atomic_directory, pixel_sha256, read_safetensors, remove_stale_temporaries, sha256_bytes
+from ..files import (
+    atomic_directory,
+    nonfinite_names,
+    pixel_sha256,
+    read_safetensors,
+    remove_stale_temporaries,
+    sha256_bytes,
+)
 from ..images import DECODE_ERRORS, downscale_to_cover
 from .lora import LORA_PREFIX, lora_spec
 
@@ -187,18 +192,6 @@ def _read_manifest(root: Path) -> SubjectManifest:
         raise SubjectIntegrityError(
             f"Expected a valid {file}, but it has problems: {problems} Re-save or retrain the subject."
         ) from None
-
-
-def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
-    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in named:
-        by_device.setdefault(t.device, []).append((name, t))
-    bad = []
-    for group in by_device.values():
-        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
-        bad += [name for (name, _), ok in zip(group, finite, strict=True) if not ok]
-    return bad
 
 
 def nonfinite_problems(subject_fields: dict[str, Any]) -> list[str]:
