@@ -3,10 +3,13 @@ cached features, hand-edited subject.json), and the command line's files and mes
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 
 import pytest
 import torch
+from conftest import DATA
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -60,3 +63,59 @@ def test_cached_reference_features_holding_nan_are_recomputed(small, clock_image
         again = _latents(small, subject, config)
     assert "cached reference feature(s) holding NaN or inf" in caplog.text
     assert torch.equal(again, first) and torch.isfinite(state.features[key]).all()
+
+
+@pytest.fixture(scope="module")
+def saved(small, tmp_path_factory):
+    fast = vwarper.CoarseConfig(steps=1, rank=2, mixed_precision="no", gradient_checkpointing=False, height=32,
+                                width=32)
+    subject = vwarper.train_subject(small, sorted((DATA / "clock").glob("*.jpg")), "<sks-k>", "clock", fast,
+                                    progress=False)
+    return subject.save(tmp_path_factory.mktemp("subjects") / "clock")
+
+
+def _edit(manifest: dict, where: str, value) -> None:
+    *path, last = where.split(".")
+    for part in path:
+        manifest = manifest[part]
+    manifest[last] = value
+
+
+@pytest.mark.parametrize(("where", "value", "match"), [
+    ("lora.alpha", 1e300, r"Expected a LoRA alpha between 0.0002 and 20000 at rank 2 .* got alpha 1e\+300"),
+    ("lora.alpha", 3.0, r"Expected lora.alpha in subject.json to be what .* written with \(2.0\), but got 3.0"),
+    ("lora.targets", "reversed", r"Expected lora.targets in subject.json to be what"),
+    ("token", "<sks-j>", r"Expected token in subject.json to be the one .* \('<sks-k>'\), but got '<sks-j>'"),
+    ("token_embedding_dim", 0, r"token_embedding_dim: Expected token_embedding_dim greater than or equal to 1"),
+    ("token_embedding_dim", None, r"Expected token_embedding_dim in subject.json for the recorded token_embedding"),
+    ("image_sha256", "short", r"Expected one image_sha256 per image, but got 3 images and 2 hashes"),
+])
+def test_a_hand_edited_subject_json_is_refused_at_load(saved, tmp_path, where, value, match):
+    root = shutil.copytree(saved, tmp_path / "copy")
+    manifest = json.loads((root / "subject.json").read_text())
+    if value == "reversed":
+        value = manifest["lora"]["targets"][::-1]  # the same modules: the tensors alone would not tell
+    elif value == "short":
+        value = manifest["image_sha256"][:2]
+    _edit(manifest, where, value)
+    (root / "subject.json").write_text(json.dumps(manifest))
+    with pytest.raises(vwarper.SubjectIntegrityError, match=match):
+        vwarper.Subject.load(root)
+
+
+def test_a_lora_scale_that_overflows_the_model_dtype_is_refused(clock_image):
+    from vwarper_hooks.subject.activate import fit_problems
+    from vwarper_hooks.subject.lora import lora_shapes, lora_targets
+
+    pipe = tiny_cogvideox_pipeline(num_layers=2)
+    shapes = lora_shapes(pipe.transformer, lora_targets(pipe.transformer), 2)
+    subject = vwarper.Subject("<clock>", "clock", [clock_image], lora_rank=2, lora_alpha=2000.0,
+                              lora={key: torch.full(shape, 10.0) for key, shape in shapes.items()})
+    assert fit_problems(pipe, subject) == []  # float32: B @ A x scale 1000 = 200000 fits
+    pipe.transformer.to(torch.float16)
+    with pytest.raises(vwarper.ConfigError, match=r"fit this model's torch.float16 \(at most 65504\), .* to 200000"):
+        with vwarper.inject(pipe, subject, vwarper.WarpConfig(warp=False)):
+            pass
+    subject.lora_alpha = 2e300  # in any dtype: no sane scale
+    with pytest.raises(vwarper.SubjectError, match=r"Expected a LoRA alpha between 0.0002 and 20000 at rank 2"):
+        subject.check()
