@@ -119,3 +119,5 @@ def test_a_lora_scale_that_overflows_the_model_dtype_is_refused(clock_image):
     subject.lora_alpha = 2e300  # in any dtype: no sane scale
     with pytest.raises(vwarper.SubjectError, match=r"Expected a LoRA alpha between 0.0002 and 20000 at rank 2"):
         subject.check()
+    with pytest.raises(vwarper.ConfigError, match=r"Expected a LoRA alpha between 0.0002 and 20000 at rank 2"):
+        vwarper.CoarseConfig(rank=2, alpha=2e300)  # refused before training, not at the save after it
