@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -121,3 +123,42 @@ def test_a_lora_scale_that_overflows_the_model_dtype_is_refused(clock_image):
         subject.check()
     with pytest.raises(vwarper.ConfigError, match=r"Expected a LoRA alpha between 0.0002 and 20000 at rank 2"):
         vwarper.CoarseConfig(rank=2, alpha=2e300)  # refused before training, not at the save after it
+
+
+@pytest.fixture(scope="module")
+def fine_subject(tmp_path_factory):
+    """A fine-stage-only subject (no training needed) whose token the tiny tokenizer knows."""
+    folder = tmp_path_factory.mktemp("fine") / "clock"
+    return vwarper.Subject.from_images([DATA / "clock" / "00.jpg"], token="<clock>", class_word="clock").save(folder)
+
+
+TERMINATED = """
+import os, signal, sys
+from vwarper_hooks.apps import visualize as vis
+from vwarper_hooks.apps.cli import main
+
+real = vis.write_video
+
+def write_then_terminated(*args, **kwargs):  # SIGTERM while the video sits in its staging folder
+    path = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return path
+
+vis.write_video = write_then_terminated
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_generate_leaves_no_temporary_folders(tmp_path, fine_subject):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for stale in (f".v.tmp-{dead.stdout.strip()}-k1ll3d", ".v.tmp-0ld4vers"):  # a killed run's, an older version's
+        (run / stale).mkdir()
+        (run / stale / "v.gif").write_bytes(b"partial")
+    args = ["generate", "--model", "tiny", "--subject", str(fine_subject), "--prompt", "a <clock> clock",
+            "--frames", "9", "--steps", "5", "--out", str(run / "v.mp4"), "--quiet"]
+    done = subprocess.run([sys.executable, "-c", TERMINATED, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: interrupted (SIGTERM)"
+    assert list(run.iterdir()) == []  # neither this run's staging folder nor the stale ones

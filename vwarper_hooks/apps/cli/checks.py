@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ...files import remove_stale_temporaries
 from ...guard import subject_fit_problems
 from ...units import VideoUnits
 from ..exits import CliError
@@ -137,14 +138,17 @@ def staged_outputs(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """Temporary folders next to each target; on success their files are moved into place.
 
     Yields ``{name: staging folder}``. Until the block ends without an error nothing appears at a
-    target, so a run either writes every output or none (a failed panel leaves no video).
+    target, so a run either writes every output or none (a failed panel leaves no video). The folders
+    (``.NAME.tmp-PID-*``) go on an error and on SIGTERM (the CLI turns it into an interrupt); those a
+    killed run left are removed by the next (`files.remove_stale_temporaries`).
     """
     staging: dict[str, Path] = {}
     try:
         for name, target in targets.items():
             parent = target.parent.expanduser()
             parent.mkdir(parents=True, exist_ok=True)
-            staging[name] = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            remove_stale_temporaries(parent / target.name)
+            staging[name] = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
         yield staging
         moves = [(file, (targets[name] if name != "video" else targets[name].parent) / file.name)
                  for name, folder in staging.items() for file in sorted(folder.iterdir())]
