@@ -16,8 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.apps.cli import main
 from vwarper_hooks.fine.reference_cache import ReferenceCache
-from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline
+from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline, tiny_pipeline
 
 SMALL = vwarper.WarpConfig(match_layer=1, warp_layers=(2, 3), warp_steps=(1, 2), mask=False)
 
@@ -162,3 +163,33 @@ def test_sigterm_during_generate_leaves_no_temporary_folders(tmp_path, fine_subj
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "error: interrupted (SIGTERM)"
     assert list(run.iterdir()) == []  # neither this run's staging folder nor the stale ones
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Expected") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("flag", "inside"), [("--out", "images/v.mp4"), ("--out", "v.mp4"),
+                                              ("--panels", "images/panels")])
+def test_generate_refuses_outputs_inside_a_subject(capsys, tmp_path, fine_subject, flag, inside):
+    subject = shutil.copytree(fine_subject, tmp_path / "clock")
+    files = sorted(p.relative_to(subject).as_posix() for p in subject.rglob("*"))
+    argv = ["generate", "--model", str(tmp_path / "never-loaded"), "--subject", str(subject), "--prompt",
+            "a <clock> clock", "--out", str(tmp_path / "v.mp4"), flag, str(subject / inside)]
+    assert main(argv) == 3
+    assert f"Expected {flag} outside the subject directory" in _one_line_error(capsys)
+    assert sorted(p.relative_to(subject).as_posix() for p in subject.rglob("*")) == files
+
+
+def test_a_height_alone_off_a_local_models_token_grid_is_refused_before_loading(capsys, tmp_path, fine_subject,
+                                                                                 monkeypatch):
+    tiny_pipeline("cogvideox").save_pretrained(tmp_path / "model")  # a local pipeline folder
+    capsys.readouterr()
+    monkeypatch.setattr("vwarper_hooks.apps.cli.common.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    argv = ["generate", "--model", str(tmp_path / "model"), "--subject", str(fine_subject), "--prompt",
+            "a <clock> clock", "--height", "30", "--out", str(tmp_path / "v.mp4")]
+    assert main(argv) == 3
+    err = _one_line_error(capsys)
+    assert "divisible by 16x16 pixels (one token of" in err and "but got 30xdefault. Pass e.g. 16xdefault." in err
