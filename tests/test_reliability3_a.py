@@ -193,3 +193,12 @@ def test_a_height_alone_off_a_local_models_token_grid_is_refused_before_loading(
     assert main(argv) == 3
     err = _one_line_error(capsys)
     assert "divisible by 16x16 pixels (one token of" in err and "but got 30xdefault. Pass e.g. 16xdefault." in err
+
+
+def test_user_latents_with_the_wrong_channel_count_name_the_latents_argument(small, clock_image):
+    channels = small.vae.config.latent_channels
+    latents = torch.randn(1, 2, channels + 1, 4, 4)  # 5 frames of 32 x 32: 2 latent frames of 4 x 4
+    want = rf"Expected the pipeline's latents argument to have shape \(1, 2, {channels}, 4, 4\) .* but got latents"
+    with pytest.raises(vwarper.VwarperError, match=want):
+        with vwarper.inject(small, _fresh(clock_image), SMALL):
+            small(**tiny_call_kwargs(num_inference_steps=3, output_type="latent", latents=latents))
