@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,27 @@ def test_user_latents_with_the_wrong_channel_count_name_the_latents_argument(sma
     with pytest.raises(vwarper.VwarperError, match=want):
         with vwarper.inject(small, _fresh(clock_image), SMALL):
             small(**tiny_call_kwargs(num_inference_steps=3, output_type="latent", latents=latents))
+
+
+def test_frames_and_reference_panels_are_numbered_and_captioned(small, clock_image, tmp_path, monkeypatch):
+    from vwarper_hooks.apps import figures
+    from vwarper_hooks.apps.generate import generate_video
+    from vwarper_hooks.apps.panels import write_panels
+
+    drawn, save = {}, figures.save
+
+    def record(fig, path):
+        ax = fig.axes[0]
+        drawn[Path(path).name] = (ax.get_title(), [t.get_text() for t in ax.texts],
+                                  [t.get_text() for t in ax.get_xticklabels()])
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save", record)
+    generation = generate_video(small, _fresh(clock_image), "a <clock> clock", frames=9, steps=3, guidance=6.0,
+                                seed=0, height=32, width=32, config=SMALL)
+    pngs, _ = write_panels(tmp_path, generation)
+    title, numbers, _ = drawn["frames.png"]
+    assert title == "Generated video: 9 frames of 32x32 px" and numbers == [str(i) for i in range(9)]
+    title, _, photos = drawn["reference.png"]
+    assert title.startswith("Reference photos read: 1,") and photos == ["<clock>\nphoto 0"]
+    assert all(pngs[name].is_file() for name in ("frames", "reference"))
