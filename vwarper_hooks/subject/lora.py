@@ -120,6 +120,15 @@ def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
     return rank, alpha, targets, meta
 
 
+def _peak(tensors: list[torch.Tensor]) -> float:
+    """The largest magnitude in `tensors` (one host read per device)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel():
+            by_device.setdefault(t.device, []).append(t.detach().abs().amax().float())
+    return max((float(torch.stack(peaks).max()) for peaks in by_device.values()), default=0.0)
+
+
 def lora_overflow_problem(subject: Any, dtype: torch.dtype) -> str | None:
     """Why `subject`'s LoRA, at its scale (alpha / rank x lora_scale), could exceed the largest `dtype` value
     (None: it cannot). A bound first (rank x max|B| x max|A| x scale: one pass over the weights); only when
@@ -129,8 +138,7 @@ def lora_overflow_problem(subject: Any, dtype: torch.dtype) -> str | None:
     rank, alpha, _, _ = lora_spec(subject)
     scale = alpha / rank * float(subject.lora_scale)
     limit = torch.finfo(dtype).max
-    peaks = {k: float(v.detach().abs().max()) if v.numel() else 0.0 for k, v in subject.lora.items()}
-    high = {half: max((p for k, p in peaks.items() if f".lora_{half}." in k), default=0.0) for half in "AB"}
+    high = {half: _peak([v for k, v in subject.lora.items() if f".lora_{half}." in k]) for half in "AB"}
     if scale * rank * high["A"] * high["B"] <= limit:
         return None
     peak = 0.0
