@@ -176,6 +176,24 @@ def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
     return blobs
 
 
+def _read_lora(manifest: SubjectManifest, blobs: dict[str, bytes]) -> dict[str, Any] | None:
+    """The LoRA tensors, checked against the manifest's targets and rank (None: the subject has none)."""
+    if manifest.lora is None:
+        return None
+    lora = read_safetensors(blobs[LORA_FILE], LORA_FILE)
+    rank, want = manifest.lora.rank, set()
+    for name in manifest.lora.targets:
+        want |= {f"{LORA_PREFIX}.{name}.lora_A.weight", f"{LORA_PREFIX}.{name}.lora_B.weight"}
+    bad = sorted(k for k, v in lora.items() if v.ndim != 2 or v.shape[0 if ".lora_A." in k else 1] != rank)
+    if set(lora) != want or bad:
+        raise SubjectIntegrityError(
+            f"Expected LoRA tensors for {len(manifest.lora.targets)} modules at rank {rank}, but got "
+            f"{len(lora)} tensors (missing {sorted(want - set(lora))[:2]}, unexpected "
+            f"{sorted(set(lora) - want)[:2]}, wrong rank {bad[:2]}). Re-save the subject."
+        )
+    return lora
+
+
 def read_subject(path: str | os.PathLike) -> dict[str, Any]:
     """The `Subject` fields stored in a subject directory, after checking every file's hash (and after
     removing what a killed save of it left beside it)."""
@@ -183,19 +201,7 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
     remove_stale_temporaries(root)
     manifest = read_manifest(root)
     blobs = _read_files(root, manifest)
-    lora = None
-    if manifest.lora is not None:
-        lora = read_safetensors(blobs[LORA_FILE], LORA_FILE)
-        rank, want = manifest.lora.rank, set()
-        for name in manifest.lora.targets:
-            want |= {f"{LORA_PREFIX}.{name}.lora_A.weight", f"{LORA_PREFIX}.{name}.lora_B.weight"}
-        bad = sorted(k for k, v in lora.items() if v.ndim != 2 or v.shape[0 if ".lora_A." in k else 1] != rank)
-        if set(lora) != want or bad:
-            raise SubjectIntegrityError(
-                f"Expected LoRA tensors for {len(manifest.lora.targets)} modules at rank {rank}, but got "
-                f"{len(lora)} tensors (missing {sorted(want - set(lora))[:2]}, unexpected "
-                f"{sorted(set(lora) - want)[:2]}, wrong rank {bad[:2]}). Re-save the subject."
-            )
+    lora = _read_lora(manifest, blobs)
     embedding = None
     if manifest.token_embedding_dim:
         embedding = read_safetensors(blobs[TOKEN_FILE], TOKEN_FILE).get("token_embedding")
