@@ -1,4 +1,5 @@
-"""The README's first Python example runs as written on the tiny random pipeline (offline, CPU).
+"""The README's first Python example runs as written on the tiny random pipeline (offline, CPU); its tiny
+`vwarper generate` commands need no warning.
 
 Two lines are swapped, each checked to be in the README verbatim: the `from_pretrained` line (no
 downloads, no CUDA here) and the stage-1 config (1000 steps of the paper would take minutes).
@@ -40,3 +41,28 @@ def test_readme_example_runs_on_the_tiny_pipeline(monkeypatch, capsys):
     assert len(frames) == 25 and not torch.cuda.is_initialized()
     steps = sorted(session.diagnostics)
     assert steps == list(range(3, 20)) and str(steps) in capsys.readouterr().out
+
+
+def tiny_generate_commands() -> tuple[str, list[str]]:
+    """The README (line continuations joined) and each `vwarper generate --model tiny` command in it."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return text, re.findall(r"vwarper generate --model tiny(?:[^`\n]|\n(?!\n|```))*", text)
+
+
+def test_the_readme_tiny_generate_commands_warp_their_whole_window():
+    """A run shorter than the default warp window (steps 3-19) warns that it dropped steps."""
+    from vwarper_hooks import WarpConfig
+    from vwarper_hooks.fine.plan import StepPlan
+
+    _, commands = tiny_generate_commands()
+    assert len(commands) >= 2, commands
+    for command in commands:
+        steps = re.search(r"--steps (\d+)", command)
+        plan = StepPlan.build(WarpConfig(), int(steps.group(1)) if steps else 50, depth=42)
+        assert plan.clipped is None, (command, plan.clipped)
+
+
+def test_the_readme_says_where_generate_is_shown_that_mp4_needs_imageio_ffmpeg():
+    text, commands = tiny_generate_commands()
+    after = text.split(commands[-1], 1)[1].split("```", 1)[1].split("\n\n")[1]  # the paragraph after the block
+    assert "imageio-ffmpeg" in after and "NAME.gif" in after, after

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,18 @@ def weights_digest(model: torch.nn.Module) -> str:
     return value
 
 
+def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in named:
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for group in by_device.values():
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
+        bad += [name for (name, _), ok in zip(group, finite, strict=True) if not ok]
+    return bad
+
+
 def read_safetensors(blob: bytes, what: str) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file's bytes (never a pickle); `SubjectIntegrityError` if unreadable."""
     try:
@@ -185,12 +197,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Clean up after a killed `atomic_directory` of `target`: its ``.NAME.tmp-*`` / ``.NAME.old-*``
-    siblings whose writing process (named in the folder) no longer runs, or was not named.
+    """Clean up after a killed `atomic_directory` or `atomic_file` of `target` (or a killed ``vwarper
+    generate``'s staged outputs): its ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings whose writing process
+    (named in the name, ``.NAME.tmp-PID-...``) no longer runs, or was not named.
 
     A stale ``.old-*`` is the previous content, moved aside just before the rename: it is put back when
-    `target` is missing (the kill fell between the two renames), else removed. Returns the folders
-    removed; one that cannot be removed is left.
+    `target` is missing (the kill fell between the two renames), else removed. Returns the folders and
+    files removed; one that cannot be removed is left.
     """
     removed = []
     for kind in ("old", "tmp"):
@@ -205,11 +218,14 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
                 except OSError:  # e.g. a read-only folder: leave it for a save that can
                     pass
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             if not path.exists():
                 removed.append(path)
     if removed:
-        logger.info("removed %d folder(s) a killed save of %s left behind", len(removed), target)
+        logger.info("removed %d temporary file(s) a killed write of %s left behind", len(removed), target)
     return removed
 
 
@@ -247,9 +263,11 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
-    """Yield a temp file path next to `target`; rename it over `target` when the block succeeds."""
+    """Yield a temp file path next to `target`; rename it over `target` when the block succeeds (what a
+    killed earlier write left, ``.NAME.tmp-PID-*``, is removed first)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:

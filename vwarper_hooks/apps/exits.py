@@ -17,7 +17,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad command line: unknown option, missing argument",
     EXIT_INPUT: "invalid input: missing path, unreadable model or subject, invalid setting",
     EXIT_MISSING: "an optional package is not installed (e.g. imageio-ffmpeg to read mp4 videos)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM; temporary files removed)",
 }
 
 

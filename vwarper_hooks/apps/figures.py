@@ -1,8 +1,8 @@
 """Labelled matplotlib figures of a run: the masks per warp step and the paper's figure 5.
 
 `visualize` builds the pixel grids (exact tiles, for tests and further processing); this module
-puts them in a figure a reader can follow: a title, axis labels naming rows and columns, and a
-legend saying what the colours mean.
+puts them in a figure a reader can follow: a title, axis labels naming rows and columns (frame and
+photo numbers), and a legend saying what the colours mean.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ OVERLAY = (1.0, 0.2, 0.1, 0.35)  # RGBA of the final-mask overlay in figure 5
 #: one colour per subject, and one per reference photo (tab10 / Dark2-like, told apart in print)
 SUBJECT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 PHOTO_COLOURS = ((27, 158, 119), (217, 95, 2), (117, 112, 179), (231, 41, 138), (102, 166, 30), (230, 171, 2))
+#: frames per row of frames.png (a long video wraps instead of making one very wide picture)
+FRAMES_PER_ROW = 8
+#: `_figure` scale at which a picture keeps its own pixels (100 dpi, 60 pixels per inch of scale 1)
+NATIVE = 0.6
+NUMBER_STYLE = dict(color="white", fontsize=8, ha="left", va="top",
+                    bbox=dict(facecolor="black", alpha=0.6, pad=1.5, linewidth=0))
 
 
 def _pyplot() -> Any:
@@ -44,6 +50,38 @@ def _figure(picture: np.ndarray, scale: float = 1.0) -> tuple[Any, Any]:
     fig, ax = plt.subplots(figsize=inches, dpi=100)
     ax.imshow(picture, interpolation="nearest")
     return fig, ax
+
+
+def frames_figure(video: np.ndarray, per_row: int = FRAMES_PER_ROW) -> Any:
+    """Every generated frame at its own pixels, numbered as the video file plays them (0-based), in rows of
+    `per_row`. Returns the Figure."""
+    frames, height, width = video.shape[:3]
+    rows = [list(video[start : start + per_row]) for start in range(0, frames, per_row)]
+    fig, ax = _figure(grid(rows, background=255), scale=NATIVE)
+    for i in range(frames):
+        row, column = divmod(i, per_row)
+        ax.text(PAD + column * (width + PAD) + 1, PAD + row * (height + PAD) + 1, str(i), **NUMBER_STYLE)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"frame number at each frame's top-left corner; {per_row} frames per row")
+    ax.set_title(f"Generated video: {frames} frames of {width}x{height} px")
+    fig.tight_layout()
+    return fig
+
+
+def reference_figure(photos: dict[str, list[np.ndarray]]) -> Any:
+    """The reference photos each subject's reference branch read, resized and cropped to the generation size
+    (what it encodes), labelled by subject token and reading order (0-based). Returns the Figure."""
+    tiles = [photo for token in photos for photo in photos[token]]
+    labels = [f"{token}\nphoto {i}" for token in photos for i in range(len(photos[token]))]
+    height, width = tiles[0].shape[:2]
+    fig, ax = _figure(grid([tiles], background=255), scale=NATIVE)
+    ax.set_xticks(_centres(len(tiles), width), labels, fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlabel("subject token and reference photo (in the order the reference branch read them)")
+    ax.set_title(f"Reference photos read: {len(tiles)}, resized and cropped to the generation's {width}x{height} px")
+    fig.tight_layout()
+    return fig
 
 
 def mask_figure(diagnostics: dict[int, Any], tile: int = 48) -> Any:

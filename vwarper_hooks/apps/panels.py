@@ -1,6 +1,7 @@
 """The PNG panels of one generation (the demo and ``vwarper generate --panels`` write the same ones).
 
-- ``reference.png``: the reference photos read; ``frames.png``: every generated frame;
+- ``reference.png``: the reference photos read, labelled by token and order; ``frames.png``: every
+  generated frame, numbered; both captioned, like the others;
 - ``masks.png``: fg / cycle / final masks per warp step (of the first subject);
 - ``figure5.png`` (+ ``figure5_tiles.png``, the exact pixel tiles): the paper's figure 5;
 - with several subjects, ``subjects.png``: each subject's final mask in its own colour, and which
@@ -35,10 +36,10 @@ def write_panels(out: Path, generation: Generation) -> tuple[dict[str, Path], di
     series = _per_subject(diagnostics, tokens)
     first = series[tokens[0]]
     height, width = video.shape[1:3]
-    every_photo = [vis.resize(im, height, width) for token in tokens for im in photos[token]]
+    read = {token: [vis.resize(im, height, width) for im in photos[token]] for token in tokens}
     pngs = {
-        "reference": vis.save_png(vis.grid([every_photo]), out / "reference.png"),
-        "frames": vis.save_png(vis.grid([list(video)]), out / "frames.png"),
+        "reference": figures.save(figures.reference_figure(read), out / "reference.png"),
+        "frames": figures.save(figures.frames_figure(video), out / "frames.png"),
         "masks": figures.save(figures.mask_figure(first), out / "masks.png"),
     }
     last = max(first)

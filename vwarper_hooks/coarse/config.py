@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import validation_problems
 from ..errors import ConfigError
+from ..subject.manifest import lora_scale_problem
 
 #: AdamW's first update is lr / (1 - beta1) = 10 x lr, applied to float32 weights (the largest float32
 #: is 3.4e38): above this the step itself cannot be computed, let alone trained with
@@ -75,6 +76,13 @@ class CoarseConfig(BaseModel):
                 f"Expected height and width both set or both None, but got height={self.height}, "
                 f"width={self.width}. Give both."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sane_lora_scale(self) -> CoarseConfig:
+        problem = lora_scale_problem(self.rank, self.lora_alpha)
+        if problem:
+            raise ValueError(f"{problem}. Do leave alpha out (scale 1) or pass one near the rank.")
         return self
 
     @property

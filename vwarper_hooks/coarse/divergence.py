@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from ..errors import TrainingDivergedError
-from ..subject.store import nonfinite_names
+from ..files import nonfinite_names
 from .config import CoarseConfig
 
 

@@ -11,19 +11,26 @@ Placement: on the model's device while the state's features stay under
 step's tensors copied to the device on a side stream one step ahead (prefetch), so the denoising
 loop does not wait for the copy. CogVideoX-5B at 25 frames, 480x720: 10 warp layers x 17 steps of
 V (58 MB each in bf16) plus 18 steps of match Q/K = about 12 GB, which is why the cache is opt-in.
+
+Features stored by one run are checked for NaN and inf when the next run reads them (`_drop_nonfinite`,
+one host read per device): a bad one is dropped with a warning and its reference forward runs again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
+from ..files import nonfinite_names
 from .capture import RunState
 from .reference_cache import ReferenceState
 from .warping import ReferenceFeatures
 
 Key = tuple[str, int, int, str]
+
+logger = logging.getLogger(__name__)
 
 
 def _match_keys(run: RunState, step: int) -> list[Key]:
@@ -37,6 +44,24 @@ def _warp_keys(run: RunState, step: int) -> list[Key]:
     return [(run.config.matcher, step, layer, kind) for layer in sorted(run.plan.warp_layers) for kind in kinds]
 
 
+def _drop_nonfinite(states: dict[int, ReferenceState]) -> None:
+    """Check the features a run stored since the last check (one host read per device, once per feature,
+    never per step); drop those holding NaN or inf with a warning, so their reference forwards run again."""
+    unchecked = [((photo, key), t) for photo, state in states.items() for key, t in state.features.items()
+                 if key not in state.checked]
+    if not unchecked:
+        return
+    bad = set(nonfinite_names(unchecked))
+    for (photo, key), _ in unchecked:
+        if (photo, key) in bad:
+            del states[photo].features[key]
+        else:
+            states[photo].checked.add(key)
+    if bad:
+        logger.warning("discarding %d cached reference feature(s) holding NaN or inf (e.g. photo %d, %s); "
+                       "their reference forwards run again", len(bad), *sorted(bad)[0])
+
+
 class FeatureCache:
     """Stores a step's reference features after its forward; serves them instead of the next forward.
 
@@ -46,6 +71,7 @@ class FeatureCache:
 
     def __init__(self, states: dict[int, ReferenceState], device: torch.device, budget_gib: float) -> None:
         self.states, self.device = states, device
+        _drop_nonfinite(states)
         self.budget = int(budget_gib * 2**30)
         self._on_device = sum(
             t.numel() * t.element_size() for state in states.values() for t in state.features.values()

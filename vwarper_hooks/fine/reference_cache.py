@@ -2,7 +2,8 @@
 
 In memory by default. Opt-in on disk (`ReferenceCache(directory=...)`, e.g. inside a subject's
 directory): one safetensors file per key, with the key stored in the file's metadata and checked
-on load. Any failure to write it (a full disk, a read-only folder) is a warning: the generation goes on.
+on load, as is every value (a file holding NaN or inf is discarded with a warning and recomputed). Any
+failure to write it (a full disk, a read-only folder) is a warning: the generation goes on.
 The key names the model by class, config hash, `_name_or_path` and a digest of its weights, LoRA
 included (`weights_digest`: sampled values, recomputed only when the weights change), so two models
 of one config never share a trajectory.
@@ -22,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..files import atomic_file, config_hash, pixel_sha256, weights_digest
+from ..files import atomic_file, config_hash, nonfinite_names, pixel_sha256, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ReferenceState:
     first: int = 0  # the noisiest step inverted (no step before it is ever read)
     #: reference-branch features per (matcher, step, layer, kind), with cache_reference_features
     features: dict[tuple[str, int, int, str], torch.Tensor] = field(default_factory=dict)
+    #: keys of `features` already checked to be finite (`feature_cache`: each is checked once)
+    checked: set[tuple[str, int, int, str]] = field(default_factory=set)
 
     def latents_at(self, step: int) -> torch.Tensor:
         if step < self.first:
@@ -115,6 +118,11 @@ class ReferenceCache:
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as exc:  # a damaged cache file is recomputed, never trusted
             logger.warning("ignoring unreadable inversion cache %s (%s)", path, exc)
+            return None
+        bad = nonfinite_names(tensors.items())  # one host read for the whole file, before any step runs
+        if bad:
+            logger.warning("discarding inversion cache %s: %d tensor(s) hold NaN or inf (e.g. %s); recomputing it",
+                           path, len(bad), bad[0])
             return None
         device = key_device(key)
         text_kwargs = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("text.")}

@@ -16,7 +16,7 @@ from typing import Any
 from ..adapter import base_model
 from ..errors import SubjectMismatchError
 from ..files import config_hash
-from .lora import fused_problems, lora_shapes, lora_spec, peft_lora, scale_adapter
+from .lora import fused_problems, lora_overflow_problem, lora_shapes, lora_spec, peft_lora, scale_adapter
 from .token import input_embedding, subject_token, token_problems
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
                     f"Expected LoRA tensor {key} of shape {want}, but got {got} ({len(wrong)} tensors differ). "
                     "The subject was trained for a transformer of other widths; train it for this model."
                 )
+            elif targets:
+                linear = transformer.get_submodule(targets[0])
+                overflow = lora_overflow_problem(subject, getattr(linear, "base_layer", linear).weight.dtype)
+                problems += [overflow] if overflow else []
     if subject.token_embedding is not None:
         problems += token_problems(pipe.tokenizer, subject.token)
         dim = input_embedding(pipe.text_encoder, stack=True).embedding_dim

@@ -120,6 +120,40 @@ def lora_spec(subject: Any) -> tuple[int, float, list[str], dict[str, str]]:
     return rank, alpha, targets, meta
 
 
+def _peak(tensors: list[torch.Tensor]) -> float:
+    """The largest magnitude in `tensors` (one host read per device)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel():
+            by_device.setdefault(t.device, []).append(t.detach().abs().amax().float())
+    return max((float(torch.stack(peaks).max()) for peaks in by_device.values()), default=0.0)
+
+
+def lora_overflow_problem(subject: Any, dtype: torch.dtype) -> str | None:
+    """Why `subject`'s LoRA, at its scale (alpha / rank x lora_scale), could exceed the largest `dtype` value
+    (None: it cannot). A bound first (rank x max|B| x max|A| x scale: one pass over the weights); only when
+    that exceeds the limit are the products B @ A themselves checked."""
+    if subject.lora is None or not dtype.is_floating_point or dtype.itemsize < 2:  # fp8: a storage dtype only
+        return None
+    rank, alpha, _, _ = lora_spec(subject)
+    scale = alpha / rank * float(subject.lora_scale)
+    limit = torch.finfo(dtype).max
+    high = {half: _peak([v for k, v in subject.lora.items() if f".lora_{half}." in k]) for half in "AB"}
+    if scale * rank * high["A"] * high["B"] <= limit:
+        return None
+    peak = 0.0
+    for key, a in subject.lora.items():
+        b = subject.lora.get(key.replace(".lora_A.", ".lora_B.")) if ".lora_A." in key else None
+        if b is not None:
+            peak = max(peak, float((b.detach().double() @ a.detach().double()).abs().max()) * scale)
+    if peak <= limit:
+        return None
+    return (f"Expected a LoRA whose scaled weights fit this model's {dtype} (at most {limit:g}), but got alpha "
+            f"{alpha:g} / rank {rank} x lora_scale {subject.lora_scale:g} = scale {scale:g}, which takes them to "
+            f"{peak:g}: the video would be inf and NaN. Load the model in float32 or bfloat16, or retrain the "
+            "subject with a smaller alpha.")
+
+
 def scale_adapter(transformer: nn.Module, adapter_name: str, scale: float) -> None:
     """Multiply adapter `adapter_name`'s LoRA scale (alpha / rank) by `scale` on every layer it is on
     (the wrappers go with the adapter on exit, so nothing needs restoring)."""

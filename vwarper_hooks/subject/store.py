@@ -2,7 +2,8 @@
 
 A subject directory holds::
 
-    subject.json                        manifest (pydantic `SubjectManifest`), sha256 of every file
+    subject.json                        manifest (pydantic `manifest.SubjectManifest`), sha256 of every
+                                        file; its own fields are checked against the files (`manifest`)
     pytorch_lora_weights.safetensors    diffusers-format LoRA ("transformer." keys, peft config
                                         in the "lora_adapter_metadata" header): loads with a stock
                                         ``pipe.load_lora_weights(path)``, alpha included
@@ -22,63 +23,38 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from safetensors.torch import save_file
 
-from ..config import validation_problems
 from ..errors import SubjectError, SubjectIntegrityError
-from ..files import atomic_directory, pixel_sha256, read_safetensors, remove_stale_temporaries, sha256_bytes
+from ..files import (
+    atomic_directory,
+    nonfinite_names,
+    pixel_sha256,
+    read_safetensors,
+    remove_stale_temporaries,
+    sha256_bytes,
+)
 from ..images import DECODE_ERRORS, downscale_to_cover
 from .lora import LORA_PREFIX, lora_spec
+from .manifest import (
+    FORMAT_VERSION,
+    LORA_FILE,
+    MANIFEST,
+    TOKEN_FILE,
+    LoraInfo,
+    SubjectManifest,
+    read_manifest,
+    weight_file_problems,
+)
 
 if TYPE_CHECKING:
     from .subject import Subject
 
 logger = logging.getLogger(__name__)
-
-#: what `save` writes; 2 added `transformer_config` (so that releases reading only 1 say "format version"
-#: rather than "invalid subject.json" on a newer subject)
-FORMAT_VERSION = 2
-#: what `load` reads: version 1 is version 2 without `transformer_config` (its config named by hash only)
-READABLE_VERSIONS = (1, 2)
-MANIFEST = "subject.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-TOKEN_FILE = "token_embedding.safetensors"
-
-
-class LoraInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    rank: int = Field(ge=1)
-    alpha: float = Field(gt=0)
-    targets: list[str]
-
-
-class SubjectManifest(BaseModel):
-    """Contents of ``subject.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-    format_version: int
-    token: str
-    class_word: str
-    base_model: str | None = None
-    transformer_class: str | None = None
-    transformer_config_hash: str | None = None
-    transformer_config: dict[str, Any] | None = None  # the config itself (files.model_config); older: hash only
-    lora: LoraInfo | None = None
-    token_embedding_dim: int | None = None
-    training: dict[str, Any] = {}
-    losses: list[FiniteFloat] = []
-    images: list[str]
-    image_sha256: list[str]  # of the decoded RGB pixels
-    files: dict[str, str]  # relative path -> sha256 of the file bytes
-    created_by: str = ""
-
 
 def _replaceable(target: Path) -> bool:
     """Only an earlier subject directory or an empty directory may be replaced by `save_subject`."""
@@ -162,45 +138,6 @@ def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = F
     return target
 
 
-def _read_manifest(root: Path) -> SubjectManifest:
-    file = root / MANIFEST
-    if not file.is_file():
-        raise SubjectIntegrityError(
-            f"Expected a subject directory containing {MANIFEST}, but got {root}, which has none. "
-            "Pass the directory written by Subject.save()."
-        )
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SubjectIntegrityError(f"Expected valid JSON in {file}, but got: {exc}. Re-save the subject.") from None
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version not in READABLE_VERSIONS or (version == 1 and "transformer_config" in raw):
-        raise SubjectIntegrityError(
-            f"Expected subject format version {' or '.join(map(str, READABLE_VERSIONS))}, but got {version!r} "
-            f"in {file}. "
-            "Use the vwarper_hooks version that wrote it, or re-save the subject."
-        )
-    try:
-        return SubjectManifest.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(validation_problems(exc, MANIFEST))
-        raise SubjectIntegrityError(
-            f"Expected a valid {file}, but it has problems: {problems} Re-save or retrain the subject."
-        ) from None
-
-
-def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
-    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in named:
-        by_device.setdefault(t.device, []).append((name, t))
-    bad = []
-    for group in by_device.values():
-        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
-        bad += [name for (name, _), ok in zip(group, finite, strict=True) if not ok]
-    return bad
-
-
 def nonfinite_problems(subject_fields: dict[str, Any]) -> list[str]:
     """The LoRA / token tensors and training losses of a subject that hold NaN or inf (empty: all finite)."""
     tensors = dict((subject_fields.get("lora") or {}).items())
@@ -239,26 +176,32 @@ def _read_files(root: Path, manifest: SubjectManifest) -> dict[str, bytes]:
     return blobs
 
 
+def _read_lora(manifest: SubjectManifest, blobs: dict[str, bytes]) -> dict[str, Any] | None:
+    """The LoRA tensors, checked against the manifest's targets and rank (None: the subject has none)."""
+    if manifest.lora is None:
+        return None
+    lora = read_safetensors(blobs[LORA_FILE], LORA_FILE)
+    rank, want = manifest.lora.rank, set()
+    for name in manifest.lora.targets:
+        want |= {f"{LORA_PREFIX}.{name}.lora_A.weight", f"{LORA_PREFIX}.{name}.lora_B.weight"}
+    bad = sorted(k for k, v in lora.items() if v.ndim != 2 or v.shape[0 if ".lora_A." in k else 1] != rank)
+    if set(lora) != want or bad:
+        raise SubjectIntegrityError(
+            f"Expected LoRA tensors for {len(manifest.lora.targets)} modules at rank {rank}, but got "
+            f"{len(lora)} tensors (missing {sorted(want - set(lora))[:2]}, unexpected "
+            f"{sorted(set(lora) - want)[:2]}, wrong rank {bad[:2]}). Re-save the subject."
+        )
+    return lora
+
+
 def read_subject(path: str | os.PathLike) -> dict[str, Any]:
     """The `Subject` fields stored in a subject directory, after checking every file's hash (and after
     removing what a killed save of it left beside it)."""
     root = Path(path)
     remove_stale_temporaries(root)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     blobs = _read_files(root, manifest)
-    lora = None
-    if manifest.lora is not None:
-        lora = read_safetensors(blobs[LORA_FILE], LORA_FILE)
-        rank, want = manifest.lora.rank, set()
-        for name in manifest.lora.targets:
-            want |= {f"{LORA_PREFIX}.{name}.lora_A.weight", f"{LORA_PREFIX}.{name}.lora_B.weight"}
-        bad = sorted(k for k, v in lora.items() if v.ndim != 2 or v.shape[0 if ".lora_A." in k else 1] != rank)
-        if set(lora) != want or bad:
-            raise SubjectIntegrityError(
-                f"Expected LoRA tensors for {len(manifest.lora.targets)} modules at rank {rank}, but got "
-                f"{len(lora)} tensors (missing {sorted(want - set(lora))[:2]}, unexpected "
-                f"{sorted(set(lora) - want)[:2]}, wrong rank {bad[:2]}). Re-save the subject."
-            )
+    lora = _read_lora(manifest, blobs)
     embedding = None
     if manifest.token_embedding_dim:
         embedding = read_safetensors(blobs[TOKEN_FILE], TOKEN_FILE).get("token_embedding")
@@ -267,6 +210,9 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
                 f"Expected a token_embedding of shape ({manifest.token_embedding_dim},) in {TOKEN_FILE}, but got "
                 f"{None if embedding is None else tuple(embedding.shape)}. Re-save the subject."
             )
+    problems = weight_file_problems(manifest, blobs)  # the manifest's own fields, covered by no hash
+    if problems:
+        raise SubjectIntegrityError(" ".join(problems))
     images = []
     for rel, digest in zip(manifest.images, manifest.image_sha256, strict=True):
         try:

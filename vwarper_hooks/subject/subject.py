@@ -22,6 +22,8 @@ from ..fine.reference_cache import ReferenceCache
 from ..guard import subject_fit_problems
 from ..images import ImageInput, check_image, load_images
 from ..inject import inject
+from .lora import lora_spec
+from .manifest import lora_scale_problem
 from .store import read_subject, write_subject
 
 
@@ -119,6 +121,11 @@ class Subject:
             raise SubjectError("Expected a non-empty subject token such as '<clock>', but got an empty one.")
         if not (isinstance(self.lora_scale, int | float) and 0 <= self.lora_scale < float("inf")):
             raise SubjectError(f"Expected a finite lora_scale >= 0 for {self.token!r}, but got {self.lora_scale!r}.")
+        if self.lora is not None:
+            rank, alpha, _, _ = lora_spec(self)
+            problem = lora_scale_problem(rank, alpha)
+            if problem:
+                raise SubjectError(f"{problem} for {self.token!r}. Do set lora_alpha near lora_rank (scale 1).")
         if not self.images:
             raise SubjectError("Expected at least one reference image, but got none. Pass 3-10 photos.")
         for i, image in enumerate(self.images):

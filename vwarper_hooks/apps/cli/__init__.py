@@ -2,14 +2,16 @@
 
 Exit codes (also in ``vwarper --help``): 0 success, 1 unexpected error (a bug; rerun with
 ``--debug``), 2 bad command line, 3 invalid input (missing path, unreadable model or subject,
-invalid setting), 4 optional component not installed, 130 interrupted.
+invalid setting), 4 optional component not installed, 130 interrupted (Ctrl-C or SIGTERM: both clean up).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +114,24 @@ def _logging(debug: bool, verbose: bool) -> Iterator[None]:
             (dlog.enable_progress_bar if saved_diffusers[1] else dlog.disable_progress_bar)()
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler) unwinds the command like Ctrl-C: every ``finally`` runs, so staged
+    outputs and temporary files are removed and the pipeline is put back; exit 130. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def one_line(exc: VwarperError) -> str:
     """The message on one line: a `ConfigError`'s problems joined with "; " (one problem: itself)."""
     problems = getattr(exc, "problems", None)
@@ -125,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage errors exit with 2 here
     debug = bool(getattr(args, "debug", False))
     try:
-        with _logging(debug, bool(getattr(args, "verbose", False))):
+        with _logging(debug, bool(getattr(args, "verbose", False))), _sigterm_as_interrupt():
             return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        error("interrupted")
+    except KeyboardInterrupt as exc:
+        error(f"interrupted ({exc})" if str(exc) else "interrupted")
         return EXIT_INTERRUPTED
     except CliError as exc:
         if debug:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ...files import remove_stale_temporaries
 from ...guard import subject_fit_problems
 from ...units import VideoUnits
 from ..exits import CliError
@@ -104,18 +105,32 @@ def writable(path: Path, flag: str, kind: str) -> None:
                        "Pass a path you can write to.") from None
 
 
+def outside_subjects(path: Path, subjects: list[str], flag: str, example: str) -> None:
+    """Refuse an output path inside a subject directory (its ``images/`` included): a subject holds only what
+    `vwarper train` wrote, each file hashed in its ``subject.json``."""
+    where = path.expanduser().resolve()
+    for folder in subjects:
+        root = Path(folder).expanduser().resolve()
+        if where == root or root in where.parents:
+            raise CliError(f"Expected {flag} outside the subject directory {folder!r}, but got {str(path)!r} inside "
+                           f"it: a subject holds only what `vwarper train` wrote. Pass e.g. {flag} {example}.")
+
+
 def frames_and_size(units: VideoUnits, frames: int | None, height: int | None, width: int | None,
                     model: str, size_flags: str = "--height/--width") -> None:
-    """Refuse a frame count the model would not give back exactly, and a size off its token grid."""
+    """Refuse a frame count the model would not give back exactly, and a size off its token grid (a height or
+    width given alone is checked alone: the other is the model's default)."""
     if frames is not None and not units.frames_ok(frames):
         near = " or ".join(map(str, units.nearest_frames(frames)))
         raise CliError(f"Expected a frame count of the form {units.frame_rule()} for {model}, but got {frames}, "
                        f"which it would not decode to {frames} frames. Pass --frames {near}.")
-    if height is not None and width is not None and not units.size_ok(height, width):
-        unit_h, unit_w = units.pixels_per_token
-        fix = f"{max(unit_h, height // unit_h * unit_h)}x{max(unit_w, width // unit_w * unit_w)}"
+    unit_h, unit_w = units.pixels_per_token
+    if (height, width) != (None, None) and not units.size_ok(height or unit_h, width or unit_w):
+        got = "x".join("default" if v is None else str(v) for v in (height, width))
+        fix = "x".join("default" if v is None else str(max(unit, v // unit * unit))
+                       for v, unit in ((height, unit_h), (width, unit_w)))
         raise CliError(f"Expected {size_flags} divisible by {unit_h}x{unit_w} pixels (one token of {model}), "
-                       f"but got {height}x{width}. Pass e.g. {fix}.")
+                       f"but got {got}. Pass e.g. {fix}.")
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -137,14 +152,17 @@ def staged_outputs(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """Temporary folders next to each target; on success their files are moved into place.
 
     Yields ``{name: staging folder}``. Until the block ends without an error nothing appears at a
-    target, so a run either writes every output or none (a failed panel leaves no video).
+    target, so a run either writes every output or none (a failed panel leaves no video). The folders
+    (``.NAME.tmp-PID-*``) go on an error and on SIGTERM (the CLI turns it into an interrupt); those a
+    killed run left are removed by the next (`files.remove_stale_temporaries`).
     """
     staging: dict[str, Path] = {}
     try:
         for name, target in targets.items():
             parent = target.parent.expanduser()
             parent.mkdir(parents=True, exist_ok=True)
-            staging[name] = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            remove_stale_temporaries(parent / target.name)
+            staging[name] = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
         yield staging
         moves = [(file, (targets[name] if name != "video" else targets[name].parent) / file.name)
                  for name, folder in staging.items() for file in sorted(folder.iterdir())]

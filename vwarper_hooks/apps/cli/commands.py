@@ -61,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
     table.add_column("file")
     table.add_column("what")
     table.add_row(str(result.video), "the generated video")
-    whats = {"reference": "reference photos", "frames": "every generated frame",
+    whats = {"reference": "reference photos read, by token", "frames": "every generated frame, numbered",
              "masks": "fg / cycle / final masks (rows: warp steps)",
              "figure5": "paper fig. 5: generated | reference warped by the flow | warped inside the mask",
              "figure5_tiles": "figure 5's exact pixel tiles (layout in demo.json)",

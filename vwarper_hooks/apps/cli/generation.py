@@ -72,10 +72,12 @@ def _generate_checks(args: argparse.Namespace) -> tuple[list[Any], Path, Path | 
     if panels is not None:
         checks.writable(panels, "--panels", "directory")
     subjects = [_load_subject(folder, args) for folder in args.subject]
+    checks.outside_subjects(Path(args.out), args.subject, "--out", "video.mp4")
+    if panels is not None:
+        checks.outside_subjects(panels, args.subject, "--panels", "panels/")
     probe = probe_units(args.model)
-    if probe is not None:
-        size = (args.height, args.width) if args.height and args.width else (None, None)
-        checks.frames_and_size(probe[0], args.frames, *size, args.model)
+    if probe is not None:  # a hub id or a local folder alike: their configs hold the rules
+        checks.frames_and_size(probe[0], args.frames, args.height, args.width, args.model)
     return subjects, out, panels
 
 
