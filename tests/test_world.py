@@ -83,3 +83,24 @@ def test_training_batches_have_the_transformer_layout(frames):
     x, captions = batch(np.random.default_rng(0), 4, frames)
     assert x.shape == (4, frames, 12, 16, 16) and len(captions) == 4
     assert x.min() >= -1 and x.max() <= 1
+
+
+def test_training_saves_resumes_exports_and_restarts_from_exported_weights(tmp_path):
+    """A smoke run of the command (seconds, not training): state, resume, export, start from the export."""
+    import json
+
+    from vwarper_hooks.world import learned_pipeline
+    from vwarper_hooks.world.train import main
+
+    state, export = tmp_path / "state", tmp_path / "model"
+    main(["--state", str(state), "--minutes", "0.01", "--init", "", "--batch", "2"])
+    first = json.loads((state / "counters.json").read_text())["step"]
+    main(["--state", str(state), "--minutes", "0.01", "--init", "", "--batch", "2"])
+    assert json.loads((state / "counters.json").read_text())["step"] > first >= 1
+    main(["--state", str(state), "--export", str(export), "--batch", "2"])
+    card = json.loads((export / "training.json").read_text())
+    assert card["step"] > first and (export / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert learned_pipeline(export).transformer.config.num_layers == 12
+    fresh = tmp_path / "fresh"  # a lost state: start from the exported weights
+    main(["--state", str(fresh), "--minutes", "0.01", "--init", str(export), "--batch", "2"])
+    assert json.loads((fresh / "counters.json").read_text())["step"] > card["step"]

@@ -8,7 +8,8 @@ On a GPU (found by itself, or ``--device cuda``) the same command trains in minu
 v-prediction on CogVideoX-5B's DDIM schedule, AdamW, EMA of the weights, 10% empty captions (for
 classifier-free guidance), 20% of batches one-frame "photos" (stage 1 trains subjects on photos).
 The state (model, EMA, optimiser: safetensors; counters: JSON) is written to `--state` every few
-minutes and at the end; `log.jsonl` there has the loss. With no state yet, training starts from the
+minutes, at the end and on Ctrl-C or SIGTERM; `log.jsonl` there has the loss. A last run with a lower
+``--lr`` (e.g. 2e-4) anneals the weights. With no state yet, training starts from the
 shipped weights when they exist (`--init`), so a lost state costs only the optimiser's moments.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -120,7 +122,7 @@ class Trainer:
                 e.mul_(decay).add_(m, alpha=1 - decay)
         self.counters["step"] += 1
         self.counters["clips"] += a.batch
-        return float(loss)
+        return float(loss.detach())
 
 
 def train(args: argparse.Namespace) -> None:
@@ -132,25 +134,33 @@ def train(args: argparse.Namespace) -> None:
     log = (state / "log.jsonl").open("a") if state.mkdir(parents=True, exist_ok=True) is None else None
     began, last_save, running = time.time(), time.time(), None
     bar = tqdm(total=int(args.minutes * 60), unit="s", mininterval=30, desc="training")
-    while time.time() - began < args.minutes * 60:
-        loss = trainer.step(rng)
-        running = loss if running is None else 0.98 * running + 0.02 * loss
-        if trainer.counters["step"] % 50 == 0:
-            elapsed = time.time() - began
-            record = {**trainer.counters, "seconds": round(trainer.counters["seconds"] + time.time() - last_save, 1),
-                      "loss": round(loss, 4), "smoothed": round(running, 4)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.n = int(elapsed)
-            bar.set_postfix(step=trainer.counters["step"], loss=f"{running:.4f}")
-        if time.time() - last_save > args.save_minutes * 60:
-            trainer.counters["seconds"] += time.time() - last_save
-            last_save = time.time()
-            trainer.save(state)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` saves like Ctrl-C does
+    try:
+        while time.time() - began < args.minutes * 60:
+            loss = trainer.step(rng)
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            if trainer.counters["step"] % 50 == 0:
+                seconds = round(trainer.counters["seconds"] + time.time() - last_save, 1)
+                record = {**trainer.counters, "seconds": seconds, "lr": args.lr, "loss": round(loss, 4),
+                          "smoothed": round(running, 4)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.n = int(time.time() - began)
+                bar.set_postfix(step=trainer.counters["step"], loss=f"{running:.4f}")
+            if time.time() - last_save > args.save_minutes * 60:
+                trainer.counters["seconds"] += time.time() - last_save
+                last_save = time.time()
+                trainer.save(state)
+    except KeyboardInterrupt:
+        logger.info("interrupted: saving the state")
     trainer.counters["seconds"] += time.time() - last_save
     trainer.save(state)
     bar.close()
     logger.info("stopped at step %d (%d clips)", trainer.counters["step"], trainer.counters["clips"])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def export(args: argparse.Namespace) -> None:
