@@ -149,10 +149,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def nonfinite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of the tensors holding a NaN or an infinity (one host read per device)."""
+    """Names of the tensors holding a NaN or an infinity (one host read per device; meta tensors have no values)."""
     by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
     for name, t in named:
-        by_device.setdefault(t.device, []).append((name, t))
+        if not t.is_meta:
+            by_device.setdefault(t.device, []).append((name, t))
     bad = []
     for group in by_device.values():
         finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in group]).cpu().tolist()
