@@ -13,6 +13,7 @@ from vwarper_hooks.apps.analysis import DESCRIPTORS, DinoMatcher, dense_matcher_
 from vwarper_hooks.apps.cli import main
 from vwarper_hooks.apps.demo import sample_images
 from vwarper_hooks.apps.visualize import tile_at
+from vwarper_hooks.porting.families import OTHER_FAMILIES
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 LAYERS = 4
@@ -110,7 +111,7 @@ def test_dino_pseudo_ground_truth_sees_the_whole_frame():
     assert torch.equal(kept, whole) and not torch.equal(cropped, whole)
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
 def test_known_shift_runs_on_flow_matching_families(family):
     """The analysis asks the adapter for the forward call and the scheduler's objective for the noise."""
     from vwarper_hooks.testing import tiny_pipeline

@@ -12,6 +12,7 @@ from conftest import DATA, hook_count, run
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.coarse.objective import DdpmObjective, FlowMatchingObjective, objective_for
+from vwarper_hooks.porting.families import OTHER_FAMILIES
 from vwarper_hooks.subject.lora import lora_layer_count
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -24,7 +25,7 @@ def _requires_grad(pipe) -> list[bool]:
     return [p.requires_grad for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
 
 
-@pytest.fixture(scope="module", params=["wan", "hunyuan_video"])
+@pytest.fixture(scope="module", params=OTHER_FAMILIES)
 def trained(request):
     """(family, pipe, subject, stock output before training, requires_grad flags before, tokenizer before)."""
     pipe = tiny_pipeline(request.param)

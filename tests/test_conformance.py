@@ -7,9 +7,10 @@ import torch
 
 from vwarper_hooks.adapter import AttentionCall
 from vwarper_hooks.porting.conformance import AdapterConformance, ConformanceCase, ConformanceError, check_adapter
+from vwarper_hooks.porting.families import TINY_FAMILIES
 from vwarper_hooks.testing import case_from_pipeline, tiny_cogvideox_pipeline, tiny_pipeline
 
-FAMILIES = ["cogvideox", "hunyuan_video", "wan"]
+FAMILIES = list(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

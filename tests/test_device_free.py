@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.porting.families import OTHER_FAMILIES
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
 
 
@@ -84,7 +85,7 @@ def test_the_best_photo_is_chosen_with_one_host_read_per_run():
     assert "values = torch.stack(scores).float().cpu().tolist()" in str(caught.getrepr())
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
 def test_other_families_run_on_the_meta_device(family):
     in_masking_utils = any(getattr(o, "__name__", "") == "transformers.masking_utils" for o, _ in _mask_checks())
     if family == "hunyuan_video" and not in_masking_utils:

@@ -9,6 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.porting.families import TINY_FAMILIES
 from vwarper_hooks.processors import RoutedProcessor
 from vwarper_hooks.testing import tiny_pipeline
 
@@ -76,7 +77,7 @@ def test_stock_processor_is_called_unchanged_when_not_wanted():
     assert torch.equal(attn(x), before)
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "hunyuan_video", "wan"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_builtin_processors_name_the_rotary_argument(family):
     pipe = tiny_pipeline(family, **({"num_layers": 2} if family == "cogvideox" else {}))
     adapter = vwarper.get_adapter(pipe.transformer)

@@ -24,6 +24,7 @@ import torch
 from diffusers import HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
+from .families import TINY_FAMILIES
 from .tiny_text import TEXT_DIM, tie_query_key, tiny_text_encoder, tiny_tokenizer
 
 TINY_HEIGHT = 32
@@ -238,12 +239,16 @@ def tiny_wan_pipeline(num_layers: int = 6, seed: int = 0, tie_qk: bool = False) 
     return pipe
 
 
-#: The tiny pipeline builder of each built-in family (the one list of them outside pyproject.toml).
+#: The tiny pipeline builder of each built-in family (names: `families.TINY_FAMILIES`).
 FAMILIES = {
     "cogvideox": tiny_cogvideox_pipeline,
     "hunyuan_video": tiny_hunyuan_video_pipeline,
     "wan": tiny_wan_pipeline,
 }
+
+
+if tuple(sorted(FAMILIES)) != tuple(sorted(TINY_FAMILIES)):  # pragma: no cover - a family added in one place only
+    raise ImportError(f"tiny_models.FAMILIES {sorted(FAMILIES)} differs from families.TINY_FAMILIES {TINY_FAMILIES}")
 
 
 def tiny_pipeline(family: str, **kwargs: Any) -> Any:

@@ -63,3 +63,27 @@ def score_video(video: np.ndarray, subject: WorldObject, background: str) -> Vid
         errors.append(float(np.linalg.norm(frame[detail_like].mean(0) - detail)) if detail_like.sum() >= 2
                       else float(np.linalg.norm(named - detail)))
     return VideoScore(float(np.mean(identity)), float(np.mean(errors)), float(np.mean(leakage)), found / len(video))
+
+
+def warp_fidelity(video: np.ndarray, photo: np.ndarray, flow: np.ndarray, mask: np.ndarray) -> float:
+    """Mean colour distance, over the masked tokens, between the video and the reference photo where the flow
+    points: how well the warped region shows what the reference has there (lower: closer).
+
+    :param video: (T, 32, 32, 3) frames in [0, 1], T = 4(F-1)+1 (latent frame f is video frame 4f).
+    :param photo: (32, 32, 3) the reference photo in [0, 1] (the reference branch repeats it over time).
+    :param flow: (F, 8, 8) reference token index per generation token (global over the repeated frames).
+    :param mask: (F, 8, 8) bool, the tokens that were warped.
+    """
+    grid = video.shape[1] // 4
+
+    def blocks(frame: np.ndarray) -> np.ndarray:  # (grid*grid, 3) mean colour of each 4x4 token
+        return frame.reshape(grid, 4, grid, 4, 3).mean(axis=(1, 3)).reshape(-1, 3)
+
+    ref = blocks(photo)
+    distances = []
+    for f in range(flow.shape[0]):
+        gen = blocks(video[4 * f])
+        target = flow[f].reshape(-1) % (grid * grid)
+        chosen = mask[f].reshape(-1)
+        distances += list(np.linalg.norm(gen[chosen] - ref[target[chosen]], axis=-1))
+    return float(np.mean(distances)) if distances else float("nan")

@@ -13,6 +13,7 @@ from rich.table import Table
 from ... import CoarseConfig, Subject, train_subject
 from ...images import IMAGE_SUFFIXES, load_images
 from ...plugins import adapter_sources
+from ...porting.families import TINY_FAMILIES
 from ...units import video_units
 from ..demo import DEMO_TOKEN, REAL_MODEL_HINT, DemoSettings
 from ..demo import run_demo as demo
@@ -238,7 +239,7 @@ def register_inspect(sub: Any, common: Any, formatter: Any, epilog: str) -> None
              "Load a model (or build a tiny random one) and report what the adapter finds: attention\n"
              "layers, where text and video tokens sit, and whether injection can work.")
     p.add_argument("model", nargs="?", default=None, help="diffusers hub id or local directory")
-    p.add_argument("--tiny", choices=["cogvideox", "hunyuan_video", "wan"], default=None,
+    p.add_argument("--tiny", choices=list(TINY_FAMILIES), default=None,
                    help="inspect a tiny random model of this family instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a tree")
     p.set_defaults(handler=run_inspect)

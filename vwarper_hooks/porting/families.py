@@ -1,0 +1,12 @@
+"""The one list of built-in model families with a tiny test pipeline (imports nothing heavy).
+
+Read by the CLI (`vwarper inspect --tiny`, before diffusers loads) and by the tests (parametrized);
+`tiny_models.FAMILIES` maps each name to its builder and is checked against this list at import.
+"""
+
+from __future__ import annotations
+
+#: built-in families, each with a tiny pipeline in `tiny_models` (a new family adds its name here)
+TINY_FAMILIES: tuple[str, ...] = ("cogvideox", "hunyuan_video", "wan")
+#: the families other than the paper's own (CogVideoX)
+OTHER_FAMILIES: tuple[str, ...] = tuple(f for f in TINY_FAMILIES if f != "cogvideox")
