@@ -125,3 +125,32 @@ def summary(trials: list[Trial]) -> list[dict[str, Any]]:
         row["identity_gain_positive"] = float((gains > 0).mean())
         rows.append(row)
     return rows
+
+
+def warp_check(pipe: Any, subject_seed: int, layers: dict[str, Any], steps: int = 30, train_steps: int = 60,
+               seed: int = 0) -> dict[str, float]:
+    """One fixed subject, prompt and seed, coarse only and V-Warper: how close each video comes to the reference
+    photo where V-Warper's last warp step's flow points, inside its final mask (`warp_fidelity`, lower is
+    closer), and each video's identity score. The learned-feature regression test and RESULTS.md use it."""
+    from .scores import warp_fidelity
+
+    obj, token = novel_object(subject_seed), f"<obj{subject_seed}>"
+    subject = train(pipe, obj, token, count=3, seed=subject_seed, steps=train_steps, rank=8)
+    prompt = prompts(obj, token, 1, subject_seed)[0]
+    background = prompt.split(" flat ")[1].split()[0]
+    runs, diagnostics = {}, {}
+    for name, fields in (("coarse", dict(warp=False)), ("vwarper", {})):
+        config = WarpConfig(warp_steps=warp_window(steps), **layers, **fields)
+        with inject(pipe, subject, config) as session:
+            out = pipe(prompt=prompt, negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=steps,
+                       guidance_scale=6.0, max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                       generator=torch.Generator().manual_seed(seed), output_type="pt").frames[0]
+            diagnostics = dict(session.diagnostics) or diagnostics
+        runs[name] = out.permute(0, 2, 3, 1).float().clamp(0, 1).numpy()
+    last = diagnostics[max(diagnostics)]
+    photo = np.asarray(subject.images[0], dtype=np.float32) / 255.0
+    result = {"mask_share": float(last.mask.float().mean())}
+    for name, video in runs.items():
+        result[f"{name}_fidelity"] = warp_fidelity(video, photo, last.flow.numpy(), last.mask.numpy())
+        result[f"{name}_identity"] = score_video(video, obj, background).identity
+    return result
