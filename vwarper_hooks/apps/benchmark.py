@@ -189,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from accelerate import PartialState
 
         state = PartialState()
-        print(f"process {state.process_index}: generated {generated}, skipped {skipped}", flush=True)
+        # one write with its newline: two processes share the launcher's stdout
+        sys.stdout.write(f"process {state.process_index}: generated {generated}, skipped {skipped}\n")
+        sys.stdout.flush()
         if state.is_main_process and not args.no_eval:
             device = str(state.device)
             clip = ClipEmbedder(args.clip_model or DEFAULT_CLIP, device=device)
