@@ -24,17 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vwarper_hooks.world import LEARNED_MODEL, learned_pipeline
+from vwarper_hooks.world import LEARNED_MODEL, learned_layers, learned_pipeline
 from vwarper_hooks.world.ablation import run_ablation, summary
 from vwarper_hooks.world.correspondence import correspondence_table
 from vwarper_hooks.world.report import fig4_markdown, plot_fig4, save_fig4_csv, table2_markdown
-
-
-def learned_layers(model: Path) -> dict:
-    """The match / warp layers recorded with the model (training.json "vwarper"), else the adapter's defaults."""
-    card = json.loads((model / "training.json").read_text())
-    chosen = card.get("vwarper", {})
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if k in ("match_layer", "warp_layers")}
 
 
 def record_layers(model: Path, match_layer: int, depth: int) -> None:

@@ -20,8 +20,8 @@ import torch
 
 from ..coarse import CoarseConfig, train_subject
 from ..config import WarpConfig
-from ..world import LEARNED_MODEL, learned_pipeline
-from ..world.ablation import novel_object, photos, prompts, warp_window
+from ..world import LEARNED_MODEL, learned_layers, learned_pipeline
+from ..world.ablation import novel_object, photos, prompt_background, prompts, warp_window
 from ..world.scores import score_video
 from . import visualize as vis
 from .generate import generate_video
@@ -29,13 +29,6 @@ from .panels import write_panels
 
 DEMO_OBJECT = 3  # which novel object (a seed): chosen once, for a detail colour that stands out, and kept
 SCALE = 6  # the 32 px frames are shown 6x larger, pixels kept sharp
-
-
-def learned_layers(model: Path = LEARNED_MODEL) -> dict[str, Any]:
-    """The match / warp layers measured for the model (its training.json "vwarper" entry, see the model card)."""
-    card = json.loads((Path(model) / "training.json").read_text())
-    chosen = card.get("vwarper", {})
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if k in ("match_layer", "warp_layers")}
 
 
 def run_world_demo(out: str | Path, train_steps: int = 150, steps: int = 50, seed: int = 0,
@@ -75,7 +68,7 @@ def _run(out: Path, train_steps: int, steps: int, seed: int, stage: Any) -> dict
                                     height=32, width=32, config=warp,
                                     on_step=lambda done, name=name: stage(f"generate ({name})", done, steps))
     seconds["generate"] = time.perf_counter() - clock - seconds["train"]
-    background = prompt.split(" flat ")[1].split()[0]
+    background = prompt_background(prompt)
     scores = {name: asdict(score_video(run.video / 255.0, obj, background)) for name, run in runs.items()}
     picture = comparison(shots, runs)
     path = vis.save_png(vis.label(picture, f"{prompt}\nrows: the 3 photos | coarse only | V-Warper | "

@@ -75,14 +75,20 @@ def train(pipe: Any, obj: WorldObject, token: str, count: int, seed: int, steps:
 
 
 def generate(pipe: Any, subject: Any, prompt: str, seed: int, steps: int, fields: dict[str, Any],
-             layers: dict[str, Any]) -> np.ndarray:
-    """(F, 32, 32, 3) float frames in [0, 1] of one variant."""
+             layers: dict[str, Any]) -> tuple[np.ndarray, dict[int, Any]]:
+    """(F, 32, 32, 3) float frames in [0, 1] of one variant, and its diagnostics (warp step -> flow and masks)."""
     config = WarpConfig(warp_steps=warp_window(steps), **layers, **fields)
-    with inject(pipe, subject, config):
+    with inject(pipe, subject, config) as session:
         out = pipe(prompt=prompt, negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=steps,
                    guidance_scale=6.0, max_sequence_length=pipe.transformer.config.max_text_seq_length,
                    generator=torch.Generator().manual_seed(seed), output_type="pt").frames[0]
-    return out.permute(0, 2, 3, 1).float().clamp(0, 1).numpy()
+        diagnostics = dict(session.diagnostics)
+    return out.permute(0, 2, 3, 1).float().clamp(0, 1).numpy(), diagnostics
+
+
+def prompt_background(prompt: str) -> str:
+    """The background colour a `prompts` prompt names ("... on a flat blue background" -> "blue")."""
+    return prompt.split(" flat ")[1].split()[0]
 
 
 def warp_window(steps: int) -> tuple[int, int]:
@@ -100,8 +106,8 @@ def run_ablation(pipe: Any, subjects: int, prompts_per: int, seeds: int, steps: 
         for prompt in prompts(obj, token, prompts_per, s):
             for seed in range(seeds):
                 for variant, fields in VARIANTS.items():
-                    video = generate(pipe, subject, prompt, seed, steps, fields, layers)
-                    score = score_video(video, obj, prompt.split(" flat ")[1].split()[0])
+                    video, _ = generate(pipe, subject, prompt, seed, steps, fields, layers)
+                    score = score_video(video, obj, prompt_background(prompt))
                     trials.append(Trial(s, prompt, seed, variant, **asdict(score)))
                 if progress is not None:
                     progress()
@@ -137,16 +143,9 @@ def warp_check(pipe: Any, subject_seed: int, layers: dict[str, Any], steps: int 
     obj, token = novel_object(subject_seed), f"<obj{subject_seed}>"
     subject = train(pipe, obj, token, count=3, seed=subject_seed, steps=train_steps, rank=8)
     prompt = prompts(obj, token, 1, subject_seed)[0]
-    background = prompt.split(" flat ")[1].split()[0]
-    runs, diagnostics = {}, {}
-    for name, fields in (("coarse", dict(warp=False)), ("vwarper", {})):
-        config = WarpConfig(warp_steps=warp_window(steps), **layers, **fields)
-        with inject(pipe, subject, config) as session:
-            out = pipe(prompt=prompt, negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=steps,
-                       guidance_scale=6.0, max_sequence_length=pipe.transformer.config.max_text_seq_length,
-                       generator=torch.Generator().manual_seed(seed), output_type="pt").frames[0]
-            diagnostics = dict(session.diagnostics) or diagnostics
-        runs[name] = out.permute(0, 2, 3, 1).float().clamp(0, 1).numpy()
+    background = prompt_background(prompt)
+    runs = {"coarse": generate(pipe, subject, prompt, seed, steps, dict(warp=False), layers)[0]}
+    runs["vwarper"], diagnostics = generate(pipe, subject, prompt, seed, steps, {}, layers)
     last = diagnostics[max(diagnostics)]
     photo = np.asarray(subject.images[0], dtype=np.float32) / 255.0
     result = {"mask_share": float(last.mask.float().mean())}
