@@ -46,8 +46,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.contract.plan import StepPlan, ranges
 from vwarper_hooks.fine.capture import Branch
-from vwarper_hooks.fine.plan import StepPlan, ranges
 from vwarper_hooks.plugins import get_adapter
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -178,7 +178,7 @@ def full_shapes() -> list[Shape]:
 def tiny_shapes() -> list[Shape]:
     """The test suite's configs: tiny random pipelines on meta, a 6-step run with a scaled window (every kind
     of step occurs, one of them twice), so that real calls of that length can be counted end to end."""
-    from vwarper_hooks.adapter import proportional_layers
+    from vwarper_hooks.contract.adapter import proportional_layers
     from vwarper_hooks.testing import TINY_FRAMES, TINY_HEIGHT, TINY_TEXT_LEN, TINY_WIDTH, tiny_pipeline
 
     call = dict(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_FRAMES, guidance_scale=6.0,

@@ -3,7 +3,7 @@
 `measure` runs one pipeline call under `FlopCounterMode` and attributes every counted FLOP to the
 innermost open part (`Ledger`): a transformer forward by its branch (generation, reference,
 inversion) and, for generation and reference forwards, by the kind of step (which of foreground /
-match / warp happen at it) and CFG pass; the text encoders; the VAE; `plan_warp` (masks) and the
+match / warp happen at it) and CFG pass; the text encoders; the VAE; `map_tokens` (masks) and the
 matcher (`match_flows`) inside it; the foreground score (`ForegroundAccumulator.add_joint` / `add`)
 inside generation forwards. Whatever runs outside every part is "other".
 
@@ -26,9 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import vwarper_hooks as vwarper
 import vwarper_hooks.fine.matching as matching
 import vwarper_hooks.fine.session as session_module
+from vwarper_hooks.contract.plan import StepPlan
 from vwarper_hooks.fine.capture import Branch
 from vwarper_hooks.fine.foreground import ForegroundAccumulator
-from vwarper_hooks.fine.plan import StepPlan
 
 PARTS = ("generation", "reference", "inversion", "matching", "masks/fg", "text", "VAE", "other")
 
@@ -185,7 +185,7 @@ def instrumented(pipe: Any, ledger: Ledger, session: Any = None, probe: Any = No
                 stack.enter_context(_wrapped(getattr(pipe, name), "forward", _in_part(ledger, "text"), True))
         for name in ("encode", "decode"):
             stack.enter_context(_wrapped(pipe.vae, name, _in_part(ledger, "VAE"), instance=True))
-        stack.enter_context(_wrapped(session_module, "plan_warp", _in_part(ledger, "masks"), instance=False))
+        stack.enter_context(_wrapped(session_module, "map_tokens", _in_part(ledger, "masks"), instance=False))
         stack.enter_context(_wrapped(matching, "match_flows", _in_part(ledger, "matching"), instance=False))
         for name in ("add_joint", "add"):
             stack.enter_context(_wrapped(ForegroundAccumulator, name, _in_part(ledger, "foreground"), False))

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.contract import AttentionCall, ReferenceFeatures, TokenMap
+from vwarper_hooks.contract.plan import StepPlan
 from vwarper_hooks.fine.foreground import ForegroundAccumulator
 from vwarper_hooks.fine.matching import match_flows
-from vwarper_hooks.fine.plan import StepPlan
-from vwarper_hooks.fine.warping import ReferenceFeatures, ValueWarp, WarpPlan
+from vwarper_hooks.fine.warping import ValueWarp
 
 MiB = 2**20
 
@@ -165,7 +165,7 @@ def _value_warp_extra(snap: dict) -> int:
     stock = _transient(lambda q, k, v: call(q, k, v).default(), qkv)
 
     def warped(q: Any, k: Any, v: Any, ref: Any, flow: Any, mask: Any) -> Any:
-        plan = WarpPlan(flow=flow, mask=mask, ref_mask=mask)
+        plan = TokenMap(flow=flow, mask=mask, ref_mask=mask)
         return ValueWarp().attend(call(q, k, v), ReferenceFeatures(value=ref), plan)
 
     specs = [*qkv, ((1, heads, tokens, dim), dtype), ((tokens,), torch.long), ((tokens,), torch.bool)]

@@ -124,7 +124,7 @@ def lse_check(cuda: bool) -> dict[str, Any]:
     """Flash vs memory-efficient kernel: the same output and log-sum-exp on bf16 inputs."""
     if not cuda:
         return {"skipped": "no CUDA"}
-    from vwarper_hooks.processors import attend_with_lse, lse_kernel
+    from vwarper_hooks.contract.processors import attend_with_lse, lse_kernel
 
     q, k, v = (torch.randn(2, 48, 4096, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     out, lse = attend_with_lse(q, k, v)

@@ -53,7 +53,7 @@ SHAPES = {
 
 def layers(shape: MemoryShape) -> dict[str, Any]:
     """The paper's layers scaled to the shape's depth (as the cost model's tiny shapes do)."""
-    from vwarper_hooks.adapter import proportional_layers
+    from vwarper_hooks.contract.adapter import proportional_layers
 
     chosen = proportional_layers(shape.transformer["num_layers"])
     return dict(match_layer=chosen.match_layer, warp_layers=tuple(chosen.warp_layers))

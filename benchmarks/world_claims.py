@@ -32,7 +32,7 @@ from vwarper_hooks.world.report import fig4_markdown, plot_fig4, save_fig4_csv, 
 
 def record_layers(model: Path, match_layer: int, depth: int) -> None:
     """The paper chose its match layer where RoPE-free Q/K matched best (fig. 4); its warp layers scale with depth."""
-    from vwarper_hooks.adapter import proportional_layers
+    from vwarper_hooks.contract.adapter import proportional_layers
 
     path = model / "training.json"
     card = json.loads(path.read_text())

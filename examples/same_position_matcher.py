@@ -1,7 +1,7 @@
 """A third-party matcher plugin: every generation token reads the reference token at the same place.
 
 It is the "no correspondence" ablation of V-Warper (value warping without matching), and the
-smallest complete example of the `make_matcher` hook. Register it from a plugin module exposed
+smallest complete example of the `register_matchers` hook. Register it from a plugin module exposed
 under the ``vwarper_hooks`` entry-point group, or at run time::
 
     from vwarper_hooks.plugins import register_plugin
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from vwarper_hooks.adapter import AttentionCall
 from vwarper_hooks.config import WarpConfig
-from vwarper_hooks.hookspecs import hookimpl
+from vwarper_hooks.contract import AttentionCall, MatchResult, hookimpl
 
 
 class SamePositionMatcher:
@@ -30,11 +29,11 @@ class SamePositionMatcher:
     def features(self, call: AttentionCall, sample: int) -> int:
         return call.video.stop - call.video.start  # only the number of video tokens is needed
 
-    def match(self, gen: int, refs: list[int], grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def match(self, gen: int, refs: list[int], grid: tuple[int, int, int]) -> MatchResult:
         """Each token reads the first photo at its own place; each photo's token goes back to its place."""
         self.calls += 1
         flow = torch.arange(gen)
-        return flow, flow.repeat(len(refs))
+        return MatchResult(flow=flow, back=flow.repeat(len(refs)))
 
 
 class SamePositionPlugin:
@@ -43,13 +42,11 @@ class SamePositionPlugin:
     def __init__(self) -> None:
         self.made: list[SamePositionMatcher] = []
 
-    @hookimpl
-    def make_matcher(self, name: str, config: WarpConfig) -> SamePositionMatcher | None:
-        if name != SamePositionMatcher.name:
-            return None  # not ours: pluggy asks the next plugin
+    def make(self, config: WarpConfig) -> SamePositionMatcher:
+        """The factory: called once per `inject` with its `WarpConfig`."""
         self.made.append(SamePositionMatcher())
         return self.made[-1]
 
     @hookimpl
-    def matcher_names(self) -> list[str]:
-        return [SamePositionMatcher.name]
+    def register_matchers(self, register) -> None:
+        register(SamePositionMatcher.name, self.make)

@@ -7,7 +7,7 @@ import torch
 from conftest import generate, hook_count, run
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.adapter import proportional_layers
+from vwarper_hooks.contract.adapter import proportional_layers
 from vwarper_hooks.porting.families import OTHER_FAMILIES
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
 

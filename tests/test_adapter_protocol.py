@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.adapter import Adapter, call_default
-from vwarper_hooks.processors import RoutedProcessor
+from vwarper_hooks.contract.adapter import Adapter, call_default
+from vwarper_hooks.contract.processors import RoutedProcessor
 from vwarper_hooks.testing import tiny_pipeline
 
 REQUIRED = {"matches", "attention_layers", "token_grid", "encode_video", "video_shape"}

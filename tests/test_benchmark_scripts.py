@@ -78,7 +78,7 @@ def test_lse_kernel_prefers_flash_on_cuda_in_half_precision():
 
     import torch
 
-    from vwarper_hooks.processors import lse_kernel
+    from vwarper_hooks.contract.processors import lse_kernel
 
     def q(device: str, dtype: torch.dtype, dim: int = 64):
         return SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(1, 2, 8, dim))

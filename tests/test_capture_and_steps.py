@@ -10,7 +10,7 @@ from peft import LoraConfig
 from torch import nn
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.contract import AttentionCall
 from vwarper_hooks.testing import tiny_cogvideox_pipeline
 
 LAYER = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.contract import AttentionCall
 from vwarper_hooks.porting.conformance import AdapterConformance, ConformanceCase, ConformanceError, check_adapter
 from vwarper_hooks.porting.families import TINY_FAMILIES
 from vwarper_hooks.testing import case_from_pipeline, tiny_cogvideox_pipeline, tiny_pipeline

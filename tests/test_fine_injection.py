@@ -9,9 +9,9 @@ import torch
 from conftest import generate, hook_count
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.contract import hookimpl
 from vwarper_hooks.fine.inversion import ddim_invert
 from vwarper_hooks.fine.warping import ValueWarp
-from vwarper_hooks.hookspecs import hookimpl
 from vwarper_hooks.images import image_to_video
 from vwarper_hooks.plugins import register_plugin, unregister_plugin
 
@@ -53,8 +53,8 @@ def test_unmasked_warp_changes_only_video_values(pipe, subject):
 
     class Plugin:
         @hookimpl
-        def make_injector(self, name, config):
-            return Spy() if name == "spy_values" else None
+        def register_injectors(self, register):
+            register("spy_values", lambda config: Spy())
 
     plugin = Plugin()
     register_plugin(plugin, name="spy-values")
@@ -80,12 +80,8 @@ def test_warping_only_at_configured_layers_and_steps(pipe, subject):
 
     class SpyPlugin:
         @hookimpl
-        def make_injector(self, name, config):
-            return Spy() if name == Spy.name else None
-
-        @hookimpl
-        def injector_names(self):
-            return [Spy.name]
+        def register_injectors(self, register):
+            register(Spy.name, lambda config: Spy())
 
     def count_step(_pipe, i, _t, _kw):
         done_steps[0] = i + 1
@@ -298,9 +294,8 @@ def test_cache_key_follows_conditioning_values(pipe, clock_image):
 @pytest.mark.parametrize("injector", ["kv_replace", "concat"])
 def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
     """Padded text keys that the model masks out (HunyuanVideo) stay masked in the baselines too."""
-    from vwarper_hooks.adapter import AttentionCall
+    from vwarper_hooks.contract import AttentionCall, ReferenceFeatures, TokenMap
     from vwarper_hooks.fine.baselines import BASELINES
-    from vwarper_hooks.fine.warping import ReferenceFeatures, WarpPlan
 
     g = torch.Generator().manual_seed(0)
     n_video, n_text = 4, 3
@@ -318,7 +313,7 @@ def test_baseline_injectors_respect_the_models_text_padding_mask(injector):
             text_valid=valid,
         )
         ref = ReferenceFeatures(value=v[:, :, :n_video].flip(2), key=k[:, :, :n_video].flip(2))
-        plan = WarpPlan(flow=torch.arange(n_video), mask=torch.ones(n_video, dtype=torch.bool),
+        plan = TokenMap(flow=torch.arange(n_video), mask=torch.ones(n_video, dtype=torch.bool),
                         ref_mask=torch.ones(n_video, dtype=torch.bool))
         return BASELINES[injector]().attend(call, ref, plan)
 

@@ -7,7 +7,7 @@ import torch
 from conftest import hook_count, run
 
 import vwarper_hooks as vwarper
-from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.contract import AttentionCall
 
 
 def test_inject_off_and_after_exit_is_bit_identical(pipe, subject):

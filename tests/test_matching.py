@@ -6,7 +6,7 @@ import pytest
 import torch
 from vwarper_adapters.cogvideox import CogVideoXAdapter
 
-from vwarper_hooks.adapter import AttentionCall
+from vwarper_hooks.contract import AttentionCall
 from vwarper_hooks.fine.cycle import cycle_error, cycle_mask
 from vwarper_hooks.fine.matching import match_flows, pck
 from vwarper_hooks.testing import tie_query_key, tiny_cogvideox_transformer

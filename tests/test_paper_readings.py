@@ -10,11 +10,11 @@ from PIL import Image
 from test_matching import dense_map
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.contract.processors import attend_with_lse
 from vwarper_hooks.fine import session as session_module
 from vwarper_hooks.fine.capture import Branch, Router
 from vwarper_hooks.fine.foreground import ForegroundAccumulator
 from vwarper_hooks.fine.matching import TIE_RTOL, first_best
-from vwarper_hooks.processors import attend_with_lse
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_pipeline
 
 
@@ -123,13 +123,13 @@ def test_best_reference_photo_is_the_one_that_matches_best(pipe, clock_image, mo
 
     # Independently: each photo on its own, its match features at the first match step scored densely.
     captured = []
-    original = session_module.plan_warp
+    original = session_module.map_tokens
 
     def spy(run_state, step, grid):
         captured.append((run_state.gen_match, run_state.subjects[0].ref_match[0]))
         return original(run_state, step, grid)
 
-    monkeypatch.setattr(session_module, "plan_warp", spy)
+    monkeypatch.setattr(session_module, "map_tokens", spy)
     dense = []
     for index in (0, 1):
         captured.clear()

@@ -12,9 +12,8 @@ from torch import nn
 from vwarper_adapters.cogvideox import CogVideoXAdapter
 
 import vwarper_hooks as vwarper
-from vwarper_hooks import hookspecs
+from vwarper_hooks.contract import hookimpl, hookspecs
 from vwarper_hooks.fine.warping import ValueWarp
-from vwarper_hooks.hookspecs import hookimpl
 from vwarper_hooks.plugins import adapter_sources, get_plugin_manager, register_plugin, unregister_plugin
 
 
@@ -93,7 +92,7 @@ def test_misspelled_hook_is_refused():
     assert get_plugin_manager().get_plugin("misspelled") is None
 
 
-def test_make_injector_is_firstresult_and_pluggable(pipe, subject):
+def test_registered_injector_is_used(pipe, subject):
     class Spy(ValueWarp):
         name = "spy"
         calls = 0
@@ -104,12 +103,8 @@ def test_make_injector_is_firstresult_and_pluggable(pipe, subject):
 
     class SpyPlugin:
         @hookimpl
-        def make_injector(self, name, config):
-            return Spy() if name == "spy" else None
-
-        @hookimpl
-        def injector_names(self):
-            return ["spy"]
+        def register_injectors(self, register):
+            register("spy", lambda config: Spy())
 
     plugin = SpyPlugin()
     register_plugin(plugin, name="spy-plugin")

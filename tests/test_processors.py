@@ -9,8 +9,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import vwarper_hooks as vwarper
+from vwarper_hooks.contract.processors import RoutedProcessor
 from vwarper_hooks.porting.families import TINY_FAMILIES
-from vwarper_hooks.processors import RoutedProcessor
 from vwarper_hooks.testing import tiny_pipeline
 
 

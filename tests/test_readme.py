@@ -52,7 +52,7 @@ def tiny_generate_commands() -> tuple[str, list[str]]:
 def test_the_readme_tiny_generate_commands_warp_their_whole_window():
     """A run shorter than the default warp window (steps 3-19) warns that it dropped steps."""
     from vwarper_hooks import WarpConfig
-    from vwarper_hooks.fine.plan import StepPlan
+    from vwarper_hooks.contract.plan import StepPlan
 
     _, commands = tiny_generate_commands()
     assert len(commands) >= 2, commands

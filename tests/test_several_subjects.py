@@ -9,10 +9,10 @@ from PIL import Image
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.config import WarpConfig
+from vwarper_hooks.contract.plan import StepPlan
 from vwarper_hooks.fine.capture import RunState, SubjectRun
 from vwarper_hooks.fine.matching import RopeFreeMatcher
-from vwarper_hooks.fine.plan import StepPlan
-from vwarper_hooks.fine.warp_plan import plan_warp
+from vwarper_hooks.fine.token_map import map_tokens
 from vwarper_hooks.fine.warping import ValueWarp
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline
 
@@ -39,7 +39,7 @@ def test_each_region_reads_only_its_own_subjects_reference():
     a = _subject_run(torch.tensor([1.0, 0.9, 0.8, 0.7, 0.0, 0.0, 0.1, 0.0]), [_features(g)])
     b = _subject_run(torch.tensor([0.0, 0.1, 0.0, 0.9, 1.0, 0.8, 0.9, 0.7]), [_features(g), _features(g)])
     run = RunState(config, plan, RopeFreeMatcher(config), ValueWarp(), [a, b], gen_match=gen)
-    warp, (da, db) = plan_warp(run, 1, (1, 2, 4))
+    warp, (da, db) = map_tokens(run, 1, (1, 2, 4))
     reads_a = warp.flow[da.mask]
     reads_b = warp.flow[db.mask]
     assert da.mask.nonzero().flatten().tolist() == [0, 1, 2]  # token 3 went to B (higher score)

@@ -1,9 +1,10 @@
 """V-Warper for diffusers video transformers. Use as ``import vwarper_hooks as vwarper``."""
 
 from . import _moved
-from .adapter import Adapter, AttentionCall
 from .coarse import CoarseConfig, train_subject
 from .config import WarpConfig
+from .contract.adapter import Adapter
+from .contract.calls import AttentionCall
 from .errors import (
     AdapterNotFoundError,
     ConfigError,

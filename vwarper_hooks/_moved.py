@@ -42,6 +42,12 @@ MOVED: dict[str, tuple[str, ...]] = {
     "vwarper_hooks.coarse.activate": ("vwarper_hooks.subject.activate", "vwarper_hooks.subject.lora"),
     "vwarper_hooks.coarse.artifact": ("vwarper_hooks.subject.store", "vwarper_hooks.coarse.checkpoint"),
     "vwarper_hooks.coarse.token": ("vwarper_hooks.subject.token",),
+    # 0.3: the contract in one package; one "plan" (the token map was the "warp plan")
+    "vwarper_hooks.hookspecs": ("vwarper_hooks.contract.hookspecs",),
+    "vwarper_hooks.adapter": ("vwarper_hooks.contract.adapter",),
+    "vwarper_hooks.processors": ("vwarper_hooks.contract.processors",),
+    "vwarper_hooks.fine.plan": ("vwarper_hooks.contract.plan",),
+    "vwarper_hooks.fine.warp_plan": ("vwarper_hooks.fine.token_map",),
 }
 
 
@@ -72,7 +78,7 @@ class _Union(types.ModuleType):
 def _warn(old: str) -> tuple[str, ...]:
     targets = new_paths(old)
     warnings.warn(
-        f"{old} moved to {' and '.join(targets)}; the old path goes away in vwarper_hooks 0.3.",
+        f"{old} moved to {' and '.join(targets)}; the old path goes away in the next minor release.",
         DeprecationWarning,
         stacklevel=3,
     )

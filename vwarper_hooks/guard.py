@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .adapter import Adapter, base_model
 from .config import WarpConfig
+from .contract.adapter import Adapter, base_model
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
 from .files import config_hash, model_config
 from .model_hooks import hook_problems

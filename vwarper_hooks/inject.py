@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
-from .adapter import base_model
 from .config import WarpConfig, as_config
+from .contract.adapter import base_model
 from .errors import VwarperError
 from .fine.calls import one_call_at_a_time
 from .fine.session import Session

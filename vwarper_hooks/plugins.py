@@ -9,9 +9,9 @@ from typing import Any
 import pluggy
 from torch import nn
 
-from . import hookspecs
-from .adapter import Adapter, base_model
 from .config import WarpConfig
+from .contract import hookspecs
+from .contract.adapter import Adapter, base_model
 from .errors import AdapterNotFoundError, DuplicateAdapterError
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 _pm: pluggy.PluginManager | None = None
 _adapter_cache: dict[str, tuple[Adapter, str]] | None = None
+_part_cache: dict[str, dict[str, tuple[Any, str]]] = {}
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -71,6 +72,7 @@ def plugin_name_of(plugin: object) -> str:
 def _invalidate_caches() -> None:
     global _adapter_cache
     _adapter_cache = None
+    _part_cache.clear()
 
 
 HOW_TO_ADD = (
@@ -137,19 +139,47 @@ def get_adapter(transformer: nn.Module | str) -> Adapter:
     )
 
 
+def registered_parts(kind: str) -> dict[str, tuple[Any, str]]:
+    """Matcher or injector (`kind`) name -> (factory, name of the plugin that registered it), from every
+    plugin's ``register_matchers`` / ``register_injectors`` hook. Raises on duplicate names."""
+    if kind in _part_cache:
+        return _part_cache[kind]
+    found: dict[str, tuple[Any, str]] = {}
+    for impl in getattr(get_plugin_manager().hook, f"register_{kind}s").get_hookimpls():
+
+        def register(name: str, factory: Any, _plugin: str = impl.plugin_name) -> None:
+            if not (isinstance(name, str) and name) or not callable(factory):
+                raise TypeError(f"Expected register(name: str, factory: callable), but plugin {_plugin!r} "
+                                f"registered {kind} {name!r} with {factory!r}.")
+            if name in found:
+                raise DuplicateAdapterError(
+                    f"Expected unique {kind} names, but {name!r} is registered by both plugin "
+                    f"{found[name][1]!r} and plugin {_plugin!r}. Rename one or unregister one plugin.")
+            found[name] = (factory, _plugin)
+
+        impl.function(register=register)
+    _part_cache[kind] = found
+    return found
+
+
 def make_part(kind: str, config: WarpConfig) -> tuple[Any, list[str]]:
-    """The matcher or injector (`kind`) that `config` names, made by the first plugin that knows the
-    name (the `make_matcher` / `make_injector` hooks): ``(part, [])``, or ``(None, [why not])``."""
-    pm = get_plugin_manager()
+    """The matcher or injector (`kind`) that `config` names: ``(part, [])``, or ``(None, [why not])``.
+
+    Registered factories first (``register_matchers`` / ``register_injectors``), then plugins that still
+    implement the deprecated ``make_matcher`` / ``make_injector`` hooks (one more release)."""
     name = getattr(config, kind)
-    part = getattr(pm.hook, f"make_{kind}")(name=name, config=config)
+    registered = registered_parts(kind)
+    if name in registered:
+        return registered[name][0](config), []
+    hook = get_plugin_manager().hook
+    part = getattr(hook, f"make_{kind}")(name=name, config=config)
     if part is not None:
         return part, []
-    names = sorted({n for names in getattr(pm.hook, f"{kind}_names")() for n in names})
+    names = sorted(set(registered) | {n for names in getattr(hook, f"{kind}_names")() for n in names})
     return None, [f"Expected WarpConfig.{kind} to be one of {names}, but got {name!r}. Register its plugin."]
 
 
 def make_parts(config: WarpConfig) -> tuple[Any, Any, list[str]]:
-    """(matcher, injector, problems) for `config`, both made through their plugin hooks."""
+    """(matcher, injector, problems) for `config`, both made by their registered factories."""
     (matcher, problems), (injector, more) = make_part("matcher", config), make_part("injector", config)
     return matcher, injector, problems + more

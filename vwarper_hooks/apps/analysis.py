@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..adapter import AttentionCall
 from ..coarse.objective import objective_for
+from ..contract.calls import AttentionCall
 from ..fine.matching import match_flows, pck
 from ..images import image_to_video
 from ..plugins import get_adapter

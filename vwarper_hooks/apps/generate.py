@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import WarpConfig
-from ..fine.plan import warps_nothing
+from ..contract.plan import warps_nothing
 from ..inject import inject
 from .exits import CliError
 from .visualize import to_uint8

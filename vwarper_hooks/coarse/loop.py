@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..adapter import Adapter
+from ..contract.adapter import Adapter
 from ..errors import ConfigError
 from ..images import image_to_video
 from ..subject.lora import peft_lora

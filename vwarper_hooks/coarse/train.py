@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..adapter import Adapter
+from ..contract.adapter import Adapter
 from ..errors import ConfigError, SubjectError
 from ..files import config_hash, model_config, pixel_sha256
 from ..guard import is_active

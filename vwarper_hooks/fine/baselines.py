@@ -6,12 +6,15 @@ Both read the reference branch's post-RoPE keys as well as its values, and are p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..adapter import AttentionCall
 from ..config import WarpConfig
-from ..hookspecs import hookimpl
-from .warping import Injector, ReferenceFeatures, WarpPlan, key_mask
+from ..contract.calls import AttentionCall
+from ..contract.hookspecs import hookimpl
+from ..contract.parts import Injector, ReferenceFeatures, TokenMap
+from .warping import key_mask
 
 
 class KeyValueReplace:
@@ -20,19 +23,19 @@ class KeyValueReplace:
     name = "kv_replace"
     needs_reference_keys = True
 
-    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, tokens: TokenMap) -> torch.Tensor:
         call.rotate_(call.query, call.key)
         q, k, v = call.query, call.key, call.value
         stock = call.attend(q, k, v)
-        if not bool(plan.mask.any()):  # a host read per layer: acceptable for this ablation baseline only
+        if not bool(tokens.mask.any()):  # a host read per layer: acceptable for this ablation baseline only
             return stock
         batch = q.shape[0]
         k_ref, v_ref = k.clone(), v.clone()
         k_ref[:, :, call.video] = ref.key.to(k.dtype).expand(batch, -1, -1, -1)
         v_ref[:, :, call.video] = ref.value.to(v.dtype).expand(batch, -1, -1, -1)
-        f_ref = _masked_attend(q, k_ref, v_ref, key_mask(call, plan.ref_mask))
-        f_gen = _masked_attend(q, k, v, key_mask(call, ~plan.mask))
-        rows = plan.mask[None, None, :, None]
+        f_ref = _masked_attend(q, k_ref, v_ref, key_mask(call, tokens.ref_mask))
+        f_gen = _masked_attend(q, k, v, key_mask(call, ~tokens.mask))
+        rows = tokens.mask[None, None, :, None]
         out = stock.clone()
         out[:, :, call.video] = torch.where(rows, f_ref[:, :, call.video], f_gen[:, :, call.video])
         return out
@@ -45,14 +48,14 @@ def _masked_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torc
 class TokenConcat:
     """Appendix B.2: reference video tokens appended to the keys/values, original positions kept.
 
-    As in the paper's baseline there is no correspondence and no mask: `plan` is not used, so
+    As in the paper's baseline there is no correspondence and no mask: `tokens` is not used, so
     `WarpConfig.mask` / `tau_fg` do not change what this injector does.
     """
 
     name = "concat"
     needs_reference_keys = True
 
-    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, tokens: TokenMap) -> torch.Tensor:
         call.rotate_(call.query, call.key)
         batch = call.query.shape[0]
         k = torch.cat([call.key, ref.key.to(call.key.dtype).expand(batch, -1, -1, -1)], dim=2)
@@ -68,11 +71,6 @@ BASELINES: dict[str, type] = {cls.name: cls for cls in (KeyValueReplace, TokenCo
 
 
 @hookimpl
-def make_injector(name: str, config: WarpConfig) -> Injector | None:
-    cls = BASELINES.get(name)
-    return None if cls is None else cls()
-
-
-@hookimpl
-def injector_names() -> list[str]:
-    return sorted(BASELINES)
+def register_injectors(register: Callable[[str, Callable[[WarpConfig], Injector]], None]) -> None:
+    for name, cls in BASELINES.items():
+        register(name, lambda _config, cls=cls: cls())

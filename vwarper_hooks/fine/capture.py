@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from ..adapter import AttentionCall
 from ..config import WarpConfig
-from ..processors import attend_with_lse
+from ..contract.calls import AttentionCall, LayerRouter
+from ..contract.parts import Injector, Matcher, ReferenceFeatures, TokenMap
+from ..contract.plan import StepPlan
+from ..contract.processors import attend_with_lse
 from .foreground import ForegroundAccumulator
-from .matching import Matcher
-from .plan import StepPlan
-from .warping import Injector, ReferenceFeatures, WarpPlan, key_mask
+from .warping import key_mask
 
 
 class Branch(str, enum.Enum):
@@ -79,7 +79,7 @@ class RunState:
     injector: Injector
     subjects: list[SubjectRun]
     gen_match: Any = None  # the generation's match features (one, whatever the number of subjects)
-    warp: WarpPlan | None = None
+    warp: TokenMap | None = None
     #: per warp layer, every reference of every subject side by side: (1, heads, sum of k*N, d)
     warp_values: dict[int, ReferenceFeatures] = field(default_factory=dict)
 
@@ -120,8 +120,10 @@ def _recording_lse(attend: Any, mask: torch.Tensor | None, store: list[torch.Ten
     return attend_recording
 
 
-class Router:
-    """Implements `vwarper_hooks.adapter.LayerRouter` for one session."""
+class Router(LayerRouter):
+    """The core's `LayerRouter` for one session: keeps every processor's ``active`` flag (`keeps_flags`)."""
+
+    keeps_flags = True
 
     def __init__(self) -> None:
         self._processors: list[Any] = []

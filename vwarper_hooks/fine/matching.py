@@ -28,13 +28,15 @@ global matching would spend F times the compute choosing between copies of the s
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
-from ..adapter import AttentionCall
 from ..config import WarpConfig
-from ..hookspecs import hookimpl
+from ..contract.calls import AttentionCall
+from ..contract.hookspecs import hookimpl
+from ..contract.parts import Matcher, MatchResult
 
 HeadCombine = Literal["probs", "logits"]
 
@@ -146,7 +148,7 @@ def match_flows(
 
 def union_flows(
     per_reference: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rtol: float = TIE_RTOL
-) -> tuple[torch.Tensor, ...]:
+) -> MatchResult:
     """Flows into the union of several references, each matched on its own (eq. 3-4 per reference).
 
     :param per_reference: (flow_gen_to_ref, flow_ref_to_gen, row maxima) of each reference, N tokens each.
@@ -161,7 +163,7 @@ def union_flows(
     flows = torch.stack([r[0] for r in per_reference])  # (k, N)
     flow = flows.gather(0, choice[None])[0] + choice * n
     back = torch.cat([r[1] for r in per_reference])
-    return flow, back, choice
+    return MatchResult(flow, back, choice)
 
 
 def token_coords(index: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -187,30 +189,6 @@ def pck(
     return float(ok.float().mean()) if ok.numel() else float("nan")
 
 
-class Matcher(Protocol):
-    """How generation tokens find their reference tokens (made by the `make_matcher` hook).
-
-    The session calls `features` on the match layer's attention call of each branch (at step t-1)
-    and `match` once per warp step t with what it returned for both branches.
-    """
-
-    name: str
-
-    def features(self, call: AttentionCall, sample: int) -> Any:
-        """What to keep of `call` for batch row `sample` (copy it: the call's buffers are reused)."""
-
-    def match(self, gen: Any, refs: list[Any], grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
-        """Flows between the generation and the references (what `features` kept of each).
-
-        :return: (flow_gen_to_ref (N,) long into the references' tokens side by side ``[ref 0, ref 1, ...]``,
-            flow_ref_to_gen (k*N,) long into the generation's tokens) and optionally, third, the reference
-            each generation token reads ((N,) long; None or absent for one reference).
-
-        Optional: ``score(gen, ref, grid)`` -> 0-d tensor, higher for a better match of one reference;
-        needed for ``WarpConfig(reference_image="best")``.
-        """
-
-
 class RopeFreeMatcher:
     """The paper's matcher (4.2-4.3): RoPE-free query/key of the match layer, eq. 3-4, streamed."""
 
@@ -229,9 +207,9 @@ class RopeFreeMatcher:
             q, k = call.rope(q), call.rope(k)
         return q[0].clone(), k[0].clone()
 
-    def match(self, gen: tuple, refs: list[tuple], grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    def match(self, gen: tuple, refs: list[tuple], grid: tuple[int, int, int]) -> MatchResult:
         if len(refs) == 1:
-            return (*self._flows(gen, refs[0], grid, with_best=False), None)
+            return MatchResult(*self._flows(gen, refs[0], grid, with_best=False))
         per_reference = [self._flows(gen, ref, grid, with_best=True) for ref in refs]
         return union_flows(per_reference, tie_tolerance(gen[0].dtype))
 
@@ -255,11 +233,6 @@ BUILTIN_MATCHERS: dict[str, type] = {cls.name: cls for cls in (RopeFreeMatcher, 
 
 
 @hookimpl
-def make_matcher(name: str, config: WarpConfig) -> Matcher | None:
-    cls = BUILTIN_MATCHERS.get(name)
-    return None if cls is None else cls(config)
-
-
-@hookimpl
-def matcher_names() -> list[str]:
-    return sorted(BUILTIN_MATCHERS)
+def register_matchers(register: Callable[[str, Callable[[WarpConfig], Matcher]], None]) -> None:
+    for name, cls in BUILTIN_MATCHERS.items():
+        register(name, cls)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..adapter import Adapter, base_model
+from ..contract.adapter import Adapter, base_model
 from ..files import tensor_digest
 from ..images import image_to_video
 from .capture import Branch, Route, Router, StopReference

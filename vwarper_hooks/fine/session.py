@@ -2,7 +2,7 @@
 
 Per generation call of the denoising loop the session asks the step clock (`steps`) which step
 this is; at a run's first call it starts a `RunState` (plan, subject token, reference branch);
-at each step's first call it has the warp plan made (`warp_plan`: matching and masks) and the
+at each step's first call it has the token map made (`token_map`: matching and masks) and the
 reference branch run (`reference`); then it routes the generation forward (`capture`) and keeps
 the diagnostics. It owns no arithmetic of its own.
 """
@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
-from ..adapter import Adapter, base_model
 from ..config import WarpConfig
+from ..contract.adapter import Adapter, base_model
+from ..contract.parts import Injector, Matcher
+from ..contract.plan import StepPlan
 from ..errors import ConfigError, SubjectTokenError, VwarperError
 from ..files import weights_digest
 from ..guard import config_problems
@@ -29,13 +31,10 @@ from ..model_hooks import hook_problems, memory_hooks
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .lockstep import Lockstep
-from .matching import Matcher
-from .plan import StepPlan
 from .reference import ReferenceBranch
 from .steps import StepClock
+from .token_map import map_tokens, side_by_side
 from .tokens import SubjectTokens
-from .warp_plan import plan_warp, side_by_side
-from .warping import Injector
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +300,7 @@ class Session:
         if step in plan.warp_steps and run.gen_match is not None and all(s.ref_match for s in run.subjects):
             grid = self.adapter.token_grid(self.pipe.transformer, self.adapter.latents(kwargs))
             self._choose_photos(step, kwargs, grid)
-            run.warp, diagnostics = plan_warp(run, step, grid)
+            run.warp, diagnostics = map_tokens(run, step, grid)
             run.gen_match = None  # step t-1's features are used up; step t's are captured in this forward
             if run.config.keep_diagnostics:
                 for branch, record in zip(self.branches, diagnostics, strict=True):

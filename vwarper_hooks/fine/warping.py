@@ -1,8 +1,8 @@
-"""Value warping (paper eq. 7-9), and the `Injector` contract every appearance injector follows.
+"""Value warping (paper eq. 7-9): the paper's `Injector` (`vwarper_hooks.contract.parts`).
 
 Each injector turns one generation-branch `AttentionCall` plus the reference branch's features
-of the same layer and step into the attention output. They are built through the
-`make_injector` hook, so plugins can add more; `WarpConfig.injector` picks one by name.
+of the same layer and step into the attention output. They are registered through the
+`register_injectors` hook, so plugins can add more; `WarpConfig.injector` picks one by name.
 
 CFG: the flow and mask come from the conditional sample and the same warped reference values are
 used for both halves of the batch (each half keeps its own values outside the mask). Warping only
@@ -12,39 +12,17 @@ values, i.e. exaggerate the reference appearance by the guidance scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 
-from ..adapter import AttentionCall
 from ..config import WarpConfig
-from ..hookspecs import hookimpl
+from ..contract.calls import AttentionCall
+from ..contract.hookspecs import hookimpl
+from ..contract.parts import Injector, ReferenceFeatures, TokenMap
 
-
-@dataclass
-class ReferenceFeatures:
-    """Reference-branch video features of one layer at one step, (1, heads, N, d)."""
-
-    value: torch.Tensor
-    key: torch.Tensor | None = None  # post-RoPE; kept only for injectors that need keys
-
-
-@dataclass
-class WarpPlan:
-    """Where each generation video token reads from, and which tokens are injected."""
-
-    flow: torch.Tensor  # (N,) long: generation token -> reference token
-    mask: torch.Tensor  # (N,) bool: final injection mask M_t
-    ref_mask: torch.Tensor  # (N,) bool: reference tokens that some masked generation token reads
-
-
-class Injector(Protocol):
-    name: str
-    needs_reference_keys: bool
-
-    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
-        """Attention output (B, heads, tokens, d) with reference appearance injected."""
+#: the name of `TokenMap` before 0.3 (kept for injectors written against it; goes away in 0.4)
+WarpPlan = TokenMap
 
 
 def key_mask(call: AttentionCall, video_keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,13 +42,13 @@ class ValueWarp:
     name = "value_warp"
     needs_reference_keys = False
 
-    def attend(self, call: AttentionCall, ref: ReferenceFeatures, plan: WarpPlan) -> torch.Tensor:
+    def attend(self, call: AttentionCall, ref: ReferenceFeatures, tokens: TokenMap) -> torch.Tensor:
         # torch.where keeps V_gen exactly where the mask is off, so an empty mask changes nothing, and
         # no `mask.any()` check (a host sync per layer) is needed. Written into the call's own values
         # (in place): no batch-sized copy of V at the peak of the forward.
         video = call.value[:, :, call.video]
-        warped = ref.value[:, :, plan.flow].to(video.dtype)  # (1, heads, N, d): shared by the CFG halves
-        torch.where(plan.mask[None, None, :, None], warped, video, out=video)
+        warped = ref.value[:, :, tokens.flow].to(video.dtype)  # (1, heads, N, d): shared by the CFG halves
+        torch.where(tokens.mask[None, None, :, None], warped, video, out=video)
         call.rotate_(call.query, call.key)
         return call.attend(call.query, call.key, call.value)
 
@@ -79,11 +57,6 @@ BUILTIN_INJECTORS: dict[str, type] = {ValueWarp.name: ValueWarp}
 
 
 @hookimpl
-def make_injector(name: str, config: WarpConfig) -> Injector | None:
-    cls = BUILTIN_INJECTORS.get(name)
-    return None if cls is None else cls()
-
-
-@hookimpl
-def injector_names() -> list[str]:
-    return sorted(BUILTIN_INJECTORS)
+def register_injectors(register: Callable[[str, Callable[[WarpConfig], Injector]], None]) -> None:
+    for name, cls in BUILTIN_INJECTORS.items():
+        register(name, lambda _config, cls=cls: cls())

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapter import Adapter
+from ..contract.adapter import Adapter
 from ..errors import ConformanceError
 from ..plugins import get_adapter
 from .probes import (

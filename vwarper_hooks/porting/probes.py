@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapter import AttentionCall
+from ..contract.calls import AttentionCall
 
 ATOL, RTOL = 1e-5, 1e-4
 

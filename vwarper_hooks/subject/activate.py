@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from ..adapter import base_model
+from ..contract.adapter import base_model
 from ..errors import SubjectMismatchError
 from ..files import config_hash
 from .lora import fused_problems, lora_overflow_problem, lora_shapes, lora_spec, peft_lora, scale_adapter

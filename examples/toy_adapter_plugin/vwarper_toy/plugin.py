@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vwarper_hooks import Adapter, AttentionCall, VwarperError
-from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor
+from vwarper_hooks.contract import hookimpl
+from vwarper_hooks.contract.processors import RoutedProcessor
 
 from .model import apply_rope
 

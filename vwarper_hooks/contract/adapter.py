@@ -18,12 +18,13 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS
+from ..config import PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS
+from .calls import AttentionCall, LayerRouter  # noqa: F401  (plugins import both from this module too)
 from .processors import RoutedProcessor, processor_problems, swap_processors
 
 
@@ -31,33 +32,6 @@ def base_model(transformer: nn.Module) -> nn.Module:
     """The model itself: ``torch.compile(transformer)`` wraps it (``_orig_mod``); adapters, processors
     and LoRA work on the model inside, while calls and forward hooks go through the wrapper."""
     return getattr(transformer, "_orig_mod", transformer)
-
-
-@dataclass
-class AttentionCall:
-    """One attention computation of one layer, as the core sees it.
-
-    Tensors are laid out (batch, heads, tokens, head_dim). `query` and `key` are RoPE-free
-    (after QK-norm, before rotary); call `rotate_` before attending. `text_valid` (batch, text
-    tokens) bool marks real text keys where the model masks padding out of its attention
-    (HunyuanVideo); None: every text key is attended to (CogVideoX, which has no text mask).
-    """
-
-    layer: int
-    query: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    text: slice
-    video: slice
-    rotate_: Callable[[torch.Tensor, torch.Tensor], None]
-    rope: Callable[[torch.Tensor], torch.Tensor]
-    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    text_valid: torch.Tensor | None = None
-
-    def default(self) -> torch.Tensor:
-        """The stock computation: rotate in place, then attend."""
-        self.rotate_(self.query, self.key)
-        return self.attend(self.query, self.key, self.value)
 
 
 @dataclass(frozen=True)
@@ -79,30 +53,6 @@ def proportional_layers(depth: int) -> LayerDefaults:
 
     lo, hi = (scale(i) for i in PAPER_WARP_LAYERS)
     return LayerDefaults(scale(PAPER_MATCH_LAYER), (lo, max(lo, hi)))
-
-
-class LayerRouter(Protocol):
-    """What an adapter's processor talks to (implemented by the core's session).
-
-    The core's router also has ``entering(layer)``, which `RoutedProcessor` calls before `routed`
-    computes anything (the lockstep reference branch pauses or runs there): a processor written
-    without the base should call it too, when the router has it.
-    """
-
-    def wants(self, layer: int) -> bool:
-        """True when the core needs this layer's call now (False: run the stock processor)."""
-
-    def process(self, call: AttentionCall) -> torch.Tensor:
-        """Return the attention output (batch, heads, tokens, head_dim) for `call`."""
-
-    def wants_text(self, layer: int) -> bool:
-        """True when video->text scores of `layer` are needed (models with a separate text attention)."""
-
-    def observe_text_attention(
-        self, layer: int, query_video: torch.Tensor, key_text: torch.Tensor, text_valid: torch.Tensor | None = None
-    ) -> None:
-        """Receive (B, heads, N, d) video queries and (B, heads, T, d) text keys of a text attention
-        (and optionally (B, T) bool `text_valid`, False for padding the model masks out)."""
 
 
 ProcessorGroup = tuple[list[nn.Module], type[RoutedProcessor]]

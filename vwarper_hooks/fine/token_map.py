@@ -1,11 +1,11 @@
-"""One warp step's plan: flows from the matcher, then the foreground, cycle and final masks (eq. 3-6).
+"""One warp step's token map: flows from the matcher, then the foreground, cycle and final masks (eq. 3-6).
 
 At warp step t the matcher compares the generation's match-layer features of step t-1 with each
 reference photo's. With masks on, a subject's foreground mask is its accumulated token score above
 tau_fg, the cycle mask keeps tokens whose round trip (through the photo they read) lands within
 eq. 5's threshold, and its injection mask is their product (eq. 6).
 
-Several subjects: each is planned on its own, and a video token is injected from at most one of
+Several subjects: each is mapped on its own, and a video token is injected from at most one of
 them: where masks overlap, the subject with the higher foreground score wins. The injector then
 reads from all subjects' references side by side, so the flows are offset into that union.
 
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from ..contract.parts import ReferenceFeatures, TokenMap, as_match_result
 from .capture import RunState, SubjectRun
 from .cycle import cycle_mask
 from .diagnostics import StepDiagnostics
-from .warping import ReferenceFeatures, WarpPlan
 
 
-def _plan_subject(run: RunState, subject: SubjectRun, step: int, grid: tuple[int, int, int]) -> StepDiagnostics:
+def _map_subject(run: RunState, subject: SubjectRun, step: int, grid: tuple[int, int, int]) -> StepDiagnostics:
     config = run.config
-    flow, back, *rest = run.matcher.match(run.gen_match, subject.ref_match, grid)
-    reference = rest[0] if rest else None
+    flow, back, reference = as_match_result(run.matcher.match(run.gen_match, subject.ref_match, grid))
     fg = cc = score = None
     if config.mask:
         score = subject.foreground.normalised()
@@ -37,20 +36,20 @@ def _plan_subject(run: RunState, subject: SubjectRun, step: int, grid: tuple[int
     return StepDiagnostics(step, grid, flow, score, fg, cc, mask, reference)
 
 
-def plan_warp(run: RunState, step: int, grid: tuple[int, int, int]) -> tuple[WarpPlan, list[StepDiagnostics]]:
-    """The `WarpPlan` the injector follows at `step`, and what to record of it, per subject.
+def map_tokens(run: RunState, step: int, grid: tuple[int, int, int]) -> tuple[TokenMap, list[StepDiagnostics]]:
+    """The `TokenMap` the injector follows at `step`, and what to record of it, per subject.
 
     :param grid: (frames, height, width) of the video-token grid.
     """
-    plans = [_plan_subject(run, subject, step, grid) for subject in run.subjects]
-    if len(plans) == 1:
-        flow, mask = plans[0].flow, plans[0].mask
+    per_subject = [_map_subject(run, subject, step, grid) for subject in run.subjects]
+    if len(per_subject) == 1:
+        flow, mask = per_subject[0].flow, per_subject[0].mask
     else:
-        flow, mask = _resolve_overlaps(run, plans)
+        flow, mask = _resolve_overlaps(run, per_subject)
     # Reference tokens read by some masked generation token (no boolean indexing: no host sync).
     total = sum(len(s.ref_match) for s in run.subjects) * flow.numel()
     ref_mask = torch.zeros(total, device=mask.device).index_add_(0, flow, mask.float()) > 0
-    return WarpPlan(flow=flow, mask=mask, ref_mask=ref_mask), plans
+    return TokenMap(flow=flow, mask=mask, ref_mask=ref_mask), per_subject
 
 
 def _resolve_overlaps(run: RunState, plans: list[StepDiagnostics]) -> tuple[torch.Tensor, torch.Tensor]:

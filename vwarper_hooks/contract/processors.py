@@ -64,10 +64,12 @@ class RoutedProcessor:
         self.layer = layer
         #: the core's `LayerRouter`
         self.router = router
-        #: True when the router keeps `active` up to date; a plain `LayerRouter` is asked per call
-        self.managed = callable(getattr(router, "register", None))
-        if self.managed:
-            router.register(self)
+        #: True when the router keeps `active` up to date (`LayerRouter.keeps_flags`); else asked per call.
+        #: A duck-typed router without the base class keeps flags when it has ``register``.
+        register = getattr(router, "register", None)
+        self.managed = bool(getattr(router, "keeps_flags", callable(register)))
+        if callable(register):
+            register(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,7 +111,7 @@ def _entering_first(routed: Callable[..., Any]) -> Callable[..., Any]:
     (the core's lockstep reference branch runs or pauses there; see `vwarper_hooks.fine.lockstep`)."""
 
     def enter_then_route(self: RoutedProcessor, attn: Any, *args: Any, **kwargs: Any) -> Any:
-        entering = getattr(self.router, "entering", None) if self.managed else None
+        entering = getattr(self.router, "entering", None)
         if entering is not None:
             entering(self.layer)
         return routed(self, attn, *args, **kwargs)
