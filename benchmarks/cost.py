@@ -14,7 +14,7 @@ Variants: plain (stock pipeline); cold (a fresh subject: VAE encode and DDIM / f
 reference, then the reference branch); warm (same subject again: inversion cached); cached
 (``WarpConfig(cache_reference_features=True)`` with the features already cached, here by
 ``subject.prepare`` with that config: no reference forward at all); prepared (the first call after
-``subject.prepare(pipe, num_frames=..., ...)`` with the default config). The cost of ``prepare``
+``vwarper.prepare(pipe, subject, num_frames=..., ...)`` with the default config). The cost of ``prepare``
 itself and of filling the feature cache is printed too (a one-off per subject and shape).
 
 How it counts (machine-independent): torch's `FlopCounterMode` on the meta device (shapes only; the

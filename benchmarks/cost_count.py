@@ -206,7 +206,7 @@ def measure(pipe: Any, kwargs: dict, subject: Any = None, config: Any = None, pr
 
 
 def measure_prepare(pipe: Any, kwargs: dict, subject: Any, config: Any) -> Measured:
-    """FLOPs of ``subject.prepare(pipe, ...)`` for the shape of `kwargs` (a one-off per shape)."""
+    """FLOPs of ``vwarper.prepare(pipe, subject, ...)`` for the shape of `kwargs` (a one-off per shape)."""
     with FlopCounterMode(display=False) as counter:
         ledger = Ledger(counter)
 
@@ -217,9 +217,14 @@ def measure_prepare(pipe: Any, kwargs: dict, subject: Any, config: Any) -> Measu
         shape = {k: kwargs[k] for k in ("num_frames", "height", "width", "num_inference_steps")}
         rest = {k: v for k, v in kwargs.items() if k not in shape and k not in ("prompt", "output_type")}
         with _wrapped(session_module.Session, "prepare_call", prepare_call, instance=False):
-            subject.prepare(pipe, config=config, **shape, **rest)
+            vwarper.prepare(pipe, subject, config=config, **shape, **rest)
     m = ledger.finish()
     m.steps, m.refine = kwargs["num_inference_steps"], config.inversion_refine
+    # prepare's one stock generation step (the pipeline is interrupted after it) costs the same whatever the
+    # run's length: taken as measured, not priced per step
+    m.once["generation"] += sum(own for values in m.gen.values() for own, _ in values)
+    m.once["masks/fg"] += sum(fg for values in m.gen.values() for _, fg in values)
+    m.gen.clear()
     return m
 
 

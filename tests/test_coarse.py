@@ -128,13 +128,13 @@ def test_inversion_cache_inside_subject_directory(pipe, trained, tmp_path):
     first = vwarper.Subject.load(path, pipe=pipe, cache_inversions=True)
     with vwarper.inject(pipe, first, config):
         out_first = run(pipe, prompt=PROMPT)
-    assert first.reference_cache.misses == 1 and len(list((path / "inversions").glob("*.safetensors"))) == 1
+    assert vwarper.reference_cache(first).misses == 1 and len(list((path / "inversions").glob("*.safetensors"))) == 1
     second = vwarper.Subject.load(path, pipe=pipe, cache_inversions=True)  # a new process would do this
     with vwarper.inject(pipe, second, config):
         out_second = run(pipe, prompt=PROMPT)
-    assert second.reference_cache.disk_hits == 1 and second.reference_cache.misses == 0
+    assert vwarper.reference_cache(second).disk_hits == 1 and vwarper.reference_cache(second).misses == 0
     assert torch.equal(out_first, out_second)
-    assert vwarper.Subject.load(path).reference_cache.directory is None  # opt-in
+    assert vwarper.reference_cache(vwarper.Subject.load(path)).directory is None  # opt-in
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(pipe, tmp_path):

@@ -17,7 +17,6 @@ from conftest import DATA
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.coarse.checkpoint import save_checkpoint
-from vwarper_hooks.fine.reference_cache import ReferenceCache
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
 
 IMAGES = sorted((DATA / "clock").glob("*.jpg"))
@@ -47,18 +46,17 @@ import resource, signal, sys
 from pathlib import Path
 from PIL import Image
 import vwarper_hooks as vwarper
-from vwarper_hooks.fine.reference_cache import ReferenceCache
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline
 
 pipe = tiny_cogvideox_pipeline(num_layers=6)
 subject = vwarper.Subject.from_images([Image.open(sys.argv[2])], "<clock>", "clock")
-subject.reference_cache = ReferenceCache(Path(sys.argv[1]))
+subject.inversion_dir = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))  # disk "full"
 config = vwarper.WarpConfig(match_layer=1, warp_layers=(2, 3), warp_steps=(1, 2), mask=False)
 with vwarper.inject(pipe, subject, config):
     frames = pipe(**tiny_call_kwargs(num_inference_steps=3)).frames
-print("generated", tuple(frames.shape), subject.reference_cache.misses)
+print("generated", tuple(frames.shape), vwarper.reference_cache(subject).misses)
 """
 
 
@@ -79,31 +77,31 @@ def test_two_models_of_one_config_never_share_an_inversion(small, saved, tmp_pat
     caches = []
     for pipe in (small, other):
         subject = vwarper.Subject.load(saved)
-        subject.reference_cache = ReferenceCache(tmp_path / "inversions")
+        subject.inversion_dir = tmp_path / "inversions"
         _latents(pipe, subject)
-        caches.append(subject.reference_cache)
+        caches.append(vwarper.reference_cache(subject))
     assert [(c.disk_hits, c.misses) for c in caches] == [(0, 1), (0, 1)]
     assert len(list((tmp_path / "inversions").glob("*.safetensors"))) == 2
 
     relearnt = vwarper.Subject.load(saved)  # the same subject with another LoRA: another key too
     relearnt.lora = {k: v * 2 for k, v in relearnt.lora.items()}
-    relearnt.reference_cache = ReferenceCache(tmp_path / "inversions")
+    relearnt.inversion_dir = tmp_path / "inversions"
     _latents(small, relearnt)
-    assert (relearnt.reference_cache.disk_hits, relearnt.reference_cache.misses) == (0, 1)
+    assert (vwarper.reference_cache(relearnt).disk_hits, vwarper.reference_cache(relearnt).misses) == (0, 1)
 
 
 def test_weights_changed_in_place_are_a_new_key_in_memory_too(small, saved):
     subject = vwarper.Subject.load(saved)
     _latents(small, subject)
     _latents(small, subject)
-    assert (subject.reference_cache.hits, subject.reference_cache.misses) == (1, 1)
+    assert (vwarper.reference_cache(subject).hits, vwarper.reference_cache(subject).misses) == (1, 1)
     weight = small.transformer.transformer_blocks[0].attn1.to_v.weight
     before = weight.detach().clone()
     try:
         with torch.no_grad():
             weight.mul_(1.5)  # e.g. a user's fuse_lora() or load_state_dict() between two injects
         _latents(small, subject)
-        assert (subject.reference_cache.hits, subject.reference_cache.misses) == (1, 2)
+        assert (vwarper.reference_cache(subject).hits, vwarper.reference_cache(subject).misses) == (1, 2)
     finally:
         with torch.no_grad():
             weight.copy_(before)

@@ -34,7 +34,7 @@ def test_features_beyond_the_device_budget_live_on_the_cpu(pipe, subject):
     config = vwarper.WarpConfig(warp_steps=(1, 2), cache_reference_features=True, feature_cache_device_gib=0.0)
     with vwarper.inject(pipe, subject, config):
         run(pipe, num_inference_steps=3)
-    state = next(iter(subject.reference_cache._states.values()))
+    state = next(iter(vwarper.reference_cache(subject)._states.values()))
     assert state.features and all(t.device.type == "cpu" for t in state.features.values())
     with vwarper.inject(pipe, subject, config) as session:
         out = run(pipe, num_inference_steps=3)
@@ -61,13 +61,13 @@ def test_a_prepared_subjects_first_call_is_warm(pipe, clock_image, features):
     prepared = vwarper.Subject.from_images([clock_image], token="<clock>", class_word="clock")
     calls = pipe.transformer._forward_hooks  # nothing may stay behind after prepare
     before = len(calls)
-    prepared.prepare(pipe, num_frames=5, height=32, width=32, num_inference_steps=5, config=config,
+    vwarper.prepare(pipe, prepared, num_frames=5, height=32, width=32, num_inference_steps=5, config=config,
                      max_sequence_length=16)
-    assert len(calls) == before and prepared.reference_cache.misses == 1
+    assert len(calls) == before and vwarper.reference_cache(prepared).misses == 1
     with vwarper.inject(pipe, prepared, config) as session:
         first = run(pipe, num_inference_steps=5)
     internal = sum(n for (branch, _, _), n in session.calls.items() if branch == "internal")
     reference = sum(n for (branch, _, _), n in session.calls.items() if branch == "reference")
-    assert internal == 0 and prepared.reference_cache.misses == 1  # no inversion
+    assert internal == 0 and vwarper.reference_cache(prepared).misses == 1  # no inversion
     assert (reference == 0) == features  # with cached features, no reference forward either
     assert torch.equal(first, recomputed)

@@ -136,14 +136,14 @@ def test_alternative_injectors_run(pipe, subject, injector):
 def test_inversion_cached_across_calls_and_sessions(pipe, subject):
     config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
     first, _ = generate(pipe, subject, config)
-    assert (subject.reference_cache.misses, subject.reference_cache.hits) == (1, 0)
+    assert (vwarper.reference_cache(subject).misses, vwarper.reference_cache(subject).hits) == (1, 0)
     second, _ = generate(pipe, subject, config)
-    assert (subject.reference_cache.misses, subject.reference_cache.hits) == (1, 1)
+    assert (vwarper.reference_cache(subject).misses, vwarper.reference_cache(subject).hits) == (1, 1)
     assert torch.equal(first, second)
     generate(pipe, subject, config, prompt="a <clock> clock in the snow")  # prompt does not matter
-    assert subject.reference_cache.misses == 1
+    assert vwarper.reference_cache(subject).misses == 1
     generate(pipe, subject, config.model_copy(update={"inversion_prompt": "a red clock"}))
-    assert subject.reference_cache.misses == 2
+    assert vwarper.reference_cache(subject).misses == 2
 
 
 def _invert_and_regenerate(pipe, image, steps, refine):
@@ -237,26 +237,25 @@ def test_bad_reference_inputs(pipe, clock_image, caplog):
 
 
 def test_inversion_cache_on_disk_is_opt_in_and_checked(pipe, clock_image, tmp_path):
-    from vwarper_hooks.fine.reference_cache import ReferenceCache
 
     config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
     first = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
-    first.reference_cache = ReferenceCache(tmp_path / "inversions")
+    first.inversion_dir = tmp_path / "inversions"
     out_first, _ = generate(pipe, first, config)
     files = list((tmp_path / "inversions").glob("*.safetensors"))
-    assert len(files) == 1 and first.reference_cache.misses == 1
+    assert len(files) == 1 and vwarper.reference_cache(first).misses == 1
 
     second = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
-    second.reference_cache = ReferenceCache(tmp_path / "inversions")
+    second.inversion_dir = tmp_path / "inversions"
     out_second, _ = generate(pipe, second, config)
-    assert (second.reference_cache.disk_hits, second.reference_cache.misses) == (1, 0)
+    assert (vwarper.reference_cache(second).disk_hits, vwarper.reference_cache(second).misses) == (1, 0)
     assert torch.equal(out_first, out_second)
 
     files[0].write_bytes(files[0].read_bytes()[:100])  # truncated: recomputed, not trusted
     third = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
-    third.reference_cache = ReferenceCache(tmp_path / "inversions")
+    third.inversion_dir = tmp_path / "inversions"
     out_third, _ = generate(pipe, third, config)
-    assert (third.reference_cache.disk_hits, third.reference_cache.misses) == (0, 1)
+    assert (vwarper.reference_cache(third).disk_hits, vwarper.reference_cache(third).misses) == (0, 1)
     assert torch.equal(out_first, out_third)
 
 
@@ -268,13 +267,13 @@ def test_unwritable_inversion_cache_does_not_fail_the_generation(pipe, clock_ima
 
     monkeypatch.setattr(ReferenceCache, "_save", disk_full)
     subject = vwarper.Subject.from_images([clock_image], "<clock>", "clock")
-    subject.reference_cache = ReferenceCache(tmp_path / "inversions")
+    subject.inversion_dir = tmp_path / "inversions"
     config = vwarper.WarpConfig(warp_steps=(1, 2), mask=False)
     with caplog.at_level("WARNING"):
         generate(pipe, subject, config)
     assert "kept in memory only" in caplog.text
     generate(pipe, subject, config)
-    assert (subject.reference_cache.hits, subject.reference_cache.misses) == (1, 1)
+    assert (vwarper.reference_cache(subject).hits, vwarper.reference_cache(subject).misses) == (1, 1)
 
 
 def test_cache_key_follows_conditioning_values(pipe, clock_image):

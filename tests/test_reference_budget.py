@@ -51,7 +51,7 @@ def test_no_reference_branch_without_warping(pipe, subject):
         finally:
             handle.remove()
     assert seen == ["generation"] * 4 and torch.isfinite(out).all()  # no reference or inversion pass
-    assert subject.reference_cache.misses == 0
+    assert vwarper.reference_cache(subject).misses == 0
 
 
 def test_diagnostics_leave_the_device_only_when_read(pipe, subject, monkeypatch):

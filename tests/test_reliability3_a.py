@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 import vwarper_hooks as vwarper
 from vwarper_hooks.apps.cli import main
-from vwarper_hooks.fine.reference_cache import ReferenceCache
 from vwarper_hooks.testing import tiny_call_kwargs, tiny_cogvideox_pipeline, tiny_pipeline
 
 SMALL = vwarper.WarpConfig(match_layer=1, warp_layers=(2, 3), warp_steps=(1, 2), mask=False)
@@ -34,22 +33,22 @@ def _latents(pipe, subject, config=SMALL) -> torch.Tensor:
         return pipe(**tiny_call_kwargs(num_inference_steps=3, output_type="latent")).frames
 
 
-def _fresh(clock_image, cache: ReferenceCache | None = None) -> vwarper.Subject:
+def _fresh(clock_image, inversions=None) -> vwarper.Subject:
     subject = vwarper.Subject.from_images([clock_image], token="<clock>", class_word="clock")
-    if cache is not None:
-        subject.reference_cache = cache
+    subject.inversion_dir = inversions
     return subject
 
 
 def test_an_inversion_cache_file_holding_nan_is_discarded_and_recomputed(small, clock_image, tmp_path, caplog):
-    plain = _latents(small, _fresh(clock_image, ReferenceCache(tmp_path)))
+    plain = _latents(small, _fresh(clock_image, tmp_path))
     (file,) = tmp_path.glob("*.safetensors")
     with safe_open(str(file), framework="pt") as f:  # valid safetensors, the right key, NaN values
         meta, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
     save_file({**tensors, "trajectory": torch.full_like(tensors["trajectory"], float("nan"))}, str(file), meta)
-    cache = ReferenceCache(tmp_path)
+    subject = _fresh(clock_image, tmp_path)
+    cache = vwarper.reference_cache(subject)
     with caplog.at_level(logging.WARNING, logger="vwarper_hooks"):
-        again = _latents(small, _fresh(clock_image, cache))
+        again = _latents(small, subject)
     assert (cache.disk_hits, cache.misses) == (0, 1) and torch.equal(again, plain)
     assert "discarding inversion cache" in caplog.text and "NaN or inf (e.g. trajectory)" in caplog.text
     with safe_open(str(file), framework="pt") as f:
@@ -60,7 +59,7 @@ def test_cached_reference_features_holding_nan_are_recomputed(small, clock_image
     config = SMALL.updated(cache_reference_features=True)
     subject = _fresh(clock_image)
     first = _latents(small, subject, config)
-    (state,) = subject.reference_cache._states.values()
+    (state,) = vwarper.reference_cache(subject)._states.values()
     key = sorted(state.features)[0]
     state.features[key] = torch.full_like(state.features[key], float("inf"))
     with caplog.at_level(logging.WARNING, logger="vwarper_hooks"):

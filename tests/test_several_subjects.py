@@ -144,9 +144,9 @@ def test_lora_scale_tempers_a_subjects_lora(two):
 def test_a_second_call_with_more_photos_than_the_cache_holds_inverts_nothing(pipe, clock_image):
     photos = [clock_image.rotate(10 * i) for i in range(6)]  # six different photos, six inversions
     subject = vwarper.Subject.from_images(photos, "<clock>", "clock")
-    assert subject.reference_cache.max_entries < 6
+    assert vwarper.reference_cache(subject).max_entries < 6
     config = WarpConfig(warp_steps=(1, 2), num_references=None)
     for _ in range(2):
         with vwarper.inject(pipe, subject, config):
             run(pipe, num_inference_steps=3)
-    assert subject.reference_cache.misses == 6 and subject.reference_cache.hits == 6
+    assert vwarper.reference_cache(subject).misses == 6 and vwarper.reference_cache(subject).hits == 6

@@ -17,9 +17,11 @@ from .errors import (
     TrainingDivergedError,
     VwarperError,
 )
+from .fine.reference_cache import reference_cache
 from .fine.session import Session, StepDiagnostics
 from .inject import inject
 from .plugins import get_adapter, list_adapters
+from .prepare import prepare
 from .subject.subject import Subject
 
 __version__ = "0.2.0"
@@ -47,5 +49,7 @@ __all__ = [
     "get_adapter",
     "inject",
     "list_adapters",
+    "prepare",
+    "reference_cache",
     "train_subject",
 ]

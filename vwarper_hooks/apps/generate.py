@@ -11,6 +11,7 @@ import torch
 from ..config import WarpConfig
 from ..contract.plan import warps_nothing
 from ..inject import inject
+from ..prepare import prepare
 from .exits import CliError
 from .visualize import to_uint8
 
@@ -53,10 +54,10 @@ def prepare_subject(
     pipe: Any, subject: Any, *, frames: int, steps: int, height: int, width: int, guidance: float,
     config: WarpConfig | None = None,
 ) -> None:
-    """`Subject.prepare` for one shape with the arguments `generate_video` will use."""
+    """`vwarper.prepare` for one shape with the arguments `generate_video` will use."""
     call = shape_kwargs(pipe, frames=frames, steps=steps, height=height, width=width, guidance=guidance)
     named = {name: call.pop(name) for name in ("num_frames", "num_inference_steps", "height", "width")}
-    subject.prepare(pipe, config=config, **named, **call)
+    prepare(pipe, subject, config=config, **named, **call)
 
 
 def generate_video(

@@ -25,7 +25,7 @@ from .feature_cache import FeatureCache
 from .inversion import invert_reference
 from .lockstep import Lockstep
 from .matching import first_best
-from .reference_cache import ReferenceState, cache_key
+from .reference_cache import ReferenceState, cache_key, reference_cache
 from .steps import StepClock
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ReferenceBranch:
         """
         config = self.router.run.config
         chosen = self.photo_choice()
-        cache = self.subject.reference_cache
+        cache = reference_cache(self.subject)
         cache.max_entries = max(cache.max_entries, len(chosen))  # every photo of a run stays cached
         self.states = {i: self._state(i, kwargs, latents) for i in chosen}
         self.photos = [chosen[0]] if config.reference_image == "best" else chosen
@@ -84,7 +84,7 @@ class ReferenceBranch:
         key = cache_key(image, prompt, self.clock.host_timesteps(), kwargs, base_model(self.pipe.transformer),
                         extra=self._key_extra(kwargs, config.inversion_refine))
         first = min(s for s in range(self.clock.num_steps) if self.router.run.plan.reference_layers(s))
-        return self.subject.reference_cache.get_or_make(
+        return reference_cache(self.subject).get_or_make(
             key, lambda: self._make(kwargs, latents, prompt, image, config.inversion_refine, first), first
         )
 

@@ -7,6 +7,9 @@ failure to write it (a full disk, a read-only folder) is a warning: the generati
 The key names the model by class, config hash, `_name_or_path` and a digest of its weights, LoRA
 included (`weights_digest`: sampled values, recomputed only when the weights change), so two models
 of one config never share a trajectory.
+
+Each subject's cache lives here, beside the subject and not in it (`reference_cache(subject)`): the
+`Subject` is the artifact, the method keeps what it computed from it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -174,3 +179,22 @@ def key_device(key: tuple) -> str:
     for _, _, _, device in key[3]:
         return device
     return "cpu"
+
+
+#: id(subject) -> (a weak reference to it, its cache); an entry goes when its subject is collected
+_caches: dict[int, tuple[weakref.ref, ReferenceCache]] = {}
+
+
+def reference_cache(subject: Any) -> ReferenceCache:
+    """The reference-branch cache of `subject`, made on first use: in memory, and also on disk in
+    ``subject.inversion_dir`` when that is set (``Subject.load(path, cache_inversions=True)``). One per
+    subject object for as long as it lives; a new `inversion_dir` starts a new cache."""
+    key = id(subject)
+    entry = _caches.get(key)
+    directory = getattr(subject, "inversion_dir", None)
+    wanted = Path(directory) if directory is not None else None
+    if entry is not None and entry[0]() is subject and entry[1].directory == wanted:
+        return entry[1]
+    cache = ReferenceCache(wanted)
+    _caches[key] = (weakref.ref(subject, lambda _gone: _caches.pop(key, None)), cache)
+    return cache

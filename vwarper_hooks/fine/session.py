@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..config import WarpConfig
 from ..contract.adapter import Adapter, base_model
 from ..contract.parts import Injector, Matcher
 from ..contract.plan import StepPlan
-from ..errors import ConfigError, SubjectTokenError, VwarperError
+from ..errors import ConfigError, VwarperError
 from ..files import weights_digest
 from ..guard import config_problems
 from ..model_hooks import hook_problems, memory_hooks
@@ -32,6 +29,7 @@ from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .lockstep import Lockstep
 from .reference import ReferenceBranch
+from .run_checks import check_run, warn_if_not_finite
 from .steps import StepClock
 from .token_map import map_tokens, side_by_side
 from .tokens import SubjectTokens
@@ -39,8 +37,10 @@ from .tokens import SubjectTokens
 logger = logging.getLogger(__name__)
 
 
-class Prepared(Exception):
-    """Ends a `Session.prepare_call` pipeline call once the reference branch is ready."""
+def _interrupt_after_first_step(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+    """`callback_on_step_end` of `Session.prepare_call`: the pipeline skips every later step (stock flag)."""
+    pipe._interrupt = True
+    return {}
 
 
 def bind_kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
@@ -158,14 +158,16 @@ class Session:
                 branch.tokens.observe(text, input_ids)
 
     def prepare_call(self, **call_kwargs: Any) -> None:
-        """Run ``pipe(**call_kwargs)`` only until its first denoising call: the reference branch's
-        inversion (and, with ``cache_reference_features``, every step's features) is computed and
-        cached on the subject, then the call ends without denoising."""
+        """Run ``pipe(**call_kwargs)`` for its first denoising step only: at that step's first transformer
+        call the reference branch's inversion (and, with ``cache_reference_features``, every step's
+        features) is computed and cached; the step itself runs stock, and the pipeline's own interrupt
+        flag, set from ``callback_on_step_end``, skips the rest of the loop."""
+        if "callback_on_step_end" in call_kwargs:
+            raise ConfigError(["Expected no callback_on_step_end for prepare (it ends the call after one step), "
+                               "but got one. Leave it out."])
         self._preparing = True
         try:
-            self.pipe(**call_kwargs)
-        except Prepared:
-            pass
+            self.pipe(**call_kwargs, callback_on_step_end=_interrupt_after_first_step)
         finally:
             self._preparing = False
 
@@ -185,6 +187,8 @@ class Session:
                 self._prepare_reference(kwargs)
         pass_index = self._pass + 1 if where == self._last else 0
         self._last, self._pass = where, pass_index
+        if self._preparing:
+            return  # the reference branch is ready: this step runs stock, then the pipeline is interrupted
         if pass_index == 0:
             self._prepare_step(step, kwargs)
         plan = self.router.run.plan
@@ -194,25 +198,11 @@ class Session:
     def after_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         if self.router.route.branch is Branch.GENERATION:
             if self._last is not None and self._last[1] == self.clock.num_steps - 1:
-                self._check_finite(output)
+                warn_if_not_finite(output)
             self.router.route = Route()
             if self.lockstep.active:  # the workers ended at their deepest layer; drop what is left
                 self.lockstep.close()
                 self.router.run.warp_values = {}
-
-    def _check_finite(self, output: Any) -> None:
-        """After the loop's last transformer call (one host read per call): a non-finite prediction is
-        never silent."""
-        first = output[0] if isinstance(output, tuple | list) else getattr(output, "sample", output)
-        if torch.is_tensor(first) and first.device.type != "meta" and not bool(torch.isfinite(first).all()):
-            warnings.warn(
-                "The last denoising step's prediction under V-Warper is not finite (NaN or inf): the video will be "
-                "blank. Check that it is finite without inject(); if it is, try WarpConfig(reference_lockstep=False) "
-                "(memory hooks), a float32 or bfloat16 transformer, or the subject's LoRA (lora.alpha in "
-                "subject.json).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
 
     def _entering(self, layer: int) -> None:
         """Before a routed layer's Q/K/V: in lockstep, a reference worker pauses before its next warp
@@ -260,36 +250,12 @@ class Session:
         self.reference_scores = None
         if plan.warp_steps:
             latents = self.adapter.latents(kwargs)
-            self._check_run(latents.shape[0])
+            check_run(self.pipe, self.adapter, self.config, self.branches, latents.shape[0])
             for branch in self.branches:
                 branch.reference.prepare(kwargs, latents)
             self.reference_image = self.branches[0].reference.image
         for branch in self.branches:
             branch.tokens.new_run()
-
-    def _check_run(self, batch: int) -> None:
-        if batch not in (1, 2) or (batch == 2 and not self._batched_cfg()):
-            raise VwarperError(
-                f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {batch}. "
-                "Use num_videos_per_prompt=1 and one prompt with inject()."
-            )
-        for branch in self.branches:
-            if self.config.mask and branch.positions is None:
-                subject = branch.subject
-                where = "only in the negative prompt" if branch.tokens.elsewhere() else "not in the prompt"
-                raise SubjectTokenError(
-                    f"Expected the prompt to contain the subject token {subject.token!r}, but it is {where} "
-                    "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "
-                    f"the prompt, e.g. 'a {subject.token} {subject.class_word} on the beach', or use "
-                    "WarpConfig(mask=False)."
-                )
-
-    def _batched_cfg(self) -> bool:
-        """Whether a batch of 2 is an [unconditional, conditional] pair (not two prompts)."""
-        if not self.adapter.cfg_in_one_batch:
-            return False  # this family runs CFG as separate passes: a batch of 2 is two prompts
-        guidance = getattr(self.pipe, "_guidance_scale", None)  # set by the pipeline's __call__
-        return guidance is None or float(guidance) > 1.0
 
     def _prepare_step(self, step: int, kwargs: dict) -> None:
         run = self.router.run
@@ -339,7 +305,6 @@ class Session:
                 layers = run.plan.reference_layers(step)
                 for branch in self.branches if layers else []:
                     branch.reference.run(step, kwargs, layers)
-        raise Prepared
 
     def _warn_once(self, message: str | None, level: int = logging.WARNING) -> None:
         if message and message not in self._warned:

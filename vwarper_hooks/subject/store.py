@@ -1,4 +1,5 @@
-"""The subject directory on disk: `write_subject` and `read_subject`.
+"""The subject directory on disk: `write_subject` and `read_subject`, both of one type (`StoredSubject`,
+which `Subject` is; the store never imports the class that uses it).
 
 A subject directory holds::
 
@@ -23,8 +24,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 from safetensors.torch import save_file
@@ -51,17 +53,33 @@ from .manifest import (
     weight_file_problems,
 )
 
-if TYPE_CHECKING:
-    from .subject import Subject
-
 logger = logging.getLogger(__name__)
+
+
+class StoredSubject(Protocol):
+    """What a subject directory holds (the `Subject` dataclass has these fields)."""
+
+    token: str
+    class_word: str
+    images: list[Image.Image]
+    lora: dict[str, Any] | None  # diffusers-format keys, prefixed "transformer."
+    lora_rank: int | None
+    lora_alpha: float | None
+    token_embedding: Any  # (dim,) tensor or None
+    info: dict[str, Any]
+
+    def check(self) -> None:
+        """Raise naming every problem with the fields."""
+
+
+S = TypeVar("S", bound=StoredSubject)
 
 def _replaceable(target: Path) -> bool:
     """Only an earlier subject directory or an empty directory may be replaced by `save_subject`."""
     return target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))
 
 
-def stored_images(subject: Subject) -> list[Image.Image]:
+def stored_images(subject: StoredSubject) -> list[Image.Image]:
     """The subject's photos as written: no larger than needed to cover the training size.
 
     Training and a generation at that size resize and crop them to the very same pixels as the
@@ -79,7 +97,7 @@ def stored_images(subject: Subject) -> list[Image.Image]:
     return images
 
 
-def write_subject(subject: Subject, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_subject(subject: StoredSubject, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `subject` as a directory at `path` (atomically); refuses an existing path unless `overwrite`."""
     subject.check()
     bad = nonfinite_problems(vars(subject))
@@ -194,9 +212,9 @@ def _read_lora(manifest: SubjectManifest, blobs: dict[str, bytes]) -> dict[str, 
     return lora
 
 
-def read_subject(path: str | os.PathLike) -> dict[str, Any]:
-    """The `Subject` fields stored in a subject directory, after checking every file's hash (and after
-    removing what a killed save of it left beside it)."""
+def read_subject(path: str | os.PathLike, into: Callable[..., S]) -> S:
+    """The subject stored in a directory, built by ``into(**fields)`` (e.g. ``Subject``) and checked, after
+    checking every file's hash (and after removing what a killed save of it left beside it)."""
     root = Path(path)
     remove_stale_temporaries(root)
     manifest = read_manifest(root)
@@ -241,8 +259,10 @@ def read_subject(path: str | os.PathLike) -> dict[str, Any]:
             f"Expected finite weights in the subject at {root}, but got {' and '.join(bad)}: its training "
             "diverged. Do train it again with lower learning rates."
         )
+    subject = into(**fields)
+    subject.check()
     logger.info("subject %r read from %s", manifest.token, root)
-    return fields
+    return subject
 
 
 def _version() -> str:

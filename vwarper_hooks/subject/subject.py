@@ -1,13 +1,15 @@
 """The `Subject`: what V-Warper knows about one personalised subject.
 
 Holds the subject token and class word, the reference images, and (after coarse training) the
-LoRA weights and the token embedding. It also carries the in-memory cache of reference-branch
-inversions, so a second generation with the same size and steps skips the inversion.
+LoRA weights and the token embedding. It is an artifact: it runs nothing. Using it is
+`vwarper.inject` / `vwarper.prepare`; what they compute from it (the reference branch's inversions)
+is cached beside it (`vwarper.reference_cache(subject)`), not in it.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +18,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..config import WarpConfig
 from ..errors import SubjectError, SubjectMismatchError
-from ..fine.reference_cache import ReferenceCache
 from ..guard import subject_fit_problems
 from ..images import ImageInput, check_image, load_images
-from ..inject import inject
 from .lora import lora_spec
 from .manifest import lora_scale_problem
 from .store import read_subject, write_subject
@@ -42,7 +41,9 @@ class Subject:
     #: strength of the LoRA while injected (1: as trained); below 1 tempers the bleeding between the
     #: LoRAs of several subjects injected together (README, "Several subjects")
     lora_scale: float = 1.0
-    reference_cache: ReferenceCache = field(default_factory=ReferenceCache, repr=False, compare=False)
+    #: where the reference branch may keep inversions on disk (``Subject.load(..., cache_inversions=True)``
+    #: sets ``<path>/inversions``); None: in memory only
+    inversion_dir: Path | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_images(cls, images: Sequence[ImageInput], token: str, class_word: str) -> Subject:
@@ -71,40 +72,22 @@ class Subject:
         :param cache_inversions: keep DDIM inversion trajectories on disk in ``<path>/inversions``
             (safetensors), so a later process generating at the same size and steps skips the inversion.
         """
-        subject = cls(**read_subject(path))
-        subject.check()
+        subject = read_subject(path, into=cls)
         if pipe is not None:
             problems = subject_fit_problems(pipe, subject, allow_config_mismatch)
             if problems:
                 raise SubjectMismatchError("\n".join(problems))
         if cache_inversions:
-            subject.reference_cache = ReferenceCache(Path(path) / "inversions")
+            subject.inversion_dir = Path(path) / "inversions"
         return subject
 
-    def prepare(
-        self,
-        pipe: Any,
-        *,
-        num_frames: int,
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        config: WarpConfig | None = None,
-        allow_config_mismatch: bool = False,
-        **call_kwargs: Any,
-    ) -> None:
-        """Compute what a generation of this shape needs from the reference branch, now: the inversion
-        (and, with ``config.cache_reference_features``, every step's reference features), cached on
-        this subject (and on disk with ``Subject.load(..., cache_inversions=True)``). The first
-        generation of that shape then costs what a warm call costs.
+    def prepare(self, pipe: Any, **kwargs: Any) -> None:
+        """Deprecated since 0.3 (goes away in 0.4): ``vwarper.prepare(pipe, subject, ...)``, same arguments."""
+        warnings.warn("Subject.prepare(pipe, ...) is deprecated: call vwarper.prepare(pipe, subject, ...) "
+                      "(same arguments).", DeprecationWarning, stacklevel=2)
+        from ..prepare import prepare  # the artifact does not run the method: only this alias reaches it
 
-        :param call_kwargs: other pipeline arguments the generation will use and that condition the
-            reference branch (e.g. ``guidance_scale`` for HunyuanVideo's guidance embedding).
-        """
-        call = dict(prompt=f"a photo of {self.prompt}", num_frames=num_frames, height=height, width=width,
-                    num_inference_steps=num_inference_steps, output_type="latent", **call_kwargs)
-        with inject(pipe, self, config or WarpConfig(), allow_config_mismatch=allow_config_mismatch) as session:
-            session.prepare_call(**call)
+        prepare(pipe, self, **kwargs)
 
     @property
     def prompt(self) -> str:

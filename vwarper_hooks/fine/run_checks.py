@@ -1,0 +1,56 @@
+"""What a run must satisfy before V-Warper touches it, and the one check after it: a batch the method
+understands, every subject token in the prompt (for the foreground mask), and a finite last prediction."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ..config import WarpConfig
+from ..contract.adapter import Adapter
+from ..errors import SubjectTokenError, VwarperError
+
+
+def batched_cfg(pipe: Any, adapter: Adapter) -> bool:
+    """Whether a batch of 2 is an [unconditional, conditional] pair (not two prompts)."""
+    if not adapter.cfg_in_one_batch:
+        return False  # this family runs CFG as separate passes: a batch of 2 is two prompts
+    guidance = getattr(pipe, "_guidance_scale", None)  # set by the pipeline's __call__
+    return guidance is None or float(guidance) > 1.0
+
+
+def check_run(pipe: Any, adapter: Adapter, config: WarpConfig, branches: list[Any], batch: int) -> None:
+    """Refuse a run V-Warper cannot follow: several videos per call, or (with masks) a subject whose
+    token the prompt lacks. `branches` are the session's `SubjectBranch` objects."""
+    if batch not in (1, 2) or (batch == 2 and not batched_cfg(pipe, adapter)):
+        raise VwarperError(
+            f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {batch}. "
+            "Use num_videos_per_prompt=1 and one prompt with inject()."
+        )
+    for branch in branches:
+        if config.mask and branch.positions is None:
+            subject = branch.subject
+            where = "only in the negative prompt" if branch.tokens.elsewhere() else "not in the prompt"
+            raise SubjectTokenError(
+                f"Expected the prompt to contain the subject token {subject.token!r}, but it is {where} "
+                "(or prompt_embeds were passed, which hide it). The foreground mask needs it. Write it in "
+                f"the prompt, e.g. 'a {subject.token} {subject.class_word} on the beach', or use "
+                "WarpConfig(mask=False)."
+            )
+
+
+def warn_if_not_finite(output: Any) -> None:
+    """After the loop's last transformer call (one host read per call): a non-finite prediction is
+    never silent."""
+    first = output[0] if isinstance(output, tuple | list) else getattr(output, "sample", output)
+    if torch.is_tensor(first) and first.device.type != "meta" and not bool(torch.isfinite(first).all()):
+        warnings.warn(
+            "The last denoising step's prediction under V-Warper is not finite (NaN or inf): the video will be "
+            "blank. Check that it is finite without inject(); if it is, try WarpConfig(reference_lockstep=False) "
+            "(memory hooks), a float32 or bfloat16 transformer, or the subject's LoRA (lora.alpha in "
+            "subject.json).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
