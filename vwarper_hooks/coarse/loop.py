@@ -41,7 +41,7 @@ StepCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrainingJob:
     """One validated training run: everything the loop needs, settled before the pipe is touched."""
 
     pipe: Any
@@ -73,13 +73,13 @@ class _Trainee:
 
 
 def optimise(
-    plan: Plan, *, resume: bool, progress: bool, callback: StepCallback | None
+    job: TrainingJob, *, resume: bool, progress: bool, callback: StepCallback | None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
-    """Run `plan`; returns (diffusers-format LoRA state dict, token row, losses), all on the CPU.
+    """Run `job`; returns (diffusers-format LoRA state dict, token row, losses), all on the CPU.
 
     The pipe is left as found (weights, flags, modes, tokenizer, global RNG), also on error.
     """
-    pipe, config = plan.pipe, plan.config
+    pipe, config = job.pipe, job.config
     device = pipe._execution_device
     cuda = [device.index or 0] if device.type == "cuda" else []
     model_dtype = pipe.transformer.dtype
@@ -87,24 +87,24 @@ def optimise(
         accelerator = stack.enter_context(_accelerator(config.mixed_precision, device))
         stack.enter_context(torch.random.fork_rng(devices=cuda))
         torch.manual_seed(config.seed)
-        latents = _cache_latents(plan).to(device)
-        row = nn.Parameter(plan.init_row.clone().to(device))
+        latents = _cache_latents(job).to(device)
+        row = nn.Parameter(job.init_row.clone().to(device))
         # The adapter's encode_text reads text length, dtype and device from a generation call's kwargs.
-        template = plan.adapter.text_template(pipe, device)
+        template = job.adapter.text_template(pipe, device)
         stack.enter_context(_training_state(pipe, config.gradient_checkpointing))
-        stack.enter_context(subject_token(pipe, plan.token, row))
-        stack.enter_context(peft_lora(pipe.transformer, TRAIN_ADAPTER, config=_lora_config(plan)))
+        stack.enter_context(subject_token(pipe, job.token, row))
+        stack.enter_context(peft_lora(pipe.transformer, TRAIN_ADAPTER, config=_lora_config(job)))
         trainee = _trainee(pipe.transformer, row, config, model_dtype)
         start, losses = 0, []
         if resume:
-            start, losses = resume_into(config, plan.fingerprint, trainee.named, row, trainee.optimizer,
+            start, losses = resume_into(config, job.fingerprint, trainee.named, row, trainee.optimizer,
                                         trainee.generator, accelerator)
         optimizer = accelerator.prepare_optimizer(trainee.optimizer, device_placement=False)
         bar = stack.enter_context(_progress(pipe, progress, config.steps, start))
         for step in range(start, config.steps):
-            losses.append(_step(plan, trainee, latents, template, accelerator, optimizer))
+            losses.append(_step(job, trainee, latents, template, accelerator, optimizer))
             check_loss(config, step + 1, losses[-1])  # before a checkpoint of this step is written
-            _checkpoint(plan, trainee, accelerator, step + 1, losses)
+            _checkpoint(job, trainee, accelerator, step + 1, losses)
             bar(step + 1, losses[-1])
             if callback is not None:
                 callback(step + 1, losses[-1])
@@ -116,16 +116,16 @@ def optimise(
         return lora, row.detach().float().cpu().clone(), losses
 
 
-def _step(plan: Plan, trainee: _Trainee, latents: torch.Tensor, template: dict[str, torch.Tensor],
+def _step(job: TrainingJob, trainee: _Trainee, latents: torch.Tensor, template: dict[str, torch.Tensor],
           accelerator: Any, optimizer: Any) -> float:
     """One optimizer step; returns its loss."""
-    pipe, adapter, config, generator = plan.pipe, plan.adapter, plan.config, trainee.generator
+    pipe, adapter, config, generator = job.pipe, job.adapter, job.config, trainee.generator
     device, batch = latents.device, config.batch_size
     index = torch.randint(0, len(latents), (batch,), generator=generator)
-    timestep = plan.objective.draw(batch, generator)
+    timestep = job.objective.draw(batch, generator)
     noise = torch.randn((batch, *latents.shape[1:]), generator=generator).to(device)
-    noisy, target = plan.objective.noisy_and_target(latents[index.to(device)], noise, timestep)
-    text = adapter.encode_text(pipe, plan.prompt, template)  # with grad: the token row learns
+    noisy, target = job.objective.noisy_and_target(latents[index.to(device)], noise, timestep)
+    text = adapter.encode_text(pipe, job.prompt, template)  # with grad: the token row learns
     kwargs = adapter.forward_kwargs(pipe, noisy.to(trainee.model_dtype), timestep.to(device), text)
     with accelerator.autocast():
         pred = pipe.transformer(**kwargs)[0]
@@ -138,19 +138,19 @@ def _step(plan: Plan, trainee: _Trainee, latents: torch.Tensor, template: dict[s
     return float(loss.detach())
 
 
-def _cache_latents(plan: Plan) -> torch.Tensor:
+def _cache_latents(job: TrainingJob) -> torch.Tensor:
     """VAE latents (N, ...) of the images as single-frame videos in the transformer layout, float32, once."""
     with torch.no_grad():
-        videos = [image_to_video(image, 1, plan.height, plan.width) for image in plan.images]
-        latents = torch.cat([plan.adapter.encode_still(plan.pipe, video) for video in videos])
+        videos = [image_to_video(image, 1, job.height, job.width) for image in job.images]
+        latents = torch.cat([job.adapter.encode_still(job.pipe, video) for video in videos])
     return latents.float()
 
 
-def _lora_config(plan: Plan) -> Any:
+def _lora_config(job: TrainingJob) -> Any:
     from peft import LoraConfig
 
-    config = plan.config
-    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=plan.targets,
+    config = job.config
+    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, target_modules=job.targets,
                       lora_dropout=0.0, init_lora_weights=True)
 
 
@@ -165,15 +165,15 @@ def _trainee(transformer: nn.Module, row: nn.Parameter, config: CoarseConfig, mo
     return _Trainee(named, row, optimizer, torch.Generator().manual_seed(config.seed), model_dtype)
 
 
-def _checkpoint(plan: Plan, trainee: _Trainee, accelerator: Any, done: int, losses: list[float]) -> None:
+def _checkpoint(job: TrainingJob, trainee: _Trainee, accelerator: Any, done: int, losses: list[float]) -> None:
     """Save a resumable checkpoint every ``checkpoint_every`` steps and after the last one."""
-    config = plan.config
+    config = job.config
     if config.checkpoint_dir is None or (done % config.checkpoint_every and done != config.steps):
         return
     parts = {"trainable": {**dict(trainee.named), "token_row": trainee.row},
              "optimizer": flatten_optimizer(trainee.optimizer), "rng": {"generator": trainee.generator.get_state()}}
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    state = {"fingerprint": plan.fingerprint, "losses": losses, "scaler": scaler}
+    state = {"fingerprint": job.fingerprint, "losses": losses, "scaler": scaler}
     check_weights(config, done, parts["trainable"].items())
     save_checkpoint(Path(config.checkpoint_dir), done, parts, state)
 

@@ -27,7 +27,7 @@ from ..subject.token import class_word_embedding, input_embedding, token_problem
 from ..units import video_units
 from .checkpoint import has_checkpoint
 from .config import CoarseConfig
-from .loop import TRAIN_ADAPTER, Plan, StepCallback, optimise
+from .loop import TRAIN_ADAPTER, StepCallback, TrainingJob, optimise
 from .objective import objective_for
 
 logger = logging.getLogger(__name__)
@@ -95,16 +95,16 @@ def train_subject(
     problems = _problems(pipe, token, config, resume)
     if problems:
         raise SubjectError("\n".join(problems))
-    plan = Plan(
+    job = TrainingJob(
         pipe=pipe, adapter=adapter, objective=objective, images=images, token=token,
         prompt=f"a {token} {class_word}", height=height, width=width,
         init_row=class_word_embedding(pipe.tokenizer, input_embedding(pipe.text_encoder), class_word),
         targets=lora_targets(pipe.transformer), fingerprint=_fingerprint(pipe, images, token, class_word, config),
         config=config,
     )
-    lora, embedding, losses = optimise(plan, resume=resume, progress=progress, callback=callback)
+    lora, embedding, losses = optimise(job, resume=resume, progress=progress, callback=callback)
     logger.info("trained subject %r: %d steps, loss %.4f -> %.4f", token, len(losses), losses[0], losses[-1])
-    return _subject(plan, class_word, lora, embedding, losses)
+    return _subject(job, class_word, lora, embedding, losses)
 
 
 def _problems(pipe: Any, token: str, config: CoarseConfig, resume: bool) -> list[str]:
@@ -139,15 +139,15 @@ def _fingerprint(pipe: Any, images: list, token: str, class_word: str, config: C
     return fingerprint
 
 
-def _subject(plan: Plan, class_word: str, lora: dict, embedding: Any, losses: list[float]) -> Subject:
-    config, transformer = plan.config, plan.pipe.transformer
+def _subject(job: TrainingJob, class_word: str, lora: dict, embedding: Any, losses: list[float]) -> Subject:
+    config, transformer = job.config, job.pipe.transformer
     info = {
-        "base_model": base_model_id(plan.pipe), "transformer_class": type(transformer).__name__,
+        "base_model": base_model_id(job.pipe), "transformer_class": type(transformer).__name__,
         "transformer_config_hash": config_hash(transformer), "transformer_config": model_config(transformer),
-        "lora_targets": plan.targets, "losses": losses,
-        "training": {**config.model_dump(mode="json"), "alpha": config.lora_alpha, "height": plan.height,
-                     "width": plan.width, "prompt": plan.prompt, "steps_done": len(losses)},
-        "image_sha256": plan.fingerprint["images"],
+        "lora_targets": job.targets, "losses": losses,
+        "training": {**config.model_dump(mode="json"), "alpha": config.lora_alpha, "height": job.height,
+                     "width": job.width, "prompt": job.prompt, "steps_done": len(losses)},
+        "image_sha256": job.fingerprint["images"],
     }
-    return Subject(token=plan.token, class_word=class_word, images=plan.images, lora=lora, lora_rank=config.rank,
+    return Subject(token=job.token, class_word=class_word, images=job.images, lora=lora, lora_rank=config.rank,
                    lora_alpha=config.lora_alpha, token_embedding=embedding, info=info)
