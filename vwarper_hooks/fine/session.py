@@ -9,6 +9,7 @@ the diagnostics. It owns no arithmetic of its own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections import Counter
@@ -28,6 +29,7 @@ from ..model_hooks import hook_problems, memory_hooks
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .lockstep import Lockstep
+from .lockstep_gate import enter_layer, runs_in_lockstep
 from .reference import ReferenceBranch
 from .run_checks import check_run, warn_if_not_finite
 from .steps import StepClock
@@ -82,7 +84,7 @@ class Session:
         self.clock = StepClock(pipe.scheduler, before_run=lambda: weights_digest(model))
         self.router = Router()
         self.lockstep = Lockstep()  # the reference workers beside the running generation forward, if any
-        self.router.on_enter = self._entering
+        self.router.on_enter = functools.partial(enter_layer, self.lockstep, self.router)
         tokenizer = getattr(pipe, "tokenizer", None)
         self.branches = [
             SubjectBranch(s, SubjectTokens(tokenizer, s.token), ReferenceBranch(pipe, adapter, s, self.router,
@@ -204,24 +206,6 @@ class Session:
                 self.lockstep.close()
                 self.router.run.warp_values = {}
 
-    def _entering(self, layer: int) -> None:
-        """Before a routed layer's Q/K/V: in lockstep, a reference worker pauses before its next warp
-        layer, and the generation entering a warp layer has every worker run that layer first (the
-        previous warp layer's values are dropped: used)."""
-        lockstep, route = self.lockstep, self.router.route
-        if not lockstep.active or layer not in lockstep.layers:
-            return
-        if route.branch is Branch.REFERENCE:
-            lockstep.pause_here(layer)
-        elif route.branch is Branch.GENERATION and route.pass_index == 0:
-            run = self.router.run
-            run.warp_values = {}
-            lockstep.advance(layer)
-            if run.warp is not None:
-                run.warp_values[layer] = side_by_side(run, layer)
-            for subject in run.subjects:
-                subject.ref_values.pop(layer, None)
-
     # ----------------------------------------------------------------- per run / per step
     def _start_run(self, kwargs: dict) -> None:
         config = self.config
@@ -277,19 +261,12 @@ class Session:
                 subject.ref_match = []
         self.lockstep.close()  # what an interrupted forward left
         layers = plan.reference_layers(step)
-        lockstep = self.lockstep if self._in_lockstep(layers) else None
+        lockstep = self.lockstep if runs_in_lockstep(run, self.adapter, self._memory_hooks, layers) else None
         if layers:
             for branch in self.branches:
                 branch.reference.run(step, kwargs, layers, lockstep)
         if run.warp is not None and lockstep is None:
             run.warp_values = {layer: side_by_side(run, layer) for layer in plan.warp_layers}
-
-    def _in_lockstep(self, layers: frozenset[int]) -> bool:
-        """Whether this step's reference forward runs beside the generation (see `fine.lockstep`): it
-        has warp layers, one generation pass reads them, and no feature cache keeps them all."""
-        config = self.router.run.config
-        return (config.reference_lockstep and self.adapter.cfg_in_one_batch and not config.cache_reference_features
-                and not self._memory_hooks and bool(layers & self.router.run.plan.warp_layers))
 
     def _choose_photos(self, step: int, kwargs: dict, grid: tuple[int, int, int]) -> None:
         """With ``reference_image="best"``, at the first warp step: each subject keeps its best photo."""
@@ -318,6 +295,6 @@ class Session:
         self.router.run = None
         self.router.route = Route()
         self.router.release()
-        self.router.on_enter = None  # a bound method of this session: the cycle would outlive the block
+        self.router.on_enter = None  # holds the router itself: the cycle would outlive the block
         for branch in self.branches:
             branch.reference.close()
