@@ -12,10 +12,9 @@ from typing import Any
 from .config import WarpConfig
 from .contract.adapter import Adapter, base_model
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
-from .files import config_hash, model_config
 from .model_hooks import hook_problems
 from .plugins import get_adapter, make_parts
-from .subject.activate import fit_problems
+from .subject.activate import subject_fit_problems
 
 logger = logging.getLogger(__name__)
 
@@ -114,49 +113,6 @@ def subject_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = Fals
     except SubjectError as exc:
         return [str(exc)]
     return subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
-
-
-def subject_fit_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False, warn: bool = True) -> list[str]:
-    """Every reason `subject`'s coarse stage does not fit `pipe`: trained for another transformer config
-    (with `allow_config_mismatch` only a warning, unless not `warn`: a caller whose `inject` follows), or
-    LoRA / token shapes that do not fit. One check for `inject`, `Subject.load(..., pipe=...)` and
-    ``vwarper generate``."""
-    mismatch = config_mismatch(pipe, subject)
-    problems = []
-    if mismatch and allow_config_mismatch and warn:
-        logger.warning("%s Used anyway: allow_config_mismatch=True.", mismatch.split(" Do ")[0])
-    elif mismatch and not allow_config_mismatch:
-        problems.append(mismatch)
-    return problems + fit_problems(pipe, subject)
-
-
-def config_mismatch(pipe: Any, subject: Any) -> str | None:
-    """Why `subject` was trained for another transformer config than `pipe`'s (None: the same, or unknown).
-
-    Subjects record the config itself (``transformer_config``): then the keys both configs have are
-    compared (a key only one side has is a default a newer diffusers added, not another model) and the
-    differing ones are named. Older subjects record only its hash.
-    """
-    model = base_model(pipe.transformer)
-    info = getattr(subject, "info", None) or {}
-    recorded, here = info.get("transformer_config_hash"), config_hash(model)
-    if not recorded or recorded == here:
-        return None
-    theirs, ours = info.get("transformer_config"), model_config(model)
-    if isinstance(theirs, dict):
-        keys = sorted(k for k in set(theirs) & set(ours) if theirs[k] != ours[k])
-        if not keys:
-            return None
-        listed = "; ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in keys[:6])
-        differ = f"{listed}{f' and {len(keys) - 6} more' if len(keys) > 6 else ''}"
-    else:
-        differ = "the subject predates recorded configs, so only their hashes can be compared"
-    return (
-        f"Expected a subject trained for this {type(model).__name__} (config sha256 {here[:12]}), but got one "
-        f"trained for another config (sha256 {recorded[:12]}, {info.get('transformer_class')}, base model "
-        f"{info.get('base_model')}): {differ}. Do load the base model it was trained for, or train it for this "
-        "one; allow_config_mismatch=True uses it anyway (at your own risk)."
-    )
 
 
 def reference_problems(subject: Any, config: WarpConfig, matcher: Any) -> list[str]:

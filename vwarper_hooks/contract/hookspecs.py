@@ -13,15 +13,13 @@ the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
+from ..config import WarpConfig
+from .adapter import Adapter
 from .parts import Injector, Matcher
-
-if TYPE_CHECKING:
-    from ..adapter import Adapter
-    from ..config import WarpConfig
 
 PROJECT_NAME = "vwarper_hooks"
 
@@ -29,9 +27,9 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: a matcher's factory: the active `WarpConfig` in, the matcher out
-MatcherFactory = Callable[["WarpConfig"], Matcher]
+MatcherFactory = Callable[[WarpConfig], Matcher]
 #: an injector's factory: the active `WarpConfig` in, the injector out
-InjectorFactory = Callable[["WarpConfig"], Injector]
+InjectorFactory = Callable[[WarpConfig], Injector]
 
 
 @hookspec

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..contract.adapter import base_model
 from ..errors import SubjectMismatchError
-from ..files import config_hash
+from ..files import config_hash, model_config
 from .lora import fused_problems, lora_overflow_problem, lora_shapes, lora_spec, peft_lora, scale_adapter
 from .token import input_embedding, subject_token, token_problems
 
@@ -60,6 +60,49 @@ def fit_problems(pipe: Any, subject: Any) -> list[str]:
                 f"{tuple(subject.token_embedding.shape)}. Train the subject with this pipeline's text encoder."
             )
     return problems
+
+
+def subject_fit_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = False, warn: bool = True) -> list[str]:
+    """Every reason `subject`'s coarse stage does not fit `pipe`: trained for another transformer config
+    (with `allow_config_mismatch` only a warning, unless not `warn`: a caller whose `inject` follows), or
+    LoRA / token shapes that do not fit. One check for `inject` (`guard`), `Subject.load(..., pipe=...)`
+    and ``vwarper generate``."""
+    mismatch = config_mismatch(pipe, subject)
+    problems = []
+    if mismatch and allow_config_mismatch and warn:
+        logger.warning("%s Used anyway: allow_config_mismatch=True.", mismatch.split(" Do ")[0])
+    elif mismatch and not allow_config_mismatch:
+        problems.append(mismatch)
+    return problems + fit_problems(pipe, subject)
+
+
+def config_mismatch(pipe: Any, subject: Any) -> str | None:
+    """Why `subject` was trained for another transformer config than `pipe`'s (None: the same, or unknown).
+
+    Subjects record the config itself (``transformer_config``): then the keys both configs have are
+    compared (a key only one side has is a default a newer diffusers added, not another model) and the
+    differing ones are named. Older subjects record only its hash.
+    """
+    model = base_model(pipe.transformer)
+    info = getattr(subject, "info", None) or {}
+    recorded, here = info.get("transformer_config_hash"), config_hash(model)
+    if not recorded or recorded == here:
+        return None
+    theirs, ours = info.get("transformer_config"), model_config(model)
+    if isinstance(theirs, dict):
+        keys = sorted(k for k in set(theirs) & set(ours) if theirs[k] != ours[k])
+        if not keys:
+            return None
+        listed = "; ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in keys[:6])
+        differ = f"{listed}{f' and {len(keys) - 6} more' if len(keys) > 6 else ''}"
+    else:
+        differ = "the subject predates recorded configs, so only their hashes can be compared"
+    return (
+        f"Expected a subject trained for this {type(model).__name__} (config sha256 {here[:12]}), but got one "
+        f"trained for another config (sha256 {recorded[:12]}, {info.get('transformer_class')}, base model "
+        f"{info.get('base_model')}): {differ}. Do load the base model it was trained for, or train it for this "
+        "one; allow_config_mismatch=True uses it anyway (at your own risk)."
+    )
 
 
 @contextmanager

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from ..errors import SubjectError, SubjectMismatchError
-from ..guard import subject_fit_problems
 from ..images import ImageInput, check_image, load_images
+from .activate import subject_fit_problems
 from .lora import lora_spec
 from .manifest import lora_scale_problem
 from .store import read_subject, write_subject

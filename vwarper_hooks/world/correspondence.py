@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..apps.analysis import DESCRIPTORS, capture_features
 from ..fine.matching import match_flows
+from ..porting.features import DESCRIPTORS, capture_features
 from .components import encode_captions, to_latents
 from .scene import PIX, TOKEN, Clip, random_clip, random_object
 

@@ -6,11 +6,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from ..porting.features import DESCRIPTORS
+from ..porting.features import LABELS as FEATURE_LABELS
 from .correspondence import BASELINES, CorrespondenceTable
 
-DESCRIPTORS = ("hidden", "qk_raw", "qk_ropefree")
-LABELS = {"hidden": "intermediate features", "qk_raw": "post-RoPE Q/K", "qk_ropefree": "RoPE-free Q/K",
-          "pixels": "noisy latents (pixels)", "same position": "same position"}
+LABELS = {**FEATURE_LABELS, "qk_raw": "post-RoPE Q/K", "pixels": "noisy latents (pixels)",
+          "same position": "same position"}
 
 
 def fig4_markdown(table: CorrespondenceTable) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ...files import remove_stale_temporaries
-from ...guard import subject_fit_problems
+from ...subject.activate import subject_fit_problems
 from ...units import VideoUnits
 from ..exits import CliError
 
@@ -41,7 +41,7 @@ def finite_positive(value: float, flag: str, example: str, allow_zero: bool = Fa
 
 def subject_fits(pipe: object, subject: object, allow_config_mismatch: bool) -> None:
     """Refuse a subject trained for another transformer config (or whose LoRA / token do not fit) as soon
-    as the model is loaded, before any generation (`guard.subject_fit_problems`, as `inject` does; a
+    as the model is loaded, before any generation (`subject_fit_problems`, as `inject` does; a
     mismatch allowed is left for `inject` to warn about, once)."""
     problems = subject_fit_problems(pipe, subject, allow_config_mismatch, warn=False) if subject.has_coarse else []
     if problems:
