@@ -11,10 +11,12 @@ The one extra denoising step costs 1/num_inference_steps of a generation.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .config import WarpConfig
 from .inject import inject
+from .subject.subject import Subject
 
 __all__ = ["prepare"]
 
@@ -42,3 +44,14 @@ def prepare(
                 num_inference_steps=num_inference_steps, output_type="latent", **call_kwargs)
     with inject(pipe, subject, config or WarpConfig(), allow_config_mismatch=allow_config_mismatch) as session:
         session.prepare_call(**call)
+
+
+def _deprecated_subject_prepare(self: Subject, pipe: Any, **kwargs: Any) -> None:
+    """Deprecated since 0.3 (goes away in 0.4): ``vwarper.prepare(pipe, subject, ...)``, same arguments."""
+    warnings.warn("Subject.prepare(pipe, ...) is deprecated: call vwarper.prepare(pipe, subject, ...) "
+                  "(same arguments).", DeprecationWarning, stacklevel=2)
+    prepare(pipe, self, **kwargs)
+
+
+# Attached here, not written in the class: the artifact's module imports nothing of the method.
+Subject.prepare = _deprecated_subject_prepare  # type: ignore[attr-defined]

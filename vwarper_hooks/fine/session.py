@@ -24,9 +24,9 @@ from ..contract.parts import Injector, Matcher
 from ..contract.plan import StepPlan
 from ..errors import ConfigError, VwarperError
 from ..files import weights_digest
-from ..guard import config_problems
 from ..model_hooks import hook_problems, memory_hooks
 from .capture import Branch, Route, Router, RunState, SubjectRun
+from .config_check import config_problems
 from .diagnostics import DiagnosticsLog, StepDiagnostics
 from .lockstep import Lockstep
 from .lockstep_gate import enter_layer, runs_in_lockstep
@@ -131,7 +131,7 @@ class Session:
     @contextmanager
     def override(self, **fields: Any) -> Iterator[Session]:
         """Change `WarpConfig` fields (step and layer ranges, thresholds, matcher, ...) for the pipeline
-        calls started inside the block; validated by `inject`'s own checks (`guard.config_problems`), restored
+        calls started inside the block; validated by `inject`'s own checks (`config_check.config_problems`), restored
         on exit (also on error). Refused on a closed session.
 
         Example: ``with vwarper.inject(pipe, subject) as s, s.override(warp_steps=(5, 15)): pipe(...)``

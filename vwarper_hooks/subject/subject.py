@@ -3,13 +3,13 @@
 Holds the subject token and class word, the reference images, and (after coarse training) the
 LoRA weights and the token embedding. It is an artifact: it runs nothing. Using it is
 `vwarper.inject` / `vwarper.prepare`; what they compute from it (the reference branch's inversions)
-is cached beside it (`vwarper.reference_cache(subject)`), not in it.
+is cached beside it (`vwarper.reference_cache(subject)`), not in it. (``Subject.prepare``, deprecated,
+is attached by `vwarper_hooks.prepare`, so that this module imports nothing of the method.)
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,14 +80,6 @@ class Subject:
         if cache_inversions:
             subject.inversion_dir = Path(path) / "inversions"
         return subject
-
-    def prepare(self, pipe: Any, **kwargs: Any) -> None:
-        """Deprecated since 0.3 (goes away in 0.4): ``vwarper.prepare(pipe, subject, ...)``, same arguments."""
-        warnings.warn("Subject.prepare(pipe, ...) is deprecated: call vwarper.prepare(pipe, subject, ...) "
-                      "(same arguments).", DeprecationWarning, stacklevel=2)
-        from ..prepare import prepare  # the artifact does not run the method: only this alias reaches it
-
-        prepare(pipe, self, **kwargs)
 
     @property
     def prompt(self) -> str:
