@@ -17,10 +17,9 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
 from vwarper_hooks.config import PAPER_WARP_LAYERS
-from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor
+from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
+from vwarper_hooks.contract.processors import RoutedProcessor
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,8 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
-from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor, stock_attend
+from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
+from vwarper_hooks.contract.processors import RoutedProcessor, stock_attend
 
 logger = logging.getLogger(__name__)
 

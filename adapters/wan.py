@@ -12,9 +12,10 @@ heads), before rotary. Values are the self-attention values; ``AttentionCall.tex
 
 Default layers: the paper's 12 and 20-29 of 42 scaled to the depth (30 layers, 1.3B: match 9,
 warp 14-21; 40 layers, 14B: match 11, warp 19-28). NOT validated on real weights.
-Not covered: Wan 2.2's second transformer (``transformer_2``, low-noise stage) is not routed (refused in
-`WanAdapter.pipeline_problems`),
-and per-token timesteps (``expand_timesteps``, TI2V-5B) are not supported by the reference branch (refused too).
+Wan 2.2 A14B (two experts, ``transformer`` above the timestep boundary, ``transformer_2`` below it): both
+are routed, and the reference branch and its inversion run the expert the pipeline runs at each timestep
+(`expert_boundary`, `vwarper_hooks.contract.experts`). Not covered: per-token timesteps
+(``expand_timesteps``, TI2V-5B), which the reference branch does not support (refused).
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vwarper_hooks.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
-from vwarper_hooks.hookspecs import hookimpl
-from vwarper_hooks.processors import RoutedProcessor, stock_attend
+from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
+from vwarper_hooks.contract.processors import RoutedProcessor, stock_attend
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +156,8 @@ class WanAdapter(Adapter):
         return proportional_layers(depth)
 
     def pipeline_problems(self, pipe: Any) -> list[str]:
-        """Wan 2.2's two-expert pipelines and per-token timesteps are refused."""
+        """Per-token timesteps (Wan 2.2 TI2V-5B) are refused; two experts (Wan 2.2 A14B) are routed."""
         problems = []
-        if getattr(pipe, "transformer_2", None) is not None:
-            # Two-expert pipelines (Wan 2.2) switch transformers mid-run; the reference branch and the
-            # inversion would use the wrong expert for part of the trajectory.
-            problems.append(
-                "Expected a pipeline with one transformer, but got a second one (pipe.transformer_2, e.g. "
-                "Wan 2.2's low-noise expert), which vwarper does not route yet. Use a single-transformer "
-                "model such as Wan-AI/Wan2.1-T2V-14B-Diffusers."
-            )
         config = getattr(pipe, "config", None)
         if config is not None and getattr(config, "expand_timesteps", False):
             problems.append(
@@ -174,6 +166,14 @@ class WanAdapter(Adapter):
                 "Use a Wan 2.1 T2V model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers."
             )
         return problems
+
+    def expert_boundary(self, pipe: Any) -> float | None:
+        """Wan 2.2 A14B: ``transformer`` runs timesteps >= ``boundary_ratio * num_train_timesteps``,
+        ``transformer_2`` the others (the pipeline's own rule); None with one transformer."""
+        ratio = getattr(getattr(pipe, "config", None), "boundary_ratio", None)
+        if ratio is None or getattr(pipe, "transformer_2", None) is None:
+            return None
+        return float(ratio) * pipe.scheduler.config.num_train_timesteps
 
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size

@@ -68,18 +68,21 @@ def test_unipc_flow_sigmas_align_with_timesteps(wpipe):
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=2e-3)  # integer timesteps = sigma * 1000
 
 
-def test_two_expert_pipeline_is_refused_and_left_untouched(wpipe, subject):
-    """Wan 2.2 pipelines hand low-noise steps to `transformer_2`, which vwarper does not route."""
+def test_a_second_expert_that_is_the_first_is_routed_once(wpipe, subject):
+    """Wan 2.2 pipelines hand low-noise steps to `transformer_2` (tests/test_wan22.py); one model in both
+    slots gets one set of processors and hooks, and is stock again after the block."""
     from conftest import hook_count
 
     before = hook_count(wpipe)
-    wpipe.transformer_2 = wpipe.transformer  # stands in for the second expert
+    wpipe.transformer_2 = wpipe.transformer
+    wpipe.register_to_config(boundary_ratio=0.875)
     try:
-        with pytest.raises(vwarper.ConfigError, match="transformer_2"):
-            with vwarper.inject(wpipe, subject):
-                pass
+        with vwarper.inject(wpipe, subject, vwarper.WarpConfig(warp_steps=(1, 3), mask=False)):
+            assert len(wpipe.transformer._forward_pre_hooks) == 1
+            wpipe(**tiny_call_kwargs(num_inference_steps=5))
     finally:
         wpipe.transformer_2 = None
+        wpipe.register_to_config(boundary_ratio=None)
     assert hook_count(wpipe) == before
 
 

@@ -90,6 +90,9 @@ def test_other_families_run_on_the_meta_device(family):
     in_masking_utils = any(getattr(o, "__name__", "") == "transformers.masking_utils" for o, _ in _mask_checks())
     if family == "hunyuan_video" and not in_masking_utils:
         pytest.skip("transformers before 4.53: its Llama text encoder cannot run on the meta device")
+    if family == "wan22":
+        pytest.skip("the stock two-expert WanPipeline reads each step's timestep on the host to pick its expert "
+                    "(t >= boundary_timestep): it cannot run on the meta device, with or without V-Warper")
     with meta_shims():
         pipe = _on_meta(family)
         subject = _subject("<clock>", 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import WarpConfig
 from .contract.adapter import Adapter, base_model
+from .contract.experts import experts
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
 from .fine.config_check import config_problems
 from .model_hooks import hook_problems
@@ -64,7 +65,11 @@ def validate(
     adapter = get_adapter(pipe.transformer)
     model = base_model(pipe.transformer)
     config, matcher, injector, problems = config_problems(adapter, model, subjects, config)
-    problems += adapter.problems(model) + adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
+    problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
+    for expert in experts(adapter, pipe):  # Wan 2.2: both experts carry our processors and hooks
+        problems += adapter.problems(base_model(expert))
+        if expert is not pipe.transformer:  # the first one's hooks: `unsupported_modes`
+            problems += hook_problems(base_model(expert))
     for subject in subjects:
         problems += subject_problems(pipe, subject, allow_config_mismatch)
     if problems:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import WarpConfig, as_config
 from .contract.adapter import base_model
+from .contract.experts import experts
 from .errors import VwarperError
 from .fine.calls import one_call_at_a_time
 from .fine.session import Session
@@ -88,10 +89,11 @@ def _injected(pipe: Any, subject: Any, config: Any, allow_config_mismatch: bool)
         stack.callback(session.close)
         stack.enter_context(session.clock.installed())
         stack.enter_context(watch_tokenizer(pipe, session.on_tokenized))
-        stack.callback(adapter.install(base_model(transformer), session.router))
-        stack.callback(transformer.register_forward_pre_hook(session.before_forward, with_kwargs=True).remove)
-        stack.callback(
-            transformer.register_forward_hook(session.after_forward, with_kwargs=True, always_call=True).remove
-        )
+        for expert in experts(adapter, pipe):  # one transformer, or Wan 2.2's two experts: one router
+            stack.callback(adapter.install(base_model(expert), session.router))
+            stack.callback(expert.register_forward_pre_hook(session.before_forward, with_kwargs=True).remove)
+            stack.callback(
+                expert.register_forward_hook(session.after_forward, with_kwargs=True, always_call=True).remove
+            )
         logger.info("V-Warper active on %s (%s)", type(transformer).__name__, adapter.name)
         yield session

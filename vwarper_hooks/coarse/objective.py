@@ -9,10 +9,15 @@
   is ``s * num_train_timesteps`` (the pipelines' ``timestep = sigma * 1000``).
 
 Anything else is refused with a `ConfigError` that says what the trainer understands.
+
+Two-expert pipelines (Wan 2.2 A14B): stage 1 trains the LoRA of the first expert (``pipe.transformer``, the
+noisy steps, where the paper's warp window falls), so timesteps are drawn at or above the boundary only
+(``min_timestep``); see the README, "Other architectures".
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -49,9 +54,11 @@ class DdpmObjective(Objective):
 
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,) float32, CPU
     prediction_type: str
+    min_timestep: float = 0.0  # draws start here (two experts: the first expert's share)
 
     def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, len(self.alphas_cumprod), (batch,), generator=generator)
+        low = min(int(math.ceil(self.min_timestep)), len(self.alphas_cumprod) - 1)
+        return torch.randint(low, len(self.alphas_cumprod), (batch,), generator=generator)
 
     def noisy_and_target(
         self, x0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
@@ -67,9 +74,11 @@ class FlowMatchingObjective(Objective):
     """Rectified flow: velocity ``noise - x0`` at a uniformly drawn noise level ``s``."""
 
     num_train_timesteps: int
+    min_timestep: float = 0.0  # draws start here (two experts: the first expert's share)
 
     def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand((batch,), generator=generator) * self.num_train_timesteps
+        low = self.min_timestep / self.num_train_timesteps
+        return (low + torch.rand((batch,), generator=generator) * (1 - low)) * self.num_train_timesteps
 
     def noisy_and_target(
         self, x0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
@@ -78,15 +87,17 @@ class FlowMatchingObjective(Objective):
         return (1 - s) * x0 + s * noise, noise - x0
 
 
-def objective_for(scheduler: Any) -> Objective:
-    """The objective `scheduler` was trained with, or a `ConfigError` saying which ones are understood."""
+def objective_for(scheduler: Any, min_timestep: float = 0.0) -> Objective:
+    """The objective `scheduler` was trained with, or a `ConfigError` saying which ones are understood.
+
+    :param min_timestep: the lowest timestep to draw (`Adapter.expert_boundary` for two experts)."""
     config = getattr(scheduler, "config", None)
     if config is not None and is_flow_matching(scheduler):
-        return FlowMatchingObjective(int(getattr(config, "num_train_timesteps", 1000)))
+        return FlowMatchingObjective(int(getattr(config, "num_train_timesteps", 1000)), min_timestep)
     alphas = getattr(scheduler, "alphas_cumprod", None)
     prediction = getattr(config, "prediction_type", None)
     if alphas is not None and prediction in DDPM_PREDICTIONS:
-        return DdpmObjective(torch.as_tensor(alphas).float().cpu(), prediction)
+        return DdpmObjective(torch.as_tensor(alphas).float().cpu(), prediction, min_timestep)
     have = "alphas_cumprod" if alphas is not None else "no alphas_cumprod"
     raise ConfigError([
         f"Expected a scheduler whose training objective the coarse trainer knows (DDPM-style alphas_cumprod "

@@ -87,7 +87,7 @@ def train_subject(
     """
     config = config or CoarseConfig()
     adapter = get_adapter(pipe.transformer)
-    objective = objective_for(pipe.scheduler)
+    objective = objective_for(pipe.scheduler, adapter.expert_boundary(pipe) or 0.0)  # two experts: the first's
     height, width = training_size(pipe, adapter, config)
     images = load_images(images, min_size=video_units(pipe).token_grid(height, width))
     if len(images) < 3:

@@ -5,7 +5,8 @@ package implements, what it receives, and the hooks that register it.
 - `parts`: `Matcher` + `MatchResult`, `Injector` + `ReferenceFeatures` + `TokenMap`
 - `plan`: `StepPlan`, the layers each branch needs at each step
 - `hookspecs`: ``register_adapters``, ``register_matchers``, ``register_injectors`` (and `hookimpl`)
-- `vwarper_hooks.adapter`: the `Adapter` base class itself
+- `adapter`: the `Adapter` base class itself; `experts`: which transformer of a two-expert pipeline runs
+- `processors`: `RoutedProcessor`, the base of an adapter's attention processors
 
 The contract imports nothing of the method (`fine/`), the subjects or the apps: they import it.
 """

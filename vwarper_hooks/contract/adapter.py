@@ -4,7 +4,7 @@ An adapter replaces the attention processor of each attention layer with one tha
 core's router asks for it, hands over an `AttentionCall` (RoPE-free Q/K, values, where text and
 video tokens sit, how to rotate, how to attend). When the router does not want a layer, the
 adapter's processor calls the stock processor unchanged, so outputs stay bit-identical
-(`vwarper_hooks.processors.RoutedProcessor`).
+(`vwarper_hooks.contract.processors.RoutedProcessor`).
 
 Every rule of a model family lives in its adapter: the core (inject, the session, the trainer,
 the analysis) asks the adapter and names no family. Five methods are required; everything else
@@ -169,6 +169,14 @@ class Adapter(ABC):
         Default: none (empty list).
         """
         return []
+
+    def expert_boundary(self, pipe: Any) -> float | None:
+        """The timestep below which the pipeline calls its second expert (``pipe.transformer_2``), or None for
+        a pipeline with one transformer (`contract.experts` derives which expert runs a timestep from it).
+
+        Default: None.
+        """
+        return None
 
     # ------------------------------------------------------------------ one forward call
     def latents(self, kwargs: dict[str, Any]) -> torch.Tensor:

@@ -26,6 +26,8 @@ import torch
 
 from ..errors import SubjectError
 
+#: ``denoise(latents, t)``: the model's prediction; `t` is a (1,) timestep on the CPU (the host scheduler's),
+#: which the denoiser moves to its device (and may read freely: choosing an expert costs no device read)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 FLOW_PREDICTION = "flow_prediction"
@@ -73,7 +75,7 @@ def flow_invert(
     latent = clean.float()
     out: list[torch.Tensor] = []
     for k, i in enumerate(range(steps - 1, first - 1, -1)):  # from the least noisy step up to `first`
-        t_batch = timesteps[i].reshape(1).to(clean.device)
+        t_batch = timesteps[i].reshape(1).cpu()  # the denoiser moves it
         delta = float(sigmas[i] - sigmas[i + 1])  # > 0: going up in noise
         velocity = denoise(latent.to(clean.dtype), t_batch).float()
         target = latent + delta * velocity
@@ -114,7 +116,7 @@ def ddim_invert(
     out = []
     for i, t in enumerate(ascending):
         alpha_out = float(alphas_cumprod[int(t)])
-        t_batch = torch.tensor([t], device=clean.device)
+        t_batch = torch.tensor([t])  # on the CPU: the denoiser moves it
         model = denoise(latent.to(clean.dtype), t_batch).float()
         x0, eps = _split(latent, model, alpha_in, prediction_type)
         target = _ddim_step(x0, eps, alpha_out)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..contract.adapter import Adapter, base_model
+from ..contract.experts import expert_for, experts
 from ..files import tensor_digest
 from ..images import image_to_video
 from .capture import Branch, Route, Router, StopReference
@@ -25,7 +26,7 @@ from .feature_cache import FeatureCache
 from .inversion import invert_reference
 from .lockstep import Lockstep
 from .matching import first_best
-from .reference_cache import ReferenceState, cache_key, reference_cache
+from .reference_cache import ReferenceState, cache_key, model_fingerprint, reference_cache
 from .steps import StepClock
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class ReferenceBranch:
             for name in self.adapter.batched_kwargs
             if torch.is_tensor(kwargs.get(name))
         )
-        return refine, conditioning, repr(kwargs.get("attention_kwargs"))
+        others = tuple(model_fingerprint(base_model(m)) for m in experts(self.adapter, self.pipe)[1:])  # Wan 2.2
+        return refine, conditioning, repr(kwargs.get("attention_kwargs")), others
 
     def _make(
         self, kwargs: dict, latents: torch.Tensor, prompt: str, image: Any, refine: int, first: int
@@ -129,9 +131,9 @@ class ReferenceBranch:
             video = image_to_video(image, frames, height, width)
             clean = encode_reference(adapter, pipe, video, latents)  # untiled if tiles change its size
 
-            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t: the host scheduler's (no read)
                 ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
-                return pipe.transformer(**ref)[0]
+                return expert_for(adapter, pipe, float(t))(**ref)[0]  # the expert the pipeline runs at t
 
             scheduler = self.clock.host_scheduler()
             steps = len(scheduler.timesteps) - first
@@ -152,12 +154,13 @@ class ReferenceBranch:
             cache.load(run, self.index, self.photos, step, later[0] if later else None)
             return
         ref_kwargs, route = self._inputs(step, kwargs, layers)
+        expert = expert_for(self.adapter, self.pipe, float(self.clock.host_timesteps()[step]))  # as the generation
         if lockstep is not None:
-            lockstep.start(lambda: self._call(ref_kwargs), lambda: self.router.routing(route),
+            lockstep.start(lambda: self._call(expert, ref_kwargs), lambda: self.router.routing(route),
                            layers & run.plan.warp_layers, name=f"vwarper-reference-{self.index}")
             return
         with self.router.routing(route):
-            self._call(ref_kwargs)
+            self._call(expert, ref_kwargs)
         if cache is not None:
             cache.store(run, self.index, self.photos, step)
 
@@ -170,9 +173,9 @@ class ReferenceBranch:
         return ref_kwargs, Route(branch=Branch.REFERENCE, step=step, layers=layers, deepest=max(layers),
                                  subject=self.index)
 
-    def _call(self, ref_kwargs: dict) -> None:
+    def _call(self, expert: Any, ref_kwargs: dict) -> None:
         try:
-            self.pipe.transformer(**ref_kwargs)
+            expert(**ref_kwargs)
         except StopReference:
             pass
 

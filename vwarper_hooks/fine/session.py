@@ -3,8 +3,8 @@
 Per generation call of the denoising loop the session asks the step clock (`steps`) which step
 this is; at a run's first call it starts a `RunState` (plan, subject token, reference branch);
 at each step's first call it has the token map made (`token_map`: matching and masks) and the
-reference branch run (`reference`); then it routes the generation forward (`capture`) and keeps
-the diagnostics. It owns no arithmetic of its own.
+reference branch run (`reference`); then it routes the generation forward (`capture`) and keeps the
+diagnostics. It owns no arithmetic of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import WarpConfig
 from ..contract.adapter import Adapter, base_model
+from ..contract.experts import experts
 from ..contract.parts import Injector, Matcher
 from ..contract.plan import StepPlan
 from ..errors import ConfigError, VwarperError
@@ -75,13 +76,13 @@ class Session:
         injector: Injector,
     ) -> None:
         self.pipe, self.adapter, self.subjects = pipe, adapter, list(subjects)
-        self.depth = len(adapter.attention_layers(base_model(pipe.transformer)))
         self.config, self.matcher, self.injector = config, matcher, injector
-        model = base_model(pipe.transformer)
-        # The inversion cache's key digests the weights (one host read when they changed): at inject, with
-        # the subjects' LoRA in, and before each run's loop, never inside it (the closure holds no session).
-        weights_digest(model)
-        self.clock = StepClock(pipe.scheduler, before_run=lambda: weights_digest(model))
+        models = [base_model(m) for m in experts(adapter, pipe)]  # Wan 2.2: both experts
+        self.depth = len(adapter.attention_layers(models[0]))
+        # The inversion cache's key digests the weights (a host read when they changed): at inject, with the
+        # subjects' LoRA in, and before each run's loop, never inside it (the closure holds no session).
+        [weights_digest(m) for m in models]
+        self.clock = StepClock(pipe.scheduler, before_run=lambda: [weights_digest(m) for m in models])
         self.router = Router()
         self.lockstep = Lockstep()  # the reference workers beside the running generation forward, if any
         self.router.on_enter = functools.partial(enter_layer, self.lockstep, self.router)
@@ -104,8 +105,7 @@ class Session:
 
     @property
     def subject(self) -> Any:
-        """The (first) subject."""
-        return self.subjects[0]
+        return self.subjects[0]  # the (first) subject
 
     @property
     def photos(self) -> dict[str, list[int]]:
@@ -209,11 +209,11 @@ class Session:
     # ----------------------------------------------------------------- per run / per step
     def _start_run(self, kwargs: dict) -> None:
         config = self.config
-        model = base_model(self.pipe.transformer)
-        problems = hook_problems(model)  # again at each run: a cache may have been enabled inside the block
+        models = [base_model(m) for m in experts(self.adapter, self.pipe)]
+        problems = [p for m in models for p in hook_problems(m)]  # again at each run: a cache may be new
         if problems:
             raise ConfigError(problems)
-        self._memory_hooks = memory_hooks(model)
+        self._memory_hooks = [h for m in models for h in memory_hooks(m)]
         if self._memory_hooks and config.reference_lockstep:
             self._warn_once(
                 f"reference_lockstep off for this run: {', '.join(self._memory_hooks)} on the transformer would "

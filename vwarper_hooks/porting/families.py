@@ -7,6 +7,8 @@ Read by the CLI (`vwarper inspect --tiny`, before diffusers loads) and by the te
 from __future__ import annotations
 
 #: built-in families, each with a tiny pipeline in `tiny_models` (a new family adds its name here)
-TINY_FAMILIES: tuple[str, ...] = ("cogvideox", "hunyuan_video", "wan")
+TINY_FAMILIES: tuple[str, ...] = ("cogvideox", "hunyuan_video", "wan", "wan22")
+#: the adapter each family's tiny pipeline is run by (a family not listed: its own name)
+ADAPTER_OF: dict[str, str] = {"wan22": "wan"}  # Wan 2.2 A14B: two Wan experts in one WanPipeline
 #: the families other than the paper's own (CogVideoX)
 OTHER_FAMILIES: tuple[str, ...] = tuple(f for f in TINY_FAMILIES if f != "cogvideox")

@@ -9,7 +9,7 @@
   sense for a word-list tokenizer, so `TinyHunyuanVideoPipeline` swaps in `TINY_PROMPT_TEMPLATE`
   whenever the caller leaves the default template; everything else is the stock pipeline.
 - Wan: UMT5 text encoder, `AutoencoderKLWan`, `UniPCMultistepScheduler` with flow sigmas (Wan's own
-  default), separate CFG passes (conditional first).
+  default), separate CFG passes (conditional first). Wan 2.2 A14B ("wan22"): the same with two experts.
 
 Every tokenizer slot gets the word-list tokenizer: the pipelines only call ``tokenizer(...)`` and
 read ``input_ids`` / ``attention_mask``. Token grid: 5 frames of 32 x 32 px -> 2 latent frames of
@@ -239,11 +239,28 @@ def tiny_wan_pipeline(num_layers: int = 6, seed: int = 0, tie_qk: bool = False) 
     return pipe
 
 
+def tiny_wan22_pipeline(num_layers: int = 6, seed: int = 0, tie_qk: bool = False, boundary_ratio: float = 0.875) -> Any:
+    """Wan 2.2 A14B in small: `tiny_wan_pipeline` with a second expert (``transformer_2``, other random weights)
+    for the timesteps below ``boundary_ratio * 1000`` (A14B's 0.875: of 5 steps at flow shift 3, steps 0-1 run
+    ``transformer``, steps 2-4 ``transformer_2``)."""
+    from diffusers import WanPipeline
+
+    one = tiny_wan_pipeline(num_layers, seed=seed, tie_qk=tie_qk)
+    second = tiny_wan_transformer(num_layers, seed=seed + 1)
+    if tie_qk:
+        tie_query_key(second)
+    pipe = WanPipeline(tokenizer=one.tokenizer, text_encoder=one.text_encoder, vae=one.vae, scheduler=one.scheduler,
+                       transformer=one.transformer, transformer_2=second, boundary_ratio=boundary_ratio)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 #: The tiny pipeline builder of each built-in family (names: `families.TINY_FAMILIES`).
 FAMILIES = {
     "cogvideox": tiny_cogvideox_pipeline,
     "hunyuan_video": tiny_hunyuan_video_pipeline,
     "wan": tiny_wan_pipeline,
+    "wan22": tiny_wan22_pipeline,
 }
 
 
