@@ -203,8 +203,9 @@ def main() -> None:
     print(f"matcher+masks extra peak: {matcher / 2**20:.1f} MiB = {100 * matcher / max(vanilla_m, 1):.1f}% "
           f"of vanilla peak")
     print(f"warp calls per injected run: min={min(warp_calls)} max={max(warp_calls)}")
-    print(f"warm subject's cache: hits={warm_subject.reference_cache.hits} "
-          f"misses={warm_subject.reference_cache.misses}")
+    cache = vwarper.reference_cache(warm_subject)
+    print(f"warm subject's cache: hits={cache.hits} "
+          f"misses={cache.misses}")
 
 
 if __name__ == "__main__":
