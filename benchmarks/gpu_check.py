@@ -37,15 +37,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import vwarper_hooks as vwarper  # noqa: E402
+from vwarper_hooks.contract.plan import scaled_window  # noqa: E402
 from vwarper_hooks.porting.memory import measure_peak  # noqa: E402
 
 PROMPT = "a photo of a <gpu-clock> clock on the beach"
-
-
-def scaled_window(steps: int, paper: tuple[int, int] = (3, 19), of: int = 50) -> tuple[int, int]:
-    """The paper's warp steps (3-19 of 50) scaled to a run of `steps` steps."""
-    first = max(1, round(paper[0] * steps / of))
-    return first, max(first, min(steps - 1, round(paper[1] * steps / of)))
 
 
 def build(dry_run: bool) -> tuple[Any, dict[str, Any]]:

@@ -17,6 +17,9 @@ StepRange = tuple[int, int]
 PAPER_DEPTH: int = 42
 PAPER_MATCH_LAYER: int = 12
 PAPER_WARP_LAYERS: LayerRange = (20, 29)
+#: The paper's warp steps of its 50-step runs (0-based, inclusive); `plan.scaled_window` scales them.
+PAPER_STEPS: int = 50
+PAPER_WARP_STEPS: tuple[int, int] = (3, 19)
 
 
 def validation_problems(exc: ValidationError, model: str) -> list[str]:
@@ -50,7 +53,7 @@ class WarpConfig(BaseModel):
 
     match_layer: int = Field(PAPER_MATCH_LAYER, ge=0, description="layer whose RoPE-free Q/K give correspondences")
     warp_layers: LayerRange = Field(PAPER_WARP_LAYERS, description="layers whose video values are warped")
-    warp_steps: StepRange = Field((3, 19), description="denoising steps in which warping happens")
+    warp_steps: StepRange = Field(PAPER_WARP_STEPS, description="denoising steps in which warping happens")
     tau_fg: float = Field(0.3, description="foreground threshold on min-max normalised V->T attention, in [0, 1)")
     tau_cc: float = Field(0.1, description="cycle-consistency threshold (eq. 5), > 0")
     warp: bool = Field(True, description="False: coarse stage only, no reference branch")

@@ -20,8 +20,9 @@ import torch
 
 from ..coarse import CoarseConfig, train_subject
 from ..config import WarpConfig
+from ..contract.plan import scaled_window
 from ..world import LEARNED_MODEL, learned_layers, learned_pipeline
-from ..world.ablation import novel_object, photos, prompt_background, prompts, warp_window
+from ..world.ablation import novel_object, photos, prompt_background, prompts
 from ..world.scores import score_video
 from . import visualize as vis
 from .generate import generate_video
@@ -62,7 +63,7 @@ def _run(out: Path, train_steps: int, steps: int, seed: int, stage: Any) -> dict
     layers = learned_layers()
     runs = {}
     for name, fields in (("coarse only", dict(warp=False)), ("V-Warper", {})):
-        warp = WarpConfig(warp_steps=warp_window(steps), **layers, **fields)
+        warp = WarpConfig(warp_steps=scaled_window(steps), **layers, **fields)
         stage(f"generate ({name})", 0, steps)
         runs[name] = generate_video(pipe, subject, prompt, frames=9, steps=steps, guidance=6.0, seed=seed,
                                     height=32, width=32, config=warp,
@@ -82,7 +83,7 @@ def _run(out: Path, train_steps: int, steps: int, seed: int, stage: Any) -> dict
         "shape": obj.shape, "texture": obj.texture, "color": obj.color,
         "detail_color (never in a prompt)": [round(c, 3) for c in obj.detail_color]},
         "layers": {k: list(v) if isinstance(v, tuple) else v for k, v in layers.items()},
-        "warp_steps": list(warp_window(steps)), "scores": scores, "files": files,
+        "warp_steps": list(scaled_window(steps)), "scores": scores, "files": files,
         "panels": {k: f"panels/{p.name}" for k, p in pngs.items()},
         "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import WarpConfig
+from ..config import PAPER_STEPS, PAPER_WARP_STEPS, WarpConfig
 from ..errors import ConfigError
 
 
@@ -27,6 +27,13 @@ def ranges(values: frozenset[int] | set[int]) -> str:
         else:
             out.append(str(v))
     return ", ".join(out)
+
+
+def scaled_window(steps: int) -> tuple[int, int]:
+    """The paper's warp steps (3-19 of 50) scaled to a run of `steps` steps: the same share of the run, never
+    step 0 (it has no previous step to match from) nor past the last step."""
+    first = max(1, round(PAPER_WARP_STEPS[0] * steps / PAPER_STEPS))
+    return first, max(first, min(steps - 1, round(PAPER_WARP_STEPS[1] * steps / PAPER_STEPS)))
 
 
 def warps_nothing(config: WarpConfig, num_steps: int) -> bool:

@@ -19,6 +19,7 @@ from PIL import Image
 from ..coarse.config import CoarseConfig
 from ..coarse.train import train_subject
 from ..config import WarpConfig
+from ..contract.plan import scaled_window
 from ..inject import inject
 from .scene import COLORS, DIRECTIONS, WorldObject, random_object, still_photo
 from .scores import score_video
@@ -77,7 +78,7 @@ def train(pipe: Any, obj: WorldObject, token: str, count: int, seed: int, steps:
 def generate(pipe: Any, subject: Any, prompt: str, seed: int, steps: int, fields: dict[str, Any],
              layers: dict[str, Any]) -> tuple[np.ndarray, dict[int, Any]]:
     """(F, 32, 32, 3) float frames in [0, 1] of one variant, and its diagnostics (warp step -> flow and masks)."""
-    config = WarpConfig(warp_steps=warp_window(steps), **layers, **fields)
+    config = WarpConfig(warp_steps=scaled_window(steps), **layers, **fields)
     with inject(pipe, subject, config) as session:
         out = pipe(prompt=prompt, negative_prompt="", num_frames=9, height=32, width=32, num_inference_steps=steps,
                    guidance_scale=6.0, max_sequence_length=pipe.transformer.config.max_text_seq_length,
@@ -89,12 +90,6 @@ def generate(pipe: Any, subject: Any, prompt: str, seed: int, steps: int, fields
 def prompt_background(prompt: str) -> str:
     """The background colour a `prompts` prompt names ("... on a flat blue background" -> "blue")."""
     return prompt.split(" flat ")[1].split()[0]
-
-
-def warp_window(steps: int) -> tuple[int, int]:
-    """The paper's warp steps 3-19 of 50 scaled to `steps`."""
-    first = max(1, round(3 * steps / 50))
-    return first, max(first, round(19 * steps / 50))
 
 
 def run_ablation(pipe: Any, subjects: int, prompts_per: int, seeds: int, steps: int, layers: dict[str, Any],
