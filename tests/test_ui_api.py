@@ -1,34 +1,45 @@
-"""The browser app through its API (gradio_client) on the tiny model, served once for the module: train,
+"""The browser app through its API (gradio_client) on the learned model, served once for the module: train,
 generate, the library's messages for bad input, cancel (nothing written, the pipe put back), and a second
 session queued behind a running job without changing its video."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+if importlib.util.find_spec("gradio") is None and os.environ.get("VWARPER_REQUIRE_BROWSER") == "1":
+    pytest.fail('VWARPER_REQUIRE_BROWSER=1, but gradio is missing: pip install "vwarper-hooks[ui]"', pytrace=False)
 pytest.importorskip("gradio", reason='the browser app needs its extra: pip install "vwarper-hooks[ui]"')
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from ui_support import clock_photos, generate_args, pipe_state, served  # noqa: E402
+from ui_support import generate_args, pipe_state, served, world_photos  # noqa: E402
 
 from vwarper_hooks import Subject  # noqa: E402
 from vwarper_hooks.apps import visualize as vis  # noqa: E402
 from vwarper_hooks.apps.ui.jobs import Cancelled  # noqa: E402
 from vwarper_hooks.subject.token import token_problems  # noqa: E402
 
-TOKEN = "<ui-clock>"
-PROMPT = f"a photo of a {TOKEN} clock on the beach"
+TOKEN = "<ui-shape>"
+PROMPT = f"a {TOKEN} orange striped circle moving left on a flat blue background"
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    with served("tiny", tmp_path_factory.mktemp("ui-api")) as s:
+    with served("learned", tmp_path_factory.mktemp("ui-api")) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def photos(app) -> list[Path]:
+    return world_photos(app.root / "photos")
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +47,17 @@ def client(app):
     return Client(app.url, verbose=False)
 
 
-def train_args(token: str = TOKEN, photos: list[Path] | None = None, steps: int = 3) -> list:
-    files = [handle_file(str(p)) for p in (clock_photos() if photos is None else photos)]
-    return [files, token, "clock", steps, 4, 1e-3, 5e-3, False]
+def train_args(photos: list[Path], token: str = TOKEN, steps: int = 3) -> list:
+    return [[handle_file(str(p)) for p in photos], token, "orange striped circle", steps, 4, 1e-3, 5e-3, False]
 
 
 @pytest.fixture(scope="module")
-def trained(app, client) -> str:
+def trained(app, client, photos) -> str:
     before = pipe_state(app.pipe)
-    status, table, _, _ = client.predict(*train_args(), api_name="/train")
-    assert status.startswith("**Saved**") and "ui-clock" in status
+    status, table, _, _ = client.predict(*train_args(photos), api_name="/train")
+    assert status.startswith("**Saved**") and "ui-shape" in status
     assert pipe_state(app.pipe) == before and before["leftovers"] == []
-    return "ui-clock"
+    return "ui-shape"
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +76,43 @@ def test_training_saves_a_loadable_subject_and_lists_it(app, trained):
     assert [e.name for e in app.ctx.library.entries()] == [trained]
 
 
-@pytest.mark.parametrize("token", ["clock", "<ui bad>"])
-def test_a_bad_token_gets_the_librarys_own_message(app, client, token):
+def test_saved_subjects_are_shown_and_deleted(app, client, trained):
+    shutil.copytree(app.ctx.library.root / trained, app.ctx.library.root / "ui-copy")
+    text, photos = client.predict("ui-copy", api_name="/show_subject")
+    assert text.startswith("`<ui-shape>` (orange striped circle): 3 photo(s), trained 3 steps")
+    assert len(photos) == 3
+    details, _, table, _, _ = client.predict("ui-copy", api_name="/delete_subject")
+    assert details.startswith("Deleted") and not (app.ctx.library.root / "ui-copy").exists()
+    assert [row[0] for row in table["data"]] == [trained]
+    with pytest.raises(AppError, match="Expected a saved subject, but got 'ui-copy'"):
+        client.predict("ui-copy", api_name="/delete_subject")
+    with pytest.raises(AppError, match="Expected a saved subject"):
+        client.predict("../subjects", api_name="/show_subject")
+
+
+@pytest.mark.parametrize("token", ["circle", "<ui bad>"])
+def test_a_bad_token_gets_the_librarys_own_message(app, client, photos, token):
     expected = token_problems(app.pipe.tokenizer, token)
     assert expected  # a word the tokenizer knows, a token with a space
     with pytest.raises(AppError) as info:
-        client.predict(*train_args(token=token), api_name="/train")
+        client.predict(*train_args(photos, token=token), api_name="/train")
     assert str(info.value).strip() == expected[0]
 
 
-def test_bad_photos_get_clear_messages(app, client, tmp_path):
+def test_bad_photos_get_clear_messages(app, client, photos, trained, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_text("not a picture")
     with pytest.raises(AppError, match=r"Expected a readable image file as reference image #1"):
-        client.predict(*train_args(token="<ui-broken>", photos=[clock_photos()[0], broken]), api_name="/train")
+        client.predict(*train_args([photos[0], broken], token="<ui-broken>"), api_name="/train")
     with pytest.raises(AppError, match=r"Expected 1-10 photos of the subject .* but got 11"):
-        client.predict(*train_args(token="<ui-many>", photos=clock_photos(1) * 11), api_name="/train")
+        client.predict(*train_args(photos[:1] * 11, token="<ui-many>"), api_name="/train")
     with pytest.raises(AppError, match=r"Expected 1-10 photos of the subject .* but got 0"):
-        client.predict(*train_args(token="<ui-none>", photos=[]), api_name="/train")
-    assert [e.name for e in app.ctx.library.entries()] == ["ui-clock"]
+        client.predict(*train_args([], token="<ui-none>"), api_name="/train")
+    small = tmp_path / "small.png"
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(small)
+    with pytest.raises(AppError, match=r"Expected reference image #0 of at least 8x8 pixels .* but got 4x4"):
+        client.predict(*train_args([small], token="<ui-small>"), api_name="/train")
+    assert [e.name for e in app.ctx.library.entries()] == [trained]
 
 
 def test_generation_writes_both_videos_the_panels_and_the_settings(app, generated):
@@ -125,12 +153,12 @@ def test_cancelling_a_generation_writes_nothing_and_puts_the_pipe_back(app, clie
     assert pipe_state(app.pipe) == before
 
 
-def test_the_cancel_button_stops_a_training_without_saving(app, client, trained):
+def test_the_cancel_button_stops_a_training_without_saving(app, client, photos, trained):
     before = pipe_state(app.pipe)
-    submitted = client.submit(*train_args(token="<ui-long>", steps=5000), api_name="/train")
+    submitted = client.submit(*train_args(photos, token="<ui-long>", steps=5000), api_name="/train")
     job = _wait_running(app, "training", steps=2)
     message = client.predict(api_name="/cancel_training")  # the same session as the training
-    assert message.startswith("**Cancelled:** the training stopped at step")
+    assert message.startswith("**Cancelled:** The training was cancelled (training &lt;ui-long&gt;: step ")
     assert job.done and isinstance(job.error, Cancelled) and job.progress.done < 5000
     submitted.result(timeout=60) if not submitted.done() else None
     assert not (app.ctx.library.root / "ui-long").exists()
@@ -139,12 +167,13 @@ def test_the_cancel_button_stops_a_training_without_saving(app, client, trained)
     assert client.predict(api_name="/cancel_training").startswith("Nothing to cancel")
 
 
-def test_a_second_session_waits_in_the_queue_and_changes_nothing_of_the_running_video(app, trained, generated):
+def test_a_second_session_waits_in_the_queue_and_changes_nothing_of_the_running_video(app, photos, trained,
+                                                                                   generated):
     first, second = Client(app.url, verbose=False), Client(app.url, verbose=False)
     before = pipe_state(app.pipe)
     running = first.submit(*generate_args(app.ctx, trained, PROMPT), api_name="/generate")
     job = _wait_running(app, "generation", steps=1)
-    queued = second.submit(*train_args(token="<ui-second>"), api_name="/train")  # would add a LoRA mid-run
+    queued = second.submit(*train_args(photos, token="<ui-second>"), api_name="/train")  # a LoRA, mid-run
     seen = set()
     while not job.done:
         seen.add(queued.status().code.name)

@@ -22,8 +22,9 @@ from PIL import Image
 from vwarper_hooks.apps import visualize as vis
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
-#: the test sizes: training steps, sampling steps, frames (the hidden knobs of `vwarper ui`)
-TEST_SIZES = (3, 6, 9)
+#: the test sizes: training steps, sampling steps, frames (the hidden knobs of `vwarper ui`); the README's
+#: screenshot was taken at the learned model's real sizes: VWARPER_UI_SIZES=150,50,9
+TEST_SIZES = tuple(int(v) for v in os.environ.get("VWARPER_UI_SIZES", "3,6,9").split(","))
 
 
 def world_photos(folder: Path, count: int = 3) -> list[Path]:
@@ -95,9 +96,6 @@ def served(model: str, root: Path) -> Iterator[Served]:
     from vwarper_hooks.apps.ui.app import create_app, create_context, launch, stop
     from vwarper_hooks.apps.ui.profiles import Overrides
 
-    saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED")}
-    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-cache")
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     pipe = load_pipeline(model)
     ctx = create_context(model, pipe, root / "subjects", root / "outputs", Overrides(*TEST_SIZES))
     app = create_app(ctx)
@@ -106,11 +104,6 @@ def served(model: str, root: Path) -> Iterator[Served]:
         yield Served(url, ctx, app, root)
     finally:
         stop(app, ctx)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def pipe_state(pipe: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from . import compare_tab, generate_tab, subjects_tab
-from .context import AppContext
+from .context import AppContext, session_of
 from .jobs import ModelRunner
 from .library import SubjectLibrary
 from .profiles import Overrides, page_defaults
@@ -24,6 +24,7 @@ from .profiles import Overrides, page_defaults
 logger = logging.getLogger(__name__)
 
 CSS = """
+#train-status, #generate-status {min-height: 4.5em}
 #study-prompt {font-size: 1.1em}
 footer {display: none !important}
 """
@@ -67,7 +68,12 @@ def create_app(ctx: AppContext) -> gr.Blocks:
             options = subjects_tab.choices(ctx.library)
             return subjects_tab.table(ctx.library), gr.update(choices=options), gr.update(choices=options)
 
+        def on_unload(request: gr.Request) -> None:  # a closed or reloaded tab: its jobs end (and clean up)
+            for job in ctx.runner.active(session_of(request)):
+                job.cancel()
+
         app.load(on_load, None, [subjects.table, subjects.pick, generate.subjects], api_name="refresh_subjects")
+        app.unload(on_unload)
     app.queue(default_concurrency_limit=1)
     return app
 

@@ -71,8 +71,10 @@ def build(ctx: AppContext) -> CompareTab:
                                  elem_id="study-reference", scale=1)
             prompt = gr.Markdown("", elem_id="study-prompt")
         with gr.Row():
-            video1 = gr.Video(label=CHOICES[0], interactive=False, autoplay=True, loop=True, elem_id="study-video-1")
-            video2 = gr.Video(label=CHOICES[1], interactive=False, autoplay=True, loop=True, elem_id="study-video-2")
+            video1 = gr.Video(label=CHOICES[0], interactive=False, autoplay=True, loop=True, height=300,
+                              elem_id="study-video-1")
+            video2 = gr.Video(label=CHOICES[1], interactive=False, autoplay=True, loop=True, height=300,
+                              elem_id="study-video-2")
         questions = [gr.Radio(list(CHOICES), label=f"{name}: {question}", elem_id=f"q-{key}")
                      for key, name, question in study.QUESTIONS]
         submit = gr.Button("Submit and next", variant="primary", elem_id="study-submit")

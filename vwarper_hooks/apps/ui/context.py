@@ -56,8 +56,8 @@ def esc(text: object) -> str:
 
 
 def code(text: object) -> str:
-    """`text` (a path, a token) in code style, escaped."""
-    return f"<code>{esc(text)}</code>"
+    """`text` (a path, a token) in code style: a Markdown code span shows ``<my-dog>`` as it is."""
+    return "`" + str(text).replace("`", "'") + "`"
 
 
 def session_of(request: Any) -> str:
@@ -94,6 +94,5 @@ def cancel_message(runner: ModelRunner, session: str, kind: str, recent: float =
     if stopped:
         job = stopped[-1]
         _reported.add(job.id)
-        return (f"**Cancelled:** the {kind} stopped at step {job.progress.done} of {job.progress.total}; nothing was "
-                "written and the model is as it was.")
+        return f"**Cancelled:** {esc(job.error)}"
     return f"Nothing to cancel: no {kind} of yours is running."

@@ -9,7 +9,6 @@ from typing import Any
 
 import gradio as gr
 
-from ...errors import VwarperError
 from . import work
 from .context import MODEL_GROUP, AppContext, cancel_message, code, esc, follow, session_of
 from .jobs import Cancelled
@@ -80,9 +79,12 @@ def build(ctx: AppContext) -> GenerateTab:
                 cancel = gr.Button("Cancel", variant="stop", elem_id="generate-cancel")
             status = gr.Markdown("", elem_id="generate-status")
     with gr.Row():
-        coarse = gr.Video(label="Coarse stage only (LoRA + token)", elem_id="video-coarse", autoplay=True, loop=True)
-        vwarper = gr.Video(label="V-Warper (+ value warping)", elem_id="video-vwarper", autoplay=True, loop=True)
-    panels = gr.Gallery(label="V-Warper's panels: masks and flow", columns=2, height="auto", elem_id="panels")
+        coarse = gr.Video(label="Coarse stage only (LoRA + token)", elem_id="video-coarse", autoplay=True, loop=True,
+                          height=320)
+        vwarper = gr.Video(label="V-Warper (+ value warping)", elem_id="video-vwarper", autoplay=True, loop=True,
+                           height=320)
+    panels = gr.Gallery(label="V-Warper's panels: masks and flow (click one to enlarge)", columns=2, height=380,
+                        object_fit="contain", elem_id="panels")
     downloads = gr.File(label="Download: videos, panels, settings", file_count="multiple", elem_id="downloads")
     settings = [match, warp_first, warp_last, step_first, step_last, tau_fg, tau_cc, mask, guidance, height, width,
                 references]
@@ -113,14 +115,14 @@ def connect(ctx: AppContext, tab: GenerateTab) -> None:
         job = ctx.runner.submit(session_of(request), "generation", lambda job, pipe: work.generate(
             job, pipe, ctx.library, ctx.defaults, asked, ctx.outputs))
         with closing(follow(ctx.runner, job, progress)) as states:
-            for state in states:
-                yield f"**Generating** {esc(state.text)}", *skip
+            for i, _ in enumerate(states):  # the progress bar on the status box shows the run and its step
+                yield "" if i == 0 else gr.skip(), *skip
         try:
             result = job.outcome()
         except Cancelled as exc:
-            yield f"**Cancelled:** {esc(work.page_message(exc))}", *skip
+            yield f"**Cancelled:** {esc(exc)}", *skip
             return
-        except VwarperError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
             message = work.page_message(exc)
             yield f"**Error:** {esc(message)}", *skip
             raise gr.Error(message) from None

@@ -76,8 +76,8 @@ class Job:
     def check(self) -> None:
         """Raise `Cancelled` when the job was asked to stop."""
         if self._cancel.is_set():
-            raise Cancelled(f"Expected the {self.kind} to run to the end, but it was cancelled at "
-                            f"{self.progress.done} of {self.progress.total}: nothing was written.")
+            raise Cancelled(f"The {self.kind} was cancelled ({self.progress.text}): nothing was written, and the "
+                            "model is as it was.")
 
     def report(self, done: int, total: int, text: str) -> None:
         """Record progress (from a step callback) and stop there if cancelled."""

@@ -75,7 +75,9 @@ def results_figure(prefs: list[Preference], name_a: str, name_b: str, raters: in
     ax.barh(names, rates, color="#4c72b0", xerr=[lows, highs], capsize=4, ecolor="#333333")
     ax.axvline(0.5, color="#c44e52", linestyle="--", linewidth=1, label="no preference")
     for y, (rate, p) in enumerate(zip(rates, prefs[::-1], strict=True)):
-        ax.text(0.01, y, f"{100 * rate:.0f}% of {p.n}", va="center", color="white", fontsize=8)
+        inside = rate > 0.2  # white on the bar, or dark beside a short one
+        ax.text(0.01 if inside else rate + 0.01, y, f"{100 * rate:.0f}% of {p.n}", va="center", fontsize=8,
+                color="white" if inside else "#222222")
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of answers preferring A ({name_a}) over B ({name_b}); bars: 95% Wilson interval")
     total = max((p.n for p in prefs), default=0)

@@ -112,14 +112,14 @@ def connect(ctx: AppContext, tab: SubjectsTab, generate_subjects: Any) -> None:
         job = ctx.runner.submit(session_of(request), "training",
                                 lambda job, pipe: work.train(job, pipe, ctx.library, ctx.defaults, request_))
         with closing(follow(ctx.runner, job, progress)) as states:
-            for state in states:
-                yield f"**Training** {esc(state.text)}", *([gr.skip()] * len(lists))
+            for i, _ in enumerate(states):  # the progress bar on the status box shows the step and the loss
+                yield "" if i == 0 else gr.skip(), *([gr.skip()] * len(lists))
         try:
             result = job.outcome()
         except Cancelled as exc:
-            yield f"**Cancelled:** {esc(work.page_message(exc))}", *([gr.skip()] * len(lists))
+            yield f"**Cancelled:** {esc(exc)}", *([gr.skip()] * len(lists))
             return
-        except VwarperError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
             message = work.page_message(exc)
             yield f"**Error:** {esc(message)}", *([gr.skip()] * len(lists))
             raise gr.Error(message) from None

@@ -41,9 +41,13 @@ STEMS = {"coarse only": "coarse_only", "V-Warper": "vwarper"}  # file names of t
 
 
 def page_message(exc: BaseException) -> str:
-    """An error as one line for the page (a `ConfigError`'s problems joined with "; ")."""
+    """An error as one line for the page (a `ConfigError`'s problems joined with "; "); an error that is not
+    ours is named as unexpected (its traceback is in the server's log)."""
     problems = getattr(exc, "problems", None)
-    return " ".join(("; ".join(problems) if problems else str(exc)).split())
+    text = " ".join(("; ".join(problems) if problems else str(exc)).split())
+    if isinstance(exc, VwarperError):
+        return text
+    return f"Expected the job to finish, but got an unexpected {type(exc).__name__}: {text}. See the server's log."
 
 
 def _positive(value: float, name: str, example: str, integer: bool = True) -> None:
@@ -175,6 +179,10 @@ def check_generate(pipe: Any, library: SubjectLibrary, request: GenerateRequest)
         _positive(value, name, example)
     if request.seed is None or int(request.seed) < 0 or int(request.seed) != request.seed:
         raise VwarperError(f"Expected a whole number of 0 or more as Seed, but got {request.seed!r}. Type e.g. 0.")
+    most = int(getattr(pipe.scheduler.config, "num_train_timesteps", 0) or 0)
+    if most and int(request.steps) > most:
+        raise VwarperError(f"Expected Steps of at most {most} (the scheduler's training timesteps), but got "
+                           f"{request.steps}. Type e.g. 50.")
     units = video_units(pipe)
     if not units.frames_ok(int(request.frames)):
         near = " or ".join(map(str, units.nearest_frames(int(request.frames))))
