@@ -5,9 +5,14 @@ session queued behind a running job without changing its video."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +25,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from ui_support import generate_args, pipe_state, served, world_photos  # noqa: E402
+from ui_support import free_port, generate_args, pipe_state, served, world_photos  # noqa: E402
 
 from vwarper_hooks import Subject  # noqa: E402
 from vwarper_hooks.apps import visualize as vis  # noqa: E402
@@ -186,3 +191,26 @@ def test_a_second_session_waits_in_the_queue_and_changes_nothing_of_the_running_
     assert [j.kind for j in jobs] == ["generation", "training"]
     assert jobs[1].started >= jobs[0].finished  # one job at a time
     assert pipe_state(app.pipe) == before
+
+
+def test_the_command_serves_the_app_and_stops_cleanly_on_sigterm(tmp_path):
+    """`vwarper ui` as a user runs it: the page is served, and SIGTERM (like Ctrl-C) stops it with exit 0."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "vwarper_hooks.apps.cli", "ui", "--model", "tiny", "--port", str(port),
+           "--subjects", str(tmp_path / "subjects"), "--outputs", str(tmp_path / "outputs")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline()  # the first line is the address, once the page is served
+        assert f"open http://127.0.0.1:{port}/" in line, process.stderr.read() if not line else line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:
+            config = json.loads(response.read())
+        assert config["title"] == "V-Warper"
+        assert {"train", "generate", "study_start"} <= {d.get("api_name") for d in config["dependencies"]}
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "stopped" in out and (tmp_path / "subjects").is_dir()

@@ -22,13 +22,13 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
 REQUIRED = os.environ.get("VWARPER_REQUIRE_BROWSER") == "1"
-MISSING = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if path is None]
+MISSING = [f"{name} (apt-get install {apt})" for name, path, apt in (
+    ("chromium", CHROMIUM, "chromium"), ("chromedriver", CHROMEDRIVER, "chromium-driver")) if path is None]
 MISSING += [f"{module} (pip install {pip})" for module, pip in (("gradio", '"vwarper-hooks[ui]"'),
                                                                   ("selenium", "selenium"))
             if importlib.util.find_spec(module) is None]
 if MISSING:
-    reason = (f"the browser tests need {', '.join(MISSING)}; chromium and chromedriver: apt-get install chromium "
-              "chromium-driver")
+    reason = f"the browser tests need {', '.join(MISSING)}"
     if REQUIRED:
         pytest.fail(f"VWARPER_REQUIRE_BROWSER=1, but {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
@@ -186,7 +186,7 @@ def test_cancel_a_generation_from_the_page_or_by_closing_it(browser, learned, sh
     page.type("steps", 900)
     page.find("#generate").click()
     page.wait_for(lambda: (job := learned.ctx.runner.running()) is not None and job.progress.done >= 3)
-    page.wait_for(lambda: "step" in page.text("generate-status"))  # the progress bar says where the run is
+    page.wait_for(lambda: "step" in page.text("generate-status"))  # the status says where the run is
     page.shot(shots, "ui_progress.png")
     page.find("#generate-cancel").click()
     page.wait_for(lambda: page.text("generate-status").startswith("Cancelled"))

@@ -45,16 +45,21 @@ def run_ui(args: argparse.Namespace) -> int:
     for folder, flag in ((Path(args.subjects), "--subjects"), (Path(args.outputs), "--outputs")):
         checks.writable(folder.expanduser(), flag, "directory")
     pipe = open_pipeline(args)
-    from ..ui.app import create_app, create_context, launch, serve
+    from ..ui.app import create_app, create_context, launch, serve_until_interrupted, stop
     from ..ui.profiles import Overrides
 
     with status("building the page ...", args.quiet):
         ctx = create_context(args.model, pipe, args.subjects, args.outputs,
                              Overrides(args.train_steps, args.steps, args.frames))
         app = create_app(ctx)
+    try:
         url = launch(app, ctx, host=args.host, port=args.port)
-    console.print(f"[green]vwarper ui[/] on {args.model}: open [bold]{url}[/] in a browser (Ctrl-C to stop). "
-                  f"Subjects: {ctx.library.root}, outputs: {ctx.outputs}")
-    serve(app, ctx)
+        console.print(f"[green]vwarper ui[/] on {args.model}: open [bold]{url}[/] in a browser (Ctrl-C to stop). "
+                      f"Subjects: {ctx.library.root}, outputs: {ctx.outputs}")
+        serve_until_interrupted()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while starting: stop all the same
+        pass
+    finally:
+        stop(app, ctx)  # running jobs are cancelled and unwind: the pipe is put back, staged files removed
     console.print("stopped: running jobs were cancelled and cleaned up")
     return 0

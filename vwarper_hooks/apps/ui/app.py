@@ -24,7 +24,6 @@ from .profiles import Overrides, page_defaults
 logger = logging.getLogger(__name__)
 
 CSS = """
-#train-status, #generate-status {min-height: 4.5em}
 #study-prompt {font-size: 1.1em}
 footer {display: none !important}
 """
@@ -86,15 +85,13 @@ def launch(app: gr.Blocks, ctx: AppContext, host: str = "127.0.0.1", port: int |
     return str(app.local_url)
 
 
-def serve(app: gr.Blocks, ctx: AppContext) -> None:
-    """Wait until Ctrl-C (or SIGTERM, which the CLI turns into one), then `stop`."""
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C (or SIGTERM, which the CLI turns into one)."""
     try:
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
         logger.info("stopping the app")
-    finally:
-        stop(app, ctx)
 
 
 def stop(app: gr.Blocks, ctx: AppContext) -> None:

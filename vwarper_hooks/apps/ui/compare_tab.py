@@ -65,7 +65,9 @@ def build(ctx: AppContext) -> CompareTab:
                                   elem_id="results-file", scale=3)
     start = gr.Button("Start or resume", variant="primary", elem_id="study-start")
     status = gr.Markdown("", elem_id="study-status")
-    with gr.Group(visible=False, elem_id="study-screen") as screen:
+    # always shown (empty until a study starts): gradio 6.0's page left values unset that came in the same
+    # update that made their hidden group visible
+    with gr.Group(elem_id="study-screen") as screen:
         with gr.Row():
             reference = gr.Image(label="Reference photo", type="filepath", interactive=False, height=220,
                                  elem_id="study-reference", scale=1)
@@ -125,19 +127,19 @@ def _screen(ctx: AppContext, state: dict[str, Any]) -> tuple[Any, ...]:
     if trial is None:
         state = {**state, "key": None}
         return (f"**Done:** {esc(state['rater'])} rated all {len(order)} pairs{left_out}. Thank you! The answers "
-                f"are in {code(answers.path)}.", gr.update(visible=False), None, "", None, None, *blank, state)
+                f"are in {code(answers.path)}.", None, "", None, None, *blank, state)
     state = {**state, "key": list(trial.pair.key), "left": trial.left, "position": trial.position}
     pair = trial.pair
     videos = [pair.video_a, pair.video_b] if trial.left == "A" else [pair.video_b, pair.video_a]
     reference = _media(ctx, pair.reference) if pair.reference is not None else None
     head = f"**Pair {mine + 1} of {len(order)}** for {esc(state['rater'])}{left_out}."
-    return (head, gr.update(visible=True), reference, f"**Prompt:** {esc(pair.prompt)}", _media(ctx, videos[0]),
+    return (head, reference, f"**Prompt:** {esc(pair.prompt)}", _media(ctx, videos[0]),
             _media(ctx, videos[1]), *blank, state)
 
 
 def connect(ctx: AppContext, tab: CompareTab) -> None:
     """Wire the tab's events."""
-    screen = [tab.status, tab.screen, tab.reference, tab.prompt, tab.video1, tab.video2, *tab.questions, tab.state]
+    screen = [tab.status, tab.reference, tab.prompt, tab.video1, tab.video2, *tab.questions, tab.state]
 
     def on_start(run_a: str, run_b: str, rater: str, seed: float, path: str) -> tuple[Any, ...]:
         try:

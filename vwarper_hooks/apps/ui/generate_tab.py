@@ -115,8 +115,8 @@ def connect(ctx: AppContext, tab: GenerateTab) -> None:
         job = ctx.runner.submit(session_of(request), "generation", lambda job, pipe: work.generate(
             job, pipe, ctx.library, ctx.defaults, asked, ctx.outputs))
         with closing(follow(ctx.runner, job, progress)) as states:
-            for i, _ in enumerate(states):  # the progress bar on the status box shows the run and its step
-                yield "" if i == 0 else gr.skip(), *skip
+            for state in states:  # the progress bar (over the videos) and the status say the run and its step
+                yield f"**Generating:** {esc(state.text)}", *skip
         try:
             result = job.outcome()
         except Cancelled as exc:
@@ -137,5 +137,5 @@ def connect(ctx: AppContext, tab: GenerateTab) -> None:
     tab.subjects.change(on_subjects, [tab.subjects, tab.prompt], tab.prompt, api_name="example_prompt")
     event = tab.generate.click(on_generate, [tab.subjects, tab.prompt, tab.frames, tab.steps, tab.seed, *tab.settings],
                                outputs, api_name="generate", concurrency_id=MODEL_GROUP, concurrency_limit=1,
-                               show_progress_on=[tab.status])
+                               show_progress_on=[tab.coarse, tab.vwarper])
     tab.cancel.click(on_cancel, None, tab.status, api_name="cancel_generation", queue=False, cancels=[event])

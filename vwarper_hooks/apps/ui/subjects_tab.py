@@ -112,8 +112,8 @@ def connect(ctx: AppContext, tab: SubjectsTab, generate_subjects: Any) -> None:
         job = ctx.runner.submit(session_of(request), "training",
                                 lambda job, pipe: work.train(job, pipe, ctx.library, ctx.defaults, request_))
         with closing(follow(ctx.runner, job, progress)) as states:
-            for i, _ in enumerate(states):  # the progress bar on the status box shows the step and the loss
-                yield "" if i == 0 else gr.skip(), *([gr.skip()] * len(lists))
+            for state in states:  # the progress bar (over the photos) and the status say the step and the loss
+                yield f"**Training:** {esc(state.text)}", *([gr.skip()] * len(lists))
         try:
             result = job.outcome()
         except Cancelled as exc:
@@ -152,7 +152,7 @@ def connect(ctx: AppContext, tab: SubjectsTab, generate_subjects: Any) -> None:
     tab.photos.change(on_photos, tab.photos, tab.preview, api_name="preview_photos")
     event = tab.train.click(on_train, [tab.photos, tab.token, tab.class_word, tab.steps, tab.rank, tab.lora_lr,
                                        tab.token_lr, tab.overwrite], [tab.status, *lists], api_name="train",
-                            concurrency_id=MODEL_GROUP, concurrency_limit=1, show_progress_on=[tab.status])
+                            concurrency_id=MODEL_GROUP, concurrency_limit=1, show_progress_on=[tab.preview])
     tab.cancel.click(on_cancel, None, tab.status, api_name="cancel_training", queue=False, cancels=[event])
     tab.show.click(on_show, tab.pick, [tab.details, tab.gallery], api_name="show_subject")
     tab.delete.click(on_delete, tab.pick, [tab.details, tab.gallery, *lists], api_name="delete_subject")
