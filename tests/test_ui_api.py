@@ -25,7 +25,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client comes
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-from ui_support import free_port, generate_args, pipe_state, served, world_photos  # noqa: E402
+from ui_support import free_port, generate_args, make_runs, pipe_state, served, world_photos  # noqa: E402
 
 from vwarper_hooks import Subject  # noqa: E402
 from vwarper_hooks.apps import visualize as vis  # noqa: E402
@@ -191,6 +191,25 @@ def test_a_second_session_waits_in_the_queue_and_changes_nothing_of_the_running_
     assert [j.kind for j in jobs] == ["generation", "training"]
     assert jobs[1].started >= jobs[0].finished  # one job at a time
     assert pipe_state(app.pipe) == before
+
+
+def test_a_rater_resumes_the_study_in_a_new_session_and_the_results_count_the_answers(app, tmp_path):
+    run_a, run_b = make_runs(tmp_path, pairs=3)
+    results = tmp_path / "answers.json"
+    start = [str(run_a), str(run_b), "ann", 0, str(results)]
+    first = Client(app.url, verbose=False)
+    screen = first.predict(*start, api_name="/study_start")
+    assert screen[0].startswith("**Pair 1 of 3** for ann") and screen[2].startswith("**Prompt:** a &lt;s")
+    with pytest.raises(AppError, match="Expected an answer to each of the four questions, but got none for Video"):
+        first.predict("Video 1", "Video 1", "Video 2", None, api_name="/study_answer")  # the session keeps its pair
+    answered = first.predict("Video 1", "Video 1", "Video 2", "Video 1", api_name="/study_answer")
+    assert answered[0].startswith("**Pair 2 of 3**") and answered[2] != screen[2]
+    resumed = Client(app.url, verbose=False).predict(*start, api_name="/study_start")  # a reload, another tab
+    assert resumed[0].startswith("**Pair 2 of 3**") and resumed[2] == answered[2]  # the same next pair
+    summary, table, _ = first.predict(str(results), api_name="/study_results")
+    assert summary.startswith("1 answered pairs from 1 rater(s)")
+    assert [row[:2] for row in table["data"]] == [["Text alignment", 1], ["Subject fidelity", 1],
+                                                  ["Motion fidelity", 1], ["Video quality", 1]]
 
 
 def test_the_command_serves_the_app_and_stops_cleanly_on_sigterm(tmp_path):

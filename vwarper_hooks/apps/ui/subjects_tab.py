@@ -91,73 +91,73 @@ def build(ctx: AppContext) -> SubjectsTab:
                        status, listing, pick, show, delete, details, gallery)
 
 
+def refreshed(library: SubjectLibrary, picked: str | None = None) -> tuple[Any, Any, Any]:
+    """New values of the table, this tab's picker (`picked` chosen) and the Generate tab's picker."""
+    options = choices(library)
+    names = [name for _, name in options]
+    return (table(library), gr.update(choices=options, value=picked if picked in names else None),
+            gr.update(choices=options))
+
+
+def describe(library: SubjectLibrary, name: str | None) -> tuple[str, list[str]]:
+    """A saved subject's line (token, class word, photos, training) and its photos; `gr.Error` if unknown."""
+    try:
+        entry = library.get(name or "")
+    except VwarperError as exc:
+        raise gr.Error(work.page_message(exc)) from None
+    loss = "" if entry.final_loss is None else f", final loss {entry.final_loss:.4f}"
+    base = f" on {esc(entry.base_model)}" if entry.base_model else ""
+    text = (f"{code(entry.token)} ({esc(entry.class_word)}): {len(entry.photos)} photo(s), trained {entry.steps} "
+            f"steps{base}{loss}. Folder: {code(entry.path)}")
+    return text, [str(p) for p in entry.photos]
+
+
+def delete(library: SubjectLibrary, name: str | None) -> tuple[Any, ...]:
+    """Delete a saved subject; the outputs of the Delete button."""
+    try:
+        path = library.delete(name or "")
+    except VwarperError as exc:
+        raise gr.Error(work.page_message(exc)) from None
+    return f"Deleted {code(path)}.", [], *refreshed(library)
+
+
 def connect(ctx: AppContext, tab: SubjectsTab, generate_subjects: Any) -> None:
     """Wire the tab's events; `generate_subjects` is the Generate tab's subject picker (kept in sync)."""
     lists = [tab.table, tab.pick, generate_subjects]
-
-    def refreshed(picked: str | None = None) -> tuple[Any, Any, Any]:
-        options = choices(ctx.library)
-        names = [name for _, name in options]
-        return (table(ctx.library), gr.update(choices=options, value=picked if picked in names else None),
-                gr.update(choices=options))
-
-    def on_photos(files: list[str] | None) -> list[str]:
-        return list(files or [])
+    skip = [gr.skip()] * len(lists)
 
     def on_train(files: list[str] | None, token: str, class_word: str, steps: float, rank: float, lora_lr: float,
                  token_lr: float, overwrite: bool, request: gr.Request, progress: gr.Progress = PROGRESS):
-        request_ = work.TrainRequest(photos=list(files or []), token=(token or "").strip(), class_word=class_word or "",
-                                     steps=steps, rank=rank, lora_lr=lora_lr, token_lr=token_lr,
-                                     overwrite=bool(overwrite))
+        asked = work.TrainRequest(photos=list(files or []), token=(token or "").strip(), class_word=class_word or "",
+                                  steps=steps, rank=rank, lora_lr=lora_lr, token_lr=token_lr, overwrite=bool(overwrite))
         job = ctx.runner.submit(session_of(request), "training",
-                                lambda job, pipe: work.train(job, pipe, ctx.library, ctx.defaults, request_))
+                                lambda job, pipe: work.train(job, pipe, ctx.library, ctx.defaults, asked))
         with closing(follow(ctx.runner, job, progress)) as states:
             for state in states:  # the progress bar (over the photos) and the status say the step and the loss
-                yield f"**Training:** {esc(state.text)}", *([gr.skip()] * len(lists))
+                yield f"**Training:** {esc(state.text)}", *skip
         try:
             result = job.outcome()
         except Cancelled as exc:
-            yield f"**Cancelled:** {esc(exc)}", *([gr.skip()] * len(lists))
+            yield f"**Cancelled:** {esc(exc)}", *skip
             return
         except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
             message = work.page_message(exc)
-            yield f"**Error:** {esc(message)}", *([gr.skip()] * len(lists))
+            yield f"**Error:** {esc(message)}", *skip
             raise gr.Error(message) from None
         losses = result.losses
         yield (f"**Saved** {code(result.token)} to {code(result.path)} in {result.seconds:.0f} s: {len(losses)} "
                f"steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}. Use it in the Generate tab.",
-               *refreshed(result.path.name))
+               *refreshed(ctx.library, result.path.name))
 
     def on_cancel(request: gr.Request) -> str:
         return cancel_message(ctx.runner, session_of(request), "training")
 
-    def on_show(name: str | None) -> tuple[str, list[str]]:
-        try:
-            entry = ctx.library.get(name or "")
-        except VwarperError as exc:
-            raise gr.Error(work.page_message(exc)) from None
-        loss = "" if entry.final_loss is None else f", final loss {entry.final_loss:.4f}"
-        base = f" on {esc(entry.base_model)}" if entry.base_model else ""
-        text = (f"{code(entry.token)} ({esc(entry.class_word)}): {len(entry.photos)} photo(s), trained {entry.steps} "
-                f"steps{base}{loss}. Folder: {code(entry.path)}")
-        return text, [str(p) for p in entry.photos]
-
-    def on_delete(name: str | None):
-        try:
-            path = ctx.library.delete(name or "")
-        except VwarperError as exc:
-            raise gr.Error(work.page_message(exc)) from None
-        return f"Deleted {code(path)}.", [], *refreshed()
-
-    tab.photos.change(on_photos, tab.photos, tab.preview, api_name="preview_photos")
+    tab.photos.change(lambda files: list(files or []), tab.photos, tab.preview, api_name="preview_photos")
     event = tab.train.click(on_train, [tab.photos, tab.token, tab.class_word, tab.steps, tab.rank, tab.lora_lr,
                                        tab.token_lr, tab.overwrite], [tab.status, *lists], api_name="train",
                             concurrency_id=MODEL_GROUP, concurrency_limit=1, show_progress_on=[tab.preview])
     tab.cancel.click(on_cancel, None, tab.status, api_name="cancel_training", queue=False, cancels=[event])
-    tab.show.click(on_show, tab.pick, [tab.details, tab.gallery], api_name="show_subject")
-    tab.delete.click(on_delete, tab.pick, [tab.details, tab.gallery, *lists], api_name="delete_subject")
-
-
-def refresh_outputs(tab: SubjectsTab, generate_subjects: Any) -> list[Any]:
-    """Components refreshed on page load (another tab may have trained or deleted subjects)."""
-    return [tab.table, tab.pick, generate_subjects]
+    tab.show.click(lambda name: describe(ctx.library, name), tab.pick, [tab.details, tab.gallery],
+                   api_name="show_subject")
+    tab.delete.click(lambda name: delete(ctx.library, name), tab.pick, [tab.details, tab.gallery, *lists],
+                     api_name="delete_subject")
