@@ -17,7 +17,7 @@ import vwarper_hooks
 from vwarper_hooks.apps import visualize as vis
 from vwarper_hooks.apps.cli import EXIT_CODES, main
 
-COMMANDS = ("demo", "train", "generate", "eval", "analyze", "adapters", "inspect")
+COMMANDS = ("demo", "train", "generate", "eval", "analyze", "adapters", "inspect", "ui")
 SAMPLES = Path(vwarper_hooks.__file__).parent / "data" / "clock"
 
 
@@ -116,6 +116,7 @@ def test_top_level_help_lists_commands_and_exit_codes(capsys):
     ("analyze", ["PCK", "RoPE-free", "--video", "pck.png"]),
     ("adapters", ["plugin", "--json"]),
     ("inspect", ["--tiny", "hunyuan_video"]),
+    ("ui", ["--model", "learned", "--host", "--port", "--subjects", 'pip install "vwarper-hooks[ui]"', "Compare"]),
 ])
 def test_each_subcommand_explains_itself(capsys, command, words):
     with pytest.raises(SystemExit) as exit_info:
@@ -231,6 +232,21 @@ def test_reading_mp4_without_imageio_exits_4(monkeypatch, capsys, tmp_path):
     assert main(["eval", str(run_dir)]) == 4
     err = capsys.readouterr().err.strip()
     assert "pip install imageio imageio-ffmpeg" in err and len(err.splitlines()) == 1
+
+
+def test_ui_without_gradio_exits_4_with_the_install_line_before_loading_a_model(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the ui extra were not installed
+    assert main(["ui", "--model", "/nowhere/at/all"]) == 4  # a bad model would be exit 3: gradio is checked first
+    err = capsys.readouterr().err.strip()
+    assert 'pip install "vwarper-hooks[ui]"' in err and len(err.splitlines()) == 1
+
+
+def test_ui_help_answers_and_the_library_loads_without_importing_gradio():
+    code = ("import sys\nimport vwarper_hooks\nfrom vwarper_hooks.apps.cli import main\n"
+            "try:\n    main(['ui', '--help'])\nexcept SystemExit as e:\n    print('EXIT', e.code)\n"
+            "print('GRADIO', 'gradio' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "EXIT 0" in done.stdout and "GRADIO False" in done.stdout, done.stderr
 
 
 def test_inspect_renders_any_report_dict(monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The ``vwarper`` command: demo, train, generate, eval, analyze, adapters, inspect.
+"""The ``vwarper`` command: demo, train, generate, eval, analyze, adapters, inspect, ui.
 
 Exit codes (also in ``vwarper --help``): 0 success, 1 unexpected error (a bug; rerun with
 ``--debug``), 2 bad command line, 3 invalid input (missing path, unreadable model or subject,

@@ -1,4 +1,4 @@
-"""Subcommands demo, train, generate, adapters and inspect (eval / analyze live in `measure`)."""
+"""Subcommands demo, train, generate, adapters and inspect (eval / analyze live in `measure`, ui in `ui`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from . import checks, measure
 from .common import add_command, memory_options, open_pipeline
 from .generation import register_generate
 from .render import console, print_json, records_table, render_data, stage_progress, status
+from .ui import register_ui
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -271,3 +272,4 @@ def _measure_commands() -> list:
 
 REGISTRY = [register_demo, register_train, register_generate, register_adapters, register_inspect]
 REGISTRY += _measure_commands()
+REGISTRY.append(register_ui)
