@@ -17,6 +17,7 @@ from typing import Any
 
 from ...coarse import CoarseConfig
 from ...config import WarpConfig
+from ...contract.plan import scaled_window
 from ...units import video_units
 from ..loading import LEARNED_MODELS, TINY_MODELS
 
@@ -124,8 +125,6 @@ def _apply(defaults: PageDefaults, overrides: Overrides) -> PageDefaults:
     if overrides.frames:
         changes["frames"] = overrides.frames
     if overrides.steps:
-        from ...world.ablation import warp_window  # the paper's steps 3-19 of 50, scaled
-
         changes["steps"] = overrides.steps
-        changes["warp_steps"] = warp_window(overrides.steps)
+        changes["warp_steps"] = scaled_window(overrides.steps)  # the paper's steps 3-19 of 50, scaled
     return replace(defaults, **changes)
