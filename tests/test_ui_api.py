@@ -195,8 +195,11 @@ def test_a_second_session_waits_in_the_queue_and_changes_nothing_of_the_running_
 
 def test_a_rater_resumes_the_study_in_a_new_session_and_the_results_count_the_answers(app, tmp_path):
     run_a, run_b = make_runs(tmp_path, pairs=3)
-    results = tmp_path / "answers.json"
-    start = [str(run_a), str(run_b), "ann", 0, str(results)]
+    with pytest.raises(AppError, match="Expected a results file inside the outputs folder"):
+        Client(app.url, verbose=False).predict(str(run_a), str(run_b), "ann", 0, str(tmp_path / "answers.json"),
+                                               api_name="/study_start")
+    results = app.ctx.outputs / "study" / "answers.json"
+    start = [str(run_a), str(run_b), "ann", 0, "study/answers.json"]
     first = Client(app.url, verbose=False)
     screen = first.predict(*start, api_name="/study_start")
     assert screen[0].startswith("**Pair 1 of 3** for ann") and screen[2].startswith("**Prompt:** a &lt;s")

@@ -3,7 +3,7 @@ chromedriver (nothing is downloaded). On the learned model (the app's default) a
 subject from uploaded files, generate, see both videos and the panels; on the learned model also: a bad
 token's message, cancel a run, and three comparisons of the study with their results file.
 
-Screenshots of each tab go to ``$VWARPER_SCREENSHOTS`` (default: a temporary folder): ui_subjects.png,
+Screenshots of each tab go to ``$VWARPER_SCREENSHOTS`` (default: a temporary folder): ui_start.png, ui_subjects.png,
 ui_generate.png, ui_progress.png, ui_cancelled.png, ui_compare.png, ui_results.png. Without chromium / chromedriver the
 module is skipped, unless ``VWARPER_REQUIRE_BROWSER=1`` (CI's first stage), where that is a failure.
 """
@@ -138,6 +138,8 @@ def test_train_from_uploaded_photos_then_generate_and_see_both_videos_and_the_pa
                                                                                      request):
     app = request.getfixturevalue(model)
     page = Page(browser, app.url)
+    if app.model == "learned":
+        page.shot(shots, "ui_start.png")  # what a first-time user sees
     before = pipe_state(app.pipe)
     photos = world_photos(tmp_path) if app.model == "learned" else clock_photos()
     token = train(page, app, photos)
@@ -205,13 +207,13 @@ def test_cancel_a_generation_from_the_page_or_by_closing_it(browser, learned, sh
 
 def test_three_comparisons_are_recorded_and_the_results_shown(browser, learned, shots, tmp_path):
     run_a, run_b = make_runs(tmp_path, pairs=3)
-    results = tmp_path / "answers.csv"
+    results = learned.ctx.outputs / "answers.csv"
     page = Page(browser, learned.url)
     page.tab("compare")
     page.type("run-a", run_a)
     page.type("run-b", run_b)
     page.type("rater", "rater-1")
-    page.type("results-file", results)
+    page.type("results-file", results.name)  # the app writes only inside its outputs folder
     page.find("#study-start").click()
     picks = ["Video 1", "Video 2", "Video 1", "Video 1"]  # text, subject, motion, quality
     for n in range(1, 4):

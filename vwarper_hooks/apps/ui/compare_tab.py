@@ -61,7 +61,7 @@ def build(ctx: AppContext) -> CompareTab:
     with gr.Row():
         rater = gr.Textbox(label="Your name (rater)", elem_id="rater", scale=2)
         seed = gr.Number(label="Study seed", value=0, precision=0, scale=1)
-        results_file = gr.Textbox(label="Results file (.csv or .json)", value=str(ctx.outputs / "study.csv"),
+        results_file = gr.Textbox(label="Results file (.csv or .json, in the outputs folder)", value="study.csv",
                                   elem_id="results-file", scale=3)
     start = gr.Button("Start or resume", variant="primary", elem_id="study-start")
     status = gr.Markdown("", elem_id="study-status")
@@ -106,6 +106,18 @@ def _media(ctx: AppContext, path: Path) -> str:
     return str(target)
 
 
+def results_path(ctx: AppContext, text: str) -> Path:
+    """The results file typed in the page, inside the outputs folder (the page writes nowhere else: it may be
+    served to others with --host); a bare name is taken there."""
+    path = Path((text or "").strip()).expanduser()
+    path = (path if path.is_absolute() else ctx.outputs / path).resolve()
+    root = ctx.outputs.resolve()
+    if root not in path.parents or not (text or "").strip():
+        raise VwarperError(f"Expected a results file inside the outputs folder {str(root)!r} (the app writes only "
+                           f"there), but got {text!r}. Type a name such as study.csv.")
+    return study.AnswerFile(path).path
+
+
 def _runs(run_a: str, run_b: str) -> tuple[Path, Path]:
     if not (run_a or "").strip() or not (run_b or "").strip():
         raise VwarperError("Expected two run folders, but got an empty field. Type the folders of run A and run B.")
@@ -145,7 +157,7 @@ def connect(ctx: AppContext, tab: CompareTab) -> None:
         try:
             a, b = _runs(run_a, run_b)
             state = {"run_a": str(a), "run_b": str(b), "rater": study.check_rater(rater),
-                     "seed": int(seed or 0), "file": str(study.AnswerFile(path).path)}
+                     "seed": int(seed or 0), "file": str(results_path(ctx, path))}
             return _screen(ctx, state)
         except VwarperError as exc:
             raise gr.Error(page_message(exc)) from None
@@ -167,7 +179,7 @@ def connect(ctx: AppContext, tab: CompareTab) -> None:
 
     def on_results(path: str) -> tuple[Any, ...]:
         try:
-            rows = study.AnswerFile(path).read()
+            rows = study.AnswerFile(results_path(ctx, path)).read()
         except VwarperError as exc:
             raise gr.Error(page_message(exc)) from None
         if not rows:

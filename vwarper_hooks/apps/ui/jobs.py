@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import VwarperError
+from ...guard import is_active
+from ...plugins import get_adapter
+from ...subject.lora import lora_layer_count
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +103,6 @@ class Job:
 def leftovers(pipe: Any) -> list[str]:
     """What a job left on `pipe` that should not be there (empty: the pipe is as loaded): an open
     `inject`, LoRA layers, our attention processors."""
-    from ...guard import is_active
-    from ...plugins import get_adapter
-    from ...subject.lora import lora_layer_count
-
     problems = []
     if is_active(pipe):
         problems.append("an inject() block is still open")
