@@ -21,9 +21,9 @@ import numpy as np
 
 from ...coarse import train_subject
 from ...config import WarpConfig
+from ...contract.plan import warps_nothing
 from ...errors import SubjectError, SubjectTokenError, VwarperError
 from ...files import atomic_directory
-from ...fine.plan import warps_nothing
 from ...images import load_images
 from ...subject.subject import Subject
 from ...subject.token import token_problems
