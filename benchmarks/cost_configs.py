@@ -16,6 +16,7 @@ norm gets a shape-only meta kernel (torch's own runs a Python decomposition, ~40
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ class Shape:
     warp_steps: tuple[int, int] = (3, 19)  # the paper's window for that run
     layers: dict[str, Any] = field(default_factory=dict)  # explicit WarpConfig layers (default: the adapter's)
     note: str = ""
+    family: str = ""  # the built-in family (tiny shapes: skipped where the installed diffusers lacks it)
 
 
 def _meta(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -175,22 +177,26 @@ def full_shapes() -> list[Shape]:
     ]
 
 
+#: fewer layers than the tiny pipelines' own for the meta runs (~25 ms per layer call whatever the size)
+META_LAYERS: dict[str, dict[str, int]] = {
+    "cogvideox": dict(num_layers=4),
+    "wan": dict(num_layers=4),
+    "hunyuan_video": dict(num_layers=1, num_single_layers=3),
+}
+
+
 def tiny_shapes() -> list[Shape]:
-    """The test suite's configs: tiny random pipelines on meta, a 6-step run with a scaled window (every kind
-    of step occurs, one of them twice), so that real calls of that length can be counted end to end."""
-    from vwarper_hooks.adapter import proportional_layers
+    """The test suite's configs, one per family of the family list: tiny random pipelines on meta, a 6-step
+    run with a scaled window (every kind of step occurs, one of them twice), so that real calls of that
+    length can be counted end to end. Layers: each adapter's defaults at the meta depth."""
+    from vwarper_hooks.porting.families import TINY_FAMILIES
     from vwarper_hooks.testing import TINY_FRAMES, TINY_HEIGHT, TINY_TEXT_LEN, TINY_WIDTH, tiny_pipeline
 
     call = dict(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_FRAMES, guidance_scale=6.0,
                 max_sequence_length=TINY_TEXT_LEN)
-    cog = proportional_layers(4)  # meta runs ~25 ms per layer call whatever the size: few layers, few seconds
-    return [
-        Shape("tiny CogVideoX", lambda: tiny_pipeline("cogvideox", num_layers=4), call, steps=6, warp_steps=(2, 4),
-              layers=dict(match_layer=cog.match_layer, warp_layers=tuple(cog.warp_layers))),
-        Shape("tiny Wan", lambda: tiny_pipeline("wan", num_layers=4), call, steps=6, warp_steps=(2, 4)),
-        Shape("tiny HunyuanVideo", lambda: tiny_pipeline("hunyuan_video", num_layers=1, num_single_layers=3), call,
-              steps=6, warp_steps=(2, 4)),
-    ]
+    return [Shape(f"tiny {family}", functools.partial(tiny_pipeline, family, **META_LAYERS.get(family, {})), call,
+                  steps=6, warp_steps=(2, 4), family=family)
+            for family in TINY_FAMILIES]
 
 
 def stub_scheduler_step(model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> tuple:
