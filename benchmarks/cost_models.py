@@ -1,0 +1,145 @@
+"""The released models' configs and their meta-device pipelines, for `cost.py` (the full shapes).
+
+Every model is built from its released diffusers / transformers config, written here as a dict
+(sources: the configs of THUDM/CogVideoX-5b, Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers and
+hunyuanvideo-community/HunyuanVideo as diffusers' conversion scripts write them, and the class
+defaults of the diffusers release installed, which are those configs), on the meta device: weights
+and activations are shapes only. The tokenizer is `vwarper_hooks.testing.tiny_tokenizer()` (its ids
+lie inside every real vocabulary); prompts are padded to each model's real text length, so every
+text encoder and transformer sees the released sequence lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from cost_configs import Shape, _meta
+
+COGVIDEOX_5B = dict(
+    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+    text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+    temporal_compression_ratio=4, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+)
+T5_XXL = dict(  # google/t5-v1_1-xxl encoder (CogVideoX's text_encoder)
+    vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+)
+COGVIDEOX_VAE = dict(
+    block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
+    temporal_compression_ratio=4, sample_height=480, sample_width=720, scaling_factor=0.7,
+)
+COGVIDEOX_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, num_train_timesteps=1000,
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True, snr_shift_scale=1.0,
+    timestep_spacing="trailing",
+)
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
+)
+WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+UMT5_XXL = dict(  # google/umt5-xxl encoder (Wan's text_encoder)
+    vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+)
+WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+               temperal_downsample=[False, True, True])
+WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
+HUNYUAN_VIDEO = dict(
+    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+)
+LLAVA_LLAMA3_8B = dict(  # HunyuanVideo's text_encoder (llava-llama-3-8b, text tower)
+    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
+)
+CLIP_L_TEXT = dict(  # openai/clip-vit-large-patch14 text tower (HunyuanVideo's text_encoder_2)
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
+)
+HUNYUAN_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                   temporal_compression_ratio=4, spatial_compression_ratio=8, scaling_factor=0.476986)
+#: HunyuanVideo's prompt template puts 95 tokens before the prompt (crop_start=95); this one has 95
+#: tokens of the tiny tokenizer's vocabulary, so the Llama encoder sees the released 256 + 95 tokens.
+HUNYUAN_TEMPLATE = {"template": "video " * 95 + "{}", "crop_start": 95}
+
+
+def cogvideox_5b() -> Any:
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from vwarper_hooks.testing import tiny_tokenizer
+
+    with torch.device("meta"):
+        transformer = _meta(CogVideoXTransformer3DModel(**COGVIDEOX_5B), torch.bfloat16)
+        text = _meta(T5EncoderModel(T5Config(**T5_XXL)), torch.bfloat16)
+        vae = _meta(AutoencoderKLCogVideoX(**COGVIDEOX_VAE), torch.bfloat16)
+    return CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
+
+
+def wan(config: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from vwarper_hooks.testing import tiny_tokenizer
+
+    with torch.device("meta"):
+        transformer = _meta(WanTransformer3DModel(**config), torch.bfloat16)
+        text = _meta(UMT5EncoderModel(UMT5Config(**UMT5_XXL)), torch.bfloat16)
+        vae = _meta(AutoencoderKLWan(**WAN_VAE), torch.float32)  # the docs load Wan's VAE in float32
+    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
+                       scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))
+
+
+def hunyuan_video() -> Any:
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from vwarper_hooks.testing import tiny_tokenizer
+
+    class Pipeline(HunyuanVideoPipeline):
+        def encode_prompt(self, *args: Any, prompt_template: dict | None = None, **kwargs: Any) -> Any:
+            if prompt_template is None or prompt_template is DEFAULT_PROMPT_TEMPLATE:
+                prompt_template = HUNYUAN_TEMPLATE
+            return super().encode_prompt(*args, prompt_template=prompt_template, **kwargs)
+
+    with torch.device("meta"):
+        transformer = _meta(HunyuanVideoTransformer3DModel(**HUNYUAN_VIDEO), torch.bfloat16)
+        # the docs load the text encoders in float16; in bfloat16 here because V-Warper's reference text
+        # (adapters/hunyuan_video.py encode_text) keeps the encoders' dtype and a cold call then fails
+        llama = _meta(LlamaModel(LlamaConfig(**LLAVA_LLAMA3_8B)), torch.bfloat16)
+        clip = _meta(CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)), torch.bfloat16)
+        vae = _meta(AutoencoderKLHunyuanVideo(**HUNYUAN_VAE), torch.float16)
+    return Pipeline(text_encoder=llama, tokenizer=tiny_tokenizer(), transformer=transformer, vae=vae,
+                    scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
+                    tokenizer_2=tiny_tokenizer())
+
+
+def full_shapes() -> list[Shape]:
+    cog = dict(height=480, width=720, guidance_scale=6.0, max_sequence_length=226)
+    return [
+        Shape("CogVideoX-5B 25f", cogvideox_5b, {**cog, "num_frames": 25}),
+        Shape("CogVideoX-5B 49f", cogvideox_5b, {**cog, "num_frames": 49}, note="49 frames: the pipeline default"),
+        Shape("Wan2.1-T2V-1.3B", lambda: wan(WAN_1_3B),
+              dict(height=480, width=832, num_frames=81, guidance_scale=5.0, max_sequence_length=512),
+              note="WanPipeline defaults: 480x832, 81 frames, 50 steps, guidance 5.0 (CFG as 2 calls), text 512"),
+        Shape("Wan2.1-T2V-14B", lambda: wan(WAN_14B),
+              dict(height=480, width=832, num_frames=81, guidance_scale=5.0, max_sequence_length=512),
+              note="same defaults (480P; the docs example also shows 720x1280)"),
+        Shape("HunyuanVideo", hunyuan_video,
+              dict(height=320, width=512, num_frames=61, guidance_scale=6.0, max_sequence_length=256),
+              note="the diffusers docs example size (320x512, 61 frames; the docs use 30 steps, we 50); "
+                   "guidance 6.0 is embedded (no CFG batch), text 256 + 95 template tokens"),
+    ]
+
+
