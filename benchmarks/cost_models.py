@@ -62,6 +62,12 @@ CLIP_L_TEXT = dict(  # openai/clip-vit-large-patch14 text tower (HunyuanVideo's 
 )
 HUNYUAN_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                    temporal_compression_ratio=4, spatial_compression_ratio=8, scaling_factor=0.476986)
+#: SkyReels-V2 (Wan's architecture): the transformer configs diffusers' conversion script writes for the
+#: 14B models (40 layers, 40 heads x 128, ffn 13824) and the 1.3B one (30 layers, 12 heads, ffn 8960; the
+#: released 1.3B is a diffusion-forcing model, costed here as the text-to-video pipeline runs it)
+SKYREELS_V2_14B = {**WAN_14B}
+SKYREELS_V2_1_3B = {**WAN_1_3B}
+SKYREELS_V2_SCHEDULER = {**WAN_SCHEDULER, "flow_shift": 8.0}
 #: HunyuanVideo's prompt template puts 95 tokens before the prompt (crop_start=95); this one has 95
 #: tokens of the tiny tokenizer's vocabulary, so the Llama encoder sees the released 256 + 95 tokens.
 HUNYUAN_TEMPLATE = {"template": "video " * 95 + "{}", "crop_start": 95}
@@ -81,18 +87,21 @@ def cogvideox_5b() -> Any:
                              scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
 
 
-def wan(config: dict[str, Any]) -> Any:
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def wan(config: dict[str, Any], family: str = "Wan", scheduler: dict[str, Any] = WAN_SCHEDULER) -> Any:
+    """A Wan-architecture pipeline: ``family`` "Wan" (`WanPipeline`) or "SkyReelsV2" (`SkyReelsV2Pipeline`)."""
+    import diffusers
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 
     from vwarper_hooks.testing import tiny_tokenizer
 
+    model, pipeline = getattr(diffusers, f"{family}Transformer3DModel"), getattr(diffusers, f"{family}Pipeline")
     with torch.device("meta"):
-        transformer = _meta(WanTransformer3DModel(**config), torch.bfloat16)
+        transformer = _meta(model(**config), torch.bfloat16)
         text = _meta(UMT5EncoderModel(UMT5Config(**UMT5_XXL)), torch.bfloat16)
         vae = _meta(AutoencoderKLWan(**WAN_VAE), torch.float32)  # the docs load Wan's VAE in float32
-    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
-                       scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))
+    return pipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
+                    scheduler=UniPCMultistepScheduler(**scheduler))
 
 
 def hunyuan_video() -> Any:
@@ -136,6 +145,13 @@ def full_shapes() -> list[Shape]:
         Shape("Wan2.1-T2V-14B", lambda: wan(WAN_14B),
               dict(height=480, width=832, num_frames=81, guidance_scale=5.0, max_sequence_length=512),
               note="same defaults (480P; the docs example also shows 720x1280)"),
+        Shape("SkyReels-V2-T2V-14B-540P", lambda: wan(SKYREELS_V2_14B, "SkyReelsV2", SKYREELS_V2_SCHEDULER),
+              dict(height=544, width=960, num_frames=97, guidance_scale=6.0, max_sequence_length=512),
+              note="SkyReelsV2Pipeline defaults: 544x960, 97 frames, 50 steps, guidance 6.0 (CFG as 2 calls), "
+                   "text 512, shift 8"),
+        Shape("SkyReels-V2 1.3B (T2V)", lambda: wan(SKYREELS_V2_1_3B, "SkyReelsV2", SKYREELS_V2_SCHEDULER),
+              dict(height=544, width=960, num_frames=97, guidance_scale=6.0, max_sequence_length=512),
+              note="the 1.3B sizes through the text-to-video pipeline at its defaults"),
         Shape("HunyuanVideo", hunyuan_video,
               dict(height=320, width=512, num_frames=61, guidance_scale=6.0, max_sequence_length=256),
               note="the diffusers docs example size (320x512, 61 frames; the docs use 30 steps, we 50); "

@@ -17,6 +17,7 @@ from vwarper_hooks.testing import tiny_wan_transformer
         ("cogvideox", "joint sequence, text tokens [0, 16) then video tokens [16, 24)", 42, 42),
         ("hunyuan_video", "joint sequence, video tokens [0, 8) then text tokens [8, 24)", 7, 6),
         ("wan", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
+        ("skyreels_v2", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
     ],
 )
 def test_tiny_models_are_described(family, layout, attention, depth):

@@ -12,6 +12,7 @@ FAMILY_MODELS: dict[str, str] = {
     "cogvideox": "CogVideoXTransformer3DModel",
     "hunyuan_video": "HunyuanVideoTransformer3DModel",
     "wan": "WanTransformer3DModel",
+    "skyreels_v2": "SkyReelsV2Transformer3DModel",
 }
 #: built-in families, each with a tiny pipeline
 TINY_FAMILIES: tuple[str, ...] = tuple(FAMILY_MODELS)
