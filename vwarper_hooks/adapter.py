@@ -231,6 +231,22 @@ class Adapter(PipelineDefaults, ABC):
         """
         return kwargs["hidden_states"]
 
+    def with_latents(self, kwargs: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
+        """Forward kwargs `kwargs` with other `latents` (in the layout `latents` returns): the inverse of `latents`.
+
+        Default: ``kwargs`` with ``hidden_states=latents``. Override where the forward input is not the latents
+        themselves (packed tokens; extra conditioning channels beside them).
+        """
+        return {**kwargs, "hidden_states": latents}
+
+    def model_output(self, output: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The transformer's prediction for a forward call with `kwargs`, in the layout of `latents(kwargs)`
+        (the core steps its own latents with it: the reference inversion, the training loss).
+
+        Default: ``output`` as the transformer returns it.
+        """
+        return output
+
     @abstractmethod
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""

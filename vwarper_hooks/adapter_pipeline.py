@@ -37,7 +37,7 @@ class PipelineDefaults:
 
         :param latents: (k, ...) the reference latents: one sample per reference photo.
         :param text: the text conditioning from `encode_text` (batch 1), merged over the generation's.
-        Default: the generation's kwargs with the reference latents, the timestep (in the generation
+        Default: the generation's kwargs with the reference latents (`with_latents`), the timestep (in the generation
         timestep's dtype) and the text, both expanded to the k samples, and each of `batched_kwargs`
         cut to its first row and expanded the same way.
         """
@@ -56,7 +56,8 @@ class PipelineDefaults:
         generation_t = kwargs.get("timestep")
         if isinstance(generation_t, torch.Tensor):
             timestep = timestep.to(generation_t.dtype)
-        ref.update(hidden_states=latents, timestep=expanded(timestep.reshape(-1)), return_dict=False)
+        ref = self.with_latents(ref, latents)
+        ref.update(timestep=expanded(timestep.reshape(-1)), return_dict=False)
         for name in self.batched_kwargs:
             if torch.is_tensor(ref.get(name)):
                 ref[name] = expanded(ref[name][:1])
@@ -70,12 +71,12 @@ class PipelineDefaults:
         :param latents: (B, ...) latents in the transformer layout.
         :param timestep: (B,) model timesteps.
         :param text: text conditioning of batch 1 from `encode_text`; tensors are expanded to B.
-        Default: ``hidden_states``, ``timestep``, the text and ``return_dict=False``. Add what the
+        Default: the latents (`with_latents`), ``timestep``, the text and ``return_dict=False``. Add what the
         pipeline would compute besides (CogVideoX: its 3D RoPE; HunyuanVideo: the guidance embedding).
         """
         batch = latents.shape[0]
         text = {k: v.expand(batch, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in text.items()}
-        return {"hidden_states": latents, "timestep": timestep, **text, "return_dict": False}
+        return self.with_latents({"timestep": timestep, **text, "return_dict": False}, latents)
 
     def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Text conditioning of `prompt` as transformer forward kwargs (batch 1, no CFG).

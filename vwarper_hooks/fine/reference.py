@@ -131,7 +131,7 @@ class ReferenceBranch:
 
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
-                return pipe.transformer(**ref)[0]
+                return adapter.model_output(pipe.transformer(**ref)[0], ref)  # in the latents' layout
 
             scheduler = self.clock.host_scheduler()
             steps = len(scheduler.timesteps) - first
