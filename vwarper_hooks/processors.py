@@ -44,6 +44,10 @@ class RoutedProcessor:
 
     #: whether the core wants this layer now; kept up to date by a router that has ``register``
     active = False
+    #: whether `routed` tells the router it enters its layer (``entering``, where the lockstep reference
+    #: branch runs or pauses): once per layer, by the routed attention; False for a second attention of the
+    #: same layer that only shows the core its text scores (a text cross-attention)
+    enters_layer = True
 
     def __init__(self, original: Any, layer: int, router: Any) -> None:
         #: the processor this one replaced (restored on uninstall, called for unwanted layers)
@@ -118,7 +122,7 @@ def _entering_first(routed: Callable[..., Any]) -> Callable[..., Any]:
     (the core's lockstep reference branch runs or pauses there; see `vwarper_hooks.fine.lockstep`)."""
 
     def enter_then_route(self: RoutedProcessor, attn: Any, *args: Any, **kwargs: Any) -> Any:
-        entering = getattr(self.router, "entering", None) if self.managed else None
+        entering = getattr(self.router, "entering", None) if self.managed and self.enters_layer else None
         if entering is not None:
             entering(self.layer)
         return routed(self, attn, *args, **kwargs)
