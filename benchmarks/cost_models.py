@@ -68,6 +68,13 @@ HUNYUAN_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), 
 SKYREELS_V2_14B = {**WAN_14B}
 SKYREELS_V2_1_3B = {**WAN_1_3B}
 SKYREELS_V2_SCHEDULER = {**WAN_SCHEDULER, "flow_shift": 8.0}
+#: LTX-Video 2B (0.9.x): the class defaults of LTXVideoTransformer3DModel and AutoencoderKLLTXVideo, which are
+#: the Lightricks/LTX-Video 0.9.0 configs (28 layers, 32 heads x 64, T5-XXL captions; VAE 32x / 8x, 128
+#: channels), and its scheduler config (resolution-dependent shift)
+LTX_VIDEO_2B: dict[str, Any] = {}
+LTX_VIDEO_VAE: dict[str, Any] = {}
+LTX_VIDEO_SCHEDULER = dict(base_image_seq_len=1024, base_shift=0.95, max_image_seq_len=4096, max_shift=2.05,
+                           shift=1.0, shift_terminal=0.1, use_dynamic_shifting=True)
 #: HunyuanVideo's prompt template puts 95 tokens before the prompt (crop_start=95); this one has 95
 #: tokens of the tiny tokenizer's vocabulary, so the Llama encoder sees the released 256 + 95 tokens.
 HUNYUAN_TEMPLATE = {"template": "video " * 95 + "{}", "crop_start": 95}
@@ -102,6 +109,25 @@ def wan(config: dict[str, Any], family: str = "Wan", scheduler: dict[str, Any] =
         vae = _meta(AutoencoderKLWan(**WAN_VAE), torch.float32)  # the docs load Wan's VAE in float32
     return pipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
                     scheduler=UniPCMultistepScheduler(**scheduler))
+
+
+def ltx_video() -> Any:
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    from vwarper_hooks.testing import tiny_tokenizer
+
+    with torch.device("meta"):
+        transformer = _meta(LTXVideoTransformer3DModel(**LTX_VIDEO_2B), torch.bfloat16)
+        text = _meta(T5EncoderModel(T5Config(**T5_XXL)), torch.bfloat16)
+        vae = _meta(AutoencoderKLLTXVideo(**LTX_VIDEO_VAE), torch.bfloat16)
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**LTX_VIDEO_SCHEDULER), vae=vae, text_encoder=text,
+                       tokenizer=tiny_tokenizer(), transformer=transformer)
 
 
 def hunyuan_video() -> Any:
@@ -152,6 +178,10 @@ def full_shapes() -> list[Shape]:
         Shape("SkyReels-V2 1.3B (T2V)", lambda: wan(SKYREELS_V2_1_3B, "SkyReelsV2", SKYREELS_V2_SCHEDULER),
               dict(height=544, width=960, num_frames=97, guidance_scale=6.0, max_sequence_length=512),
               note="the 1.3B sizes through the text-to-video pipeline at its defaults"),
+        Shape("LTX-Video 2B", ltx_video,
+              dict(height=512, width=704, num_frames=161, guidance_scale=3.0, max_sequence_length=128),
+              note="LTXPipeline defaults: 512x704, 161 frames, 50 steps, guidance 3.0 (CFG as one batch of 2), "
+                   "text 128"),
         Shape("HunyuanVideo", hunyuan_video,
               dict(height=320, width=512, num_frames=61, guidance_scale=6.0, max_sequence_length=256),
               note="the diffusers docs example size (320x512, 61 frames; the docs use 30 steps, we 50); "

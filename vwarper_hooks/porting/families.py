@@ -13,6 +13,7 @@ FAMILY_MODELS: dict[str, str] = {
     "hunyuan_video": "HunyuanVideoTransformer3DModel",
     "wan": "WanTransformer3DModel",
     "skyreels_v2": "SkyReelsV2Transformer3DModel",
+    "ltx_video": "LTXVideoTransformer3DModel",
 }
 #: built-in families, each with a tiny pipeline
 TINY_FAMILIES: tuple[str, ...] = tuple(FAMILY_MODELS)
