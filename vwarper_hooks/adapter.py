@@ -131,6 +131,13 @@ class Adapter(PipelineDefaults, ABC):
     #: True when the pipeline runs classifier-free guidance as one batch [uncond, cond] (CogVideoX);
     #: False when it makes separate transformer calls per branch (HunyuanVideo true CFG, Wan)
     cfg_in_one_batch: bool = True
+    #: True when the transformer takes input channels beside the latents (in_channels != out_channels) that
+    #: `with_latents` builds for the reference branch (HunyuanVideo 1.5's text-to-video model: zero conditioning
+    #: latents and mask); False: such a transformer is an image-to-video model, refused by `inject`
+    conditioning_channels: bool = False
+    #: forward kwargs besides ``encoder_hidden_states`` whose tokens join the text the attention layers see
+    #: (HunyuanVideo 1.5: the glyph and vision tokens); the conformance kit counts them into the text span
+    extra_text_kwargs: tuple[str, ...] = ()
     #: forward kwargs that carry one row per generation sample (besides the text): the reference
     #: branch keeps only its first rows (e.g. CogVideoX 1.5's ``ofs``, HunyuanVideo's ``guidance``)
     batched_kwargs: tuple[str, ...] = ()

@@ -270,7 +270,8 @@ def check_text_span(case: ConformanceCase) -> CheckResult:
     video, text = call["video"], call["text"]
     if video.stop - video.start != n_video:
         problems.append(f"video span {video} holds {video.stop - video.start} tokens, the grid {grid} has {n_video}")
-    text_len = case.inputs[case.text_key].shape[1] if case.text_key else 0
+    texts = (case.text_key, *getattr(case.adapter, "extra_text_kwargs", ())) if case.text_key else ()
+    text_len = sum(case.inputs[k].shape[1] for k in texts if k in case.inputs)
     seen_text = (
         text.stop - text.start if text.stop > text.start else rec.text.get(0, (None, torch.empty(0, 0, 0)))[1].shape[2]
     )
