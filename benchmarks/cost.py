@@ -51,7 +51,7 @@ from vwarper_hooks.fine.plan import StepPlan, ranges
 from vwarper_hooks.plugins import get_adapter
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cost_configs import Shape, meta_pipeline, meta_shims, tiny_shapes  # noqa: E402
+from cost_configs import Shape, meta_pipeline, meta_shims, reorder_shim, tiny_shapes  # noqa: E402
 from cost_count import PARTS, Measured, compose, measure, measure_prepare  # noqa: E402
 from cost_memory import feature_cache, plain_forward_peak, snapshot, vwarper_items  # noqa: E402
 from cost_models import full_shapes  # noqa: E402
@@ -207,7 +207,8 @@ def measure_shape(shape: Shape, options: bool = False, memory_blocks: int | None
         raise AssertionError(f"{shape.name}: the short calls used other layers than the composed run")
     result = ShapeResult(shape, config, plan, depth, parts, measured, probe, decode)
     if memory_blocks != 0:
-        result.memory = plain_forward_peak(pipe.transformer, probe.plain, memory_blocks)
+        with reorder_shim():  # fake tensors have no values either
+            result.memory = plain_forward_peak(pipe.transformer, probe.plain, memory_blocks)
         result.memory.update(vwarper_items(probe.held, plan, shape.steps, result.memory["activations"]))
         result.cache = feature_cache(probe.held, plan, config.feature_cache_device_gib)
     return result

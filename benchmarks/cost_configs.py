@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,74 @@ def _mask_checks() -> list[tuple[Any, str]]:
     return found
 
 
+class _TextReorderOnMeta(TorchDispatchMode):
+    """Shape-only answers for the two value reads of HunyuanVideo 1.5's forward on meta (text-to-video): the
+    result of ``torch.all(image_embeds == 0)`` read as a bool is True (the vision tokens are zeros), and a
+    boolean mask selects every row while its negation selects none, so each valid/padding pair of the text
+    reordering keeps the total length the real masks give (the order differs; no FLOPs either way). Any
+    other value read on meta still fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._all: dict[int, torch.Tensor] = {}  # results of aten.all (held: their ids stay theirs)
+        self._negated: dict[int, torch.Tensor] = {}  # results of a boolean negation
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        aten = torch.ops.aten
+        if func is aten._local_scalar_dense.default and id(args[0]) in self._all:
+            return True
+        if func is aten.index.Tensor and _shape_only(args[0]) and len(args[1]) == 1:
+            x, mask = args[0], args[1][0]
+            if mask is not None and mask.dtype == torch.bool:
+                rows = 0 if id(mask) in self._negated else mask.numel()
+                return x.new_empty((rows, *x.shape[mask.dim():]))  # (rows, ...)
+        out = func(*args, **(kwargs or {}))
+        if func is aten.all.default:
+            self._all[id(out)] = out
+        elif func in (aten.bitwise_not.default, aten.logical_not.default) and out.dtype == torch.bool:
+            self._negated[id(out)] = out
+        return out
+
+
+def _shape_only(t: torch.Tensor) -> bool:
+    """A tensor without values: on meta, or fake (`cost_memory`'s FakeTensorMode)."""
+    return t.is_meta or isinstance(t, FakeTensor)
+
+
+def _reordering_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward`, inside `_TextReorderOnMeta` when its latents have no values (meta or fake)."""
+
+    @functools.wraps(forward)
+    def on_meta(self: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not _shape_only(hidden_states):
+            return forward(self, hidden_states, *args, **kwargs)
+        with _TextReorderOnMeta():
+            return forward(self, hidden_states, *args, **kwargs)
+
+    return on_meta
+
+
+@contextmanager
+def reorder_shim() -> Iterator[None]:
+    """For the block: HunyuanVideo 1.5's forward runs its text reordering in `_TextReorderOnMeta` when its
+    inputs have no values (the installed diffusers' class, if it has one)."""
+    model = getattr(importlib.import_module("diffusers"), "HunyuanVideo15Transformer3DModel", None)
+    if model is None:
+        yield
+        return
+    forward = vars(model)["forward"]
+    model.forward = _reordering_forward(forward)
+    try:
+        yield
+    finally:
+        model.forward = forward
+
+
 @contextmanager
 def meta_shims() -> Iterator[None]:
-    """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", and
-    layer norm has a fast meta kernel (no FLOPs either way)."""
+    """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", layer
+    norm has a fast meta kernel, and HunyuanVideo 1.5's text reordering gets shape-only answers on meta
+    (`reorder_shim`; no FLOPs either way)."""
     checks = _mask_checks()
     saved = [(owner, n, vars(owner)[n]) for owner, n in checks]
     kernels = torch.library.Library("aten", "IMPL")
@@ -107,7 +173,8 @@ def meta_shims() -> Iterator[None]:
             kernels.impl("native_layer_norm", _meta_layer_norm, "Meta")
         for owner, n in checks:
             setattr(owner, n, staticmethod(_keep_mask) if isinstance(owner, type) else _keep_mask)
-        yield
+        with reorder_shim():
+            yield
     finally:
         kernels._destroy()  # torch's own meta kernel is back
         for owner, n, fn in saved:
