@@ -75,6 +75,23 @@ LTX_VIDEO_2B: dict[str, Any] = {}
 LTX_VIDEO_VAE: dict[str, Any] = {}
 LTX_VIDEO_SCHEDULER = dict(base_image_seq_len=1024, base_shift=0.95, max_image_seq_len=4096, max_shift=2.05,
                            shift=1.0, shift_terminal=0.1, use_dynamic_shifting=True)
+#: HunyuanVideo 1.5 (8.3B), 480p text-to-video: the transformer config diffusers' conversion script writes for
+#: "480p_t2v" (54 dual-stream layers, 16 heads x 128; 2C + 1 = 65 input channels), Qwen2.5-VL-7B's text tower
+#: (hidden 3584, 28 layers), byT5-small as the glyph encoder (d_model 1472; idle without quoted text), the VAE's
+#: class defaults (16x / 4x, 32 channels), scheduler shift 5.0, guidance 6.0
+HUNYUAN_VIDEO15 = dict(
+    in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+    num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=3584,
+    text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0, rope_axes_dim=(16, 56, 56), target_size=640,
+    task_type="t2v", use_meanflow=False,
+)
+QWEN25_VL_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+    rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},  # as its hub config
+)
+BYT5_SMALL = dict(vocab_size=1510, d_model=1472, d_ff=3584, d_kv=64, num_heads=6, num_layers=12,
+                  feed_forward_proj="gated-gelu")
 #: HunyuanVideo's prompt template puts 95 tokens before the prompt (crop_start=95); this one has 95
 #: tokens of the tiny tokenizer's vocabulary, so the Llama encoder sees the released 256 + 95 tokens.
 HUNYUAN_TEMPLATE = {"template": "video " * 95 + "{}", "crop_start": 95}
@@ -160,6 +177,39 @@ def hunyuan_video() -> Any:
                     tokenizer_2=tiny_tokenizer())
 
 
+def hunyuan_video15() -> Any:
+    """HunyuanVideo 1.5 480p T2V; the prompt template's 108-token system prompt stands as 108 tiny-vocabulary
+    words (crop 108), so Qwen sees the released 1000 + 108 tokens."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    from vwarper_hooks.testing import tiny_tokenizer
+
+    class Pipeline(HunyuanVideo15Pipeline):  # the guidance scale lives on the guider: take it as the others do
+        def __call__(self, *args: Any, guidance_scale: float | None = None, **kwargs: Any) -> Any:
+            if guidance_scale is not None:
+                self.guider.guidance_scale = guidance_scale
+            return super().__call__(*args, **kwargs)
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}" + "video " * 108
+                               + "{{ m['content'] }}{% endif %}{% endfor %}")
+    with torch.device("meta"):
+        transformer = _meta(HunyuanVideo15Transformer3DModel(**HUNYUAN_VIDEO15), torch.bfloat16)
+        qwen = _meta(Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**QWEN25_VL_7B_TEXT)), torch.bfloat16)
+        byt5 = _meta(T5EncoderModel(T5Config(**BYT5_SMALL)), torch.bfloat16)
+        vae = _meta(AutoencoderKLHunyuanVideo15(), torch.bfloat16)
+    return Pipeline(text_encoder=qwen, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                    scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=byt5,
+                    tokenizer_2=tiny_tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=6.0))
+
+
 def full_shapes() -> list[Shape]:
     cog = dict(height=480, width=720, guidance_scale=6.0, max_sequence_length=226)
     return [
@@ -182,6 +232,10 @@ def full_shapes() -> list[Shape]:
               dict(height=512, width=704, num_frames=161, guidance_scale=3.0, max_sequence_length=128),
               note="LTXPipeline defaults: 512x704, 161 frames, 50 steps, guidance 3.0 (CFG as one batch of 2), "
                    "text 128"),
+        Shape("HunyuanVideo 1.5 480p", hunyuan_video15, dict(height=480, width=848, num_frames=121, guidance_scale=6.0),
+              note="HunyuanVideo15Pipeline defaults: 480x848 (target size 640 at 16:9), 121 frames, 50 steps, "
+                   "guidance 6.0 by the guider (CFG as 2 calls), text 1000 + 108 template tokens, 256 glyph, "
+                   "729 vision tokens"),
         Shape("HunyuanVideo", hunyuan_video,
               dict(height=320, width=512, num_frames=61, guidance_scale=6.0, max_sequence_length=256),
               note="the diffusers docs example size (320x512, 61 frames; the docs use 30 steps, we 50); "

@@ -19,6 +19,7 @@ from vwarper_hooks.testing import tiny_wan_transformer
         ("wan", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
         ("skyreels_v2", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
         ("ltx_video", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
+        ("hunyuan_video15", "joint sequence, video tokens [0, 8) then text tokens [8, 32)", 7, 6),
     ],
 )
 def test_tiny_models_are_described(family, layout, attention, depth):

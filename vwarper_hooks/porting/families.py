@@ -14,6 +14,7 @@ FAMILY_MODELS: dict[str, str] = {
     "wan": "WanTransformer3DModel",
     "skyreels_v2": "SkyReelsV2Transformer3DModel",
     "ltx_video": "LTXVideoTransformer3DModel",
+    "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
 }
 #: built-in families, each with a tiny pipeline
 TINY_FAMILIES: tuple[str, ...] = tuple(FAMILY_MODELS)
