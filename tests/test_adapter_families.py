@@ -1,4 +1,5 @@
-"""HunyuanVideo and Wan run the whole V-Warper path on tiny random pipelines, with the identity guarantees."""
+"""Every family of the family list besides CogVideoX runs the whole V-Warper path on tiny random pipelines,
+with the identity guarantees."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def fpipe(request):
 def test_adapter_is_found_and_depth_is_flat(fpipe):
     adapter = vwarper.get_adapter(fpipe.transformer)
     assert adapter.name in FAMILIES
-    assert len(adapter.attention_layers(fpipe.transformer)) == 6  # hunyuan: 2 dual + 4 single; wan: 6 blocks
+    assert len(adapter.attention_layers(fpipe.transformer)) == 6  # hunyuan_video: 2 dual + 4 single; others: 6
 
 
 def test_inject_off_and_after_exit_is_bit_identical(fpipe, subject):
