@@ -12,14 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from vwarper_hooks.config import PAPER_WARP_LAYERS
-from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor
+from vwarper_hooks.contract import hookimpl
+from vwarper_hooks.contract.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
+from vwarper_hooks.contract.processors import RoutedProcessor, joint_qkv, merge_heads, rotate_span
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class VwarperCogVideoXProcessor(RoutedProcessor):
     """Stock `CogVideoXAttnProcessor2_0` arithmetic, with the core's router in the middle.
 
     When the router does not want the layer, the original processor runs untouched (`RoutedProcessor`).
+    The routed attention goes through diffusers' attention dispatch, so it follows
+    ``transformer.set_attention_backend(...)`` (the stock processor calls SDPA itself).
     """
 
     def routed(
@@ -39,48 +41,20 @@ class VwarperCogVideoXProcessor(RoutedProcessor):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         text_len = encoder_hidden_states.size(1)
-        joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        batch, seq_len, _ = joint.shape
+        qkv = joint_qkv(attn, hidden_states, encoder_hidden_states, text_first=True)  # (B, H, text + video, D)
+        batch, seq_len = qkv.query.shape[0], qkv.query.shape[2]
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
 
-        query, key, value = attn.to_q(joint), attn.to_k(joint), attn.to_v(joint)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
         def rope(x: torch.Tensor) -> torch.Tensor:
             return x if image_rotary_emb is None else apply_rotary_emb(x, image_rotary_emb)
 
-        def rotate_(q: torch.Tensor, k: torch.Tensor) -> None:
-            # In place, exactly as the stock processor does.
-            if image_rotary_emb is not None:
-                q[:, :, text_len:] = apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)
-                if not attn.is_cross_attention:
-                    k[:, :, text_len:] = apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)
-
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-
-        call = AttentionCall(
-            layer=self.layer,
-            query=query,
-            key=key,
-            value=value,
-            text=slice(0, text_len),
-            video=slice(text_len, seq_len),
-            rotate_=rotate_,
-            rope=rope,
-            attend=attend,
-        )
-        out = self.router.process(call)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        # in place on the video tokens, as the stock processor does (keys too, unless a cross-attention)
+        rotate_ = rotate_span(None if image_rotary_emb is None else rope, qkv.video, keys=not attn.is_cross_attention)
+        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
+                             self.attend(attention_mask))
+        out = merge_heads(self.router.process(call))  # (B, text + video, H*D)
         out = attn.to_out[1](attn.to_out[0](out))
         text_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
         return video_out, text_out

@@ -29,15 +29,11 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor, stock_attend
+from vwarper_hooks.contract.processors import RoutedProcessor, joint_qkv, merge_heads, rotate_span
 
 logger = logging.getLogger(__name__)
 
 STOCK_PROCESSOR = "HunyuanVideoAttnProcessor2_0"
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return x.unflatten(2, (heads, -1))  # (B, N, H, D)
 
 
 def _text_valid(attention_mask: torch.Tensor | None, n_video: int, n_text: int) -> torch.Tensor | None:
@@ -71,47 +67,16 @@ class VwarperHunyuanVideoProcessor(RoutedProcessor):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
-        dual = attn.add_q_proj is not None
-        stream = hidden_states if dual else torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        q, k, v = (_heads(proj(stream), attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        if dual:
-            text = encoder_hidden_states
-            tq, tk, tv = (_heads(p(text), attn.heads) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-            if attn.norm_added_q is not None:
-                tq = attn.norm_added_q(tq)
-            if attn.norm_added_k is not None:
-                tk = attn.norm_added_k(tk)
-            q, k, v = torch.cat([q, tq], dim=1), torch.cat([k, tk], dim=1), torch.cat([v, tv], dim=1)
-        dtype = q.dtype
-        video = slice(0, n_video)
+        # dual-stream blocks project text with add_*_proj; single-stream ones the concatenation with to_*
+        qkv = joint_qkv(attn, hidden_states, encoder_hidden_states, text_projections=attn.add_q_proj is not None)
 
         def rope(x: torch.Tensor) -> torch.Tensor:
             return x if image_rotary_emb is None else apply_rotary_emb(x, image_rotary_emb, sequence_dim=2)
 
-        def rotate_(qh: torch.Tensor, kh: torch.Tensor) -> None:
-            if image_rotary_emb is not None:
-                qh[:, :, video] = rope(qh[:, :, video])
-                kh[:, :, video] = rope(kh[:, :, video])
-
-        attend = stock_attend(self.original, attention_mask)
-
-        call = AttentionCall(
-            layer=self.layer,
-            query=q.transpose(1, 2),
-            key=k.transpose(1, 2),
-            value=v.transpose(1, 2),
-            text=slice(n_video, n_video + n_text),
-            video=video,
-            rotate_=rotate_,
-            rope=rope,
-            attend=attend,
-            text_valid=_text_valid(attention_mask, n_video, n_text),
-        )
-        out = self.router.process(call).transpose(1, 2).flatten(2, 3).to(dtype)
+        rotate_ = rotate_span(None if image_rotary_emb is None else rope, qkv.video)
+        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
+                             self.attend(attention_mask), _text_valid(attention_mask, n_video, n_text))
+        out = merge_heads(self.router.process(call)).to(qkv.query.dtype)  # (B, video + text, H*D)
         video_out, text_out = out[:, :n_video], out[:, n_video:]
         if getattr(attn, "to_out", None) is not None:
             video_out = attn.to_out[1](attn.to_out[0](video_out))
@@ -173,16 +138,6 @@ class HunyuanVideoAdapter(Adapter):
             shape, dtype = (latents.shape[0],), pipe.transformer.dtype
             kwargs["guidance"] = torch.full(shape, self.train_guidance, dtype=dtype, device=latents.device) * 1000.0
         return kwargs
-
-    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
-        vae = pipe.vae
-        latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
-        return (latents * vae.config.scaling_factor).to(pipe.transformer.dtype)  # (B, C, F, H, W)
-
-    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
-        frames = (latents.shape[2] - 1) * pipe.vae_scale_factor_temporal + 1
-        spatial = pipe.vae_scale_factor_spatial
-        return frames, latents.shape[3] * spatial, latents.shape[4] * spatial
 
 
 @hookimpl

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor, stock_attend
+from vwarper_hooks.contract.processors import RoutedProcessor, heads, joint_qkv, merge_heads, rotate_span
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     out[..., 0::2] = even * c - odd * s
     out[..., 1::2] = even * s + odd * c
     return out
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return x.unflatten(2, (heads, -1)).transpose(1, 2)  # (B, H, N, D) view
 
 
 class VwarperWanSelfAttnProcessor(RoutedProcessor):
@@ -66,26 +62,17 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-        k = _heads(attn.norm_k(attn.to_k(hidden_states)), attn.heads)
-        v = _heads(attn.to_v(hidden_states), attn.heads)
-        dtype = q.dtype
+        qkv = joint_qkv(attn, hidden_states, qk_norm="across_heads")  # (B, H, N, D), video only
         if rotary_emb is not None:
             cos, sin = (f.transpose(1, 2) for f in rotary_emb)  # (1, N, 1, D) -> (1, 1, N, D)
 
         def rope(x: torch.Tensor) -> torch.Tensor:
             return x if rotary_emb is None else rotate_pairs(x, cos, sin)
 
-        def rotate_(qh: torch.Tensor, kh: torch.Tensor) -> None:
-            if rotary_emb is not None:
-                qh.copy_(rope(qh))
-                kh.copy_(rope(kh))
-
-        attend = stock_attend(self.original, attention_mask)
-
-        n = hidden_states.shape[1]
-        call = AttentionCall(self.layer, q, k, v, slice(0, 0), slice(0, n), rotate_, rope, attend)
-        out = self.router.process(call).transpose(1, 2).flatten(2, 3).to(dtype)
+        rotate_ = rotate_span(None if rotary_emb is None else rope, qkv.video)
+        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
+                             self.attend(attention_mask))
+        out = merge_heads(self.router.process(call)).to(qkv.query.dtype)  # (B, N, H*D)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -112,15 +99,14 @@ class VwarperWanCrossAttnProcessor(RoutedProcessor):
         text = encoder_hidden_states
         if attn.add_k_proj is not None:  # I2V (refused by inject): image tokens first, then the text
             text = text[:, text.shape[1] - TEXT_CONTEXT :]
-            q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-            self.router.observe_text_attention(self.layer, q, _heads(attn.norm_k(attn.to_k(text)), attn.heads))
+        q = heads(attn, hidden_states, "to_q", "norm_q", "across_heads").transpose(1, 2)  # (B, H, N, D)
+        k = heads(attn, text, "to_k", "norm_k", "across_heads").transpose(1, 2)  # (B, H, T, D)
+        self.router.observe_text_attention(self.layer, q, k)
+        if attn.add_k_proj is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         # The stock text cross-attention, computed once: the core reads its Q/K, no second projection.
-        q = _heads(attn.norm_q(attn.to_q(hidden_states)), attn.heads)
-        k = _heads(attn.norm_k(attn.to_k(text)), attn.heads)
-        v = _heads(attn.to_v(text), attn.heads)
-        self.router.observe_text_attention(self.layer, q, k)
-        out = stock_attend(self.original, attention_mask)(q, k, v).transpose(1, 2).flatten(2, 3).type_as(q)
+        v = heads(attn, text, "to_v", None, "across_heads").transpose(1, 2)
+        out = merge_heads(self.attend(attention_mask)(q, k, v)).type_as(q)  # (B, N, H*D)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -178,19 +164,6 @@ class WanAdapter(Adapter):
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         p_t, p_h, p_w = transformer.config.patch_size
         return latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
-
-    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
-        vae = pipe.vae
-        latents = vae.encode(video.to(vae.device, vae.dtype)).latent_dist.mode()
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
-        std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
-        return ((latents - mean) / std).to(pipe.transformer.dtype)  # (B, C, F, H, W), as the pipeline's latents
-
-    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
-        frames = (latents.shape[2] - 1) * pipe.vae_scale_factor_temporal + 1
-        spatial = pipe.vae_scale_factor_spatial
-        return frames, latents.shape[3] * spatial, latents.shape[4] * spatial
 
 
 @hookimpl

@@ -6,7 +6,7 @@
 Shapes: CogVideoX-5B at 25 and 49 frames (480x720, 50 steps, CFG 6 as one batch of 2), Wan2.1-T2V
 1.3B and 14B (the WanPipeline defaults: 480x832, 81 frames, 50 steps, CFG 5 as two calls),
 HunyuanVideo (the diffusers docs example size 320x512, 61 frames; 50 steps, embedded guidance 6, no
-CFG batch). Each is built from its released config on the meta device (`cost_configs.py`). The paper's
+CFG batch). Each is built from its released config on the meta device (`cost_models.py`). The paper's
 windows: match layer 12, warp layers 20-29, warp steps 3-19 of 50; Wan and HunyuanVideo keep their
 adapters' defaults (the paper's layers scaled to the depth), printed per shape.
 
@@ -51,9 +51,10 @@ from vwarper_hooks.fine.capture import Branch
 from vwarper_hooks.plugins import get_adapter
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cost_configs import Shape, full_shapes, meta_pipeline, meta_shims, tiny_shapes  # noqa: E402
+from cost_configs import Shape, meta_pipeline, meta_shims, reorder_shim, tiny_shapes  # noqa: E402
 from cost_count import PARTS, Measured, compose, measure, measure_prepare  # noqa: E402
 from cost_memory import feature_cache, plain_forward_peak, snapshot, vwarper_items  # noqa: E402
+from cost_models import full_shapes  # noqa: E402
 
 PROMPT = "a photo of a <clock> clock on the beach"
 SHORT_STEPS, SHORT_WARP, PLAIN_STEPS = 5, (2, 3), 1
@@ -206,7 +207,8 @@ def measure_shape(shape: Shape, options: bool = False, memory_blocks: int | None
         raise AssertionError(f"{shape.name}: the short calls used other layers than the composed run")
     result = ShapeResult(shape, config, plan, depth, parts, measured, probe, decode)
     if memory_blocks != 0:
-        result.memory = plain_forward_peak(pipe.transformer, probe.plain, memory_blocks)
+        with reorder_shim():  # fake tensors have no values either
+            result.memory = plain_forward_peak(pipe.transformer, probe.plain, memory_blocks)
         result.memory.update(vwarper_items(probe.held, plan, shape.steps, result.memory["activations"]))
         result.cache = feature_cache(probe.held, plan, config.feature_cache_device_gib)
     return result

@@ -1,12 +1,6 @@
-"""Model configs and meta-device pipelines for `cost.py` (nothing is downloaded, nothing allocated).
-
-Every model is built from its released diffusers / transformers config, written here as a dict
-(sources: the configs of THUDM/CogVideoX-5b, Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers and
-hunyuanvideo-community/HunyuanVideo as diffusers' conversion scripts write them, and the class
-defaults of the diffusers release installed, which are those configs), on the meta device: weights
-and activations are shapes only. The tokenizer is `vwarper_hooks.testing.tiny_tokenizer()` (its ids
-lie inside every real vocabulary); prompts are padded to each model's real text length, so every
-text encoder and transformer sees the released sequence lengths.
+"""Shapes and meta-device pipelines for `cost.py` (nothing is downloaded, nothing allocated): the `Shape`
+record, the tiny shapes of the test suite (one per family of the family list), and the meta shims. The
+released models' configs and their shapes are in `cost_models.py`.
 
 Three shims, none of which changes a counted FLOP: the scheduler's arithmetic is stubbed (stock
 schedulers index tables with timestep values); transformers' "can the attention mask be skipped?"
@@ -16,6 +10,7 @@ norm gets a shape-only meta kernel (torch's own runs a Python decomposition, ~40
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,56 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-COGVIDEOX_5B = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
-    text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
-    temporal_compression_ratio=4, max_text_seq_length=226, use_rotary_positional_embeddings=True,
-)
-T5_XXL = dict(  # google/t5-v1_1-xxl encoder (CogVideoX's text_encoder)
-    vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-)
-COGVIDEOX_VAE = dict(
-    block_out_channels=(128, 256, 256, 512), latent_channels=16, layers_per_block=3, norm_num_groups=32,
-    temporal_compression_ratio=4, sample_height=480, sample_width=720, scaling_factor=0.7,
-)
-COGVIDEOX_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, num_train_timesteps=1000,
-    prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True, snr_shift_scale=1.0,
-    timestep_spacing="trailing",
-)
-WAN_1_3B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
-)
-WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
-UMT5_XXL = dict(  # google/umt5-xxl encoder (Wan's text_encoder)
-    vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-)
-WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-               temperal_downsample=[False, True, True])
-WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
-HUNYUAN_VIDEO = dict(
-    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
-)
-LLAVA_LLAMA3_8B = dict(  # HunyuanVideo's text_encoder (llava-llama-3-8b, text tower)
-    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
-)
-CLIP_L_TEXT = dict(  # openai/clip-vit-large-patch14 text tower (HunyuanVideo's text_encoder_2)
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
-)
-HUNYUAN_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                   temporal_compression_ratio=4, spatial_compression_ratio=8, scaling_factor=0.476986)
-#: HunyuanVideo's prompt template puts 95 tokens before the prompt (crop_start=95); this one has 95
-#: tokens of the tiny tokenizer's vocabulary, so the Llama encoder sees the released 256 + 95 tokens.
-HUNYUAN_TEMPLATE = {"template": "video " * 95 + "{}", "crop_start": 95}
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @dataclass(frozen=True)
@@ -87,6 +34,7 @@ class Shape:
     warp_steps: tuple[int, int] = (3, 19)  # the paper's window for that run
     layers: dict[str, Any] = field(default_factory=dict)  # explicit WarpConfig layers (default: the adapter's)
     note: str = ""
+    family: str = ""  # the built-in family (tiny shapes: skipped where the installed diffusers lacks it)
 
 
 def _meta(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -99,98 +47,29 @@ def _meta(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module.eval()
 
 
-def cogvideox_5b() -> Any:
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
-
-    from vwarper_hooks.testing import tiny_tokenizer
-
-    with torch.device("meta"):
-        transformer = _meta(CogVideoXTransformer3DModel(**COGVIDEOX_5B), torch.bfloat16)
-        text = _meta(T5EncoderModel(T5Config(**T5_XXL)), torch.bfloat16)
-        vae = _meta(AutoencoderKLCogVideoX(**COGVIDEOX_VAE), torch.bfloat16)
-    return CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
-                             scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER))
+#: fewer layers than the tiny pipelines' own for the meta runs (~25 ms per layer call whatever the size):
+#: 4 attention layers for every family (HunyuanVideo: 1 dual-stream + 3 single-stream blocks)
+META_LAYERS: dict[str, dict[str, int]] = {"hunyuan_video": dict(num_layers=1, num_single_layers=3)}
+FOUR = dict(num_layers=4)
 
 
-def wan(config: dict[str, Any]) -> Any:
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from vwarper_hooks.testing import tiny_tokenizer
-
-    with torch.device("meta"):
-        transformer = _meta(WanTransformer3DModel(**config), torch.bfloat16)
-        text = _meta(UMT5EncoderModel(UMT5Config(**UMT5_XXL)), torch.bfloat16)
-        vae = _meta(AutoencoderKLWan(**WAN_VAE), torch.float32)  # the docs load Wan's VAE in float32
-    return WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
-                       scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))
-
-
-def hunyuan_video() -> Any:
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
-    )
-    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-
-    from vwarper_hooks.testing import tiny_tokenizer
-
-    class Pipeline(HunyuanVideoPipeline):
-        def encode_prompt(self, *args: Any, prompt_template: dict | None = None, **kwargs: Any) -> Any:
-            if prompt_template is None or prompt_template is DEFAULT_PROMPT_TEMPLATE:
-                prompt_template = HUNYUAN_TEMPLATE
-            return super().encode_prompt(*args, prompt_template=prompt_template, **kwargs)
-
-    with torch.device("meta"):
-        transformer = _meta(HunyuanVideoTransformer3DModel(**HUNYUAN_VIDEO), torch.bfloat16)
-        # the docs load the text encoders in float16; in bfloat16 here because V-Warper's reference text
-        # (adapters/hunyuan_video.py encode_text) keeps the encoders' dtype and a cold call then fails
-        llama = _meta(LlamaModel(LlamaConfig(**LLAVA_LLAMA3_8B)), torch.bfloat16)
-        clip = _meta(CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)), torch.bfloat16)
-        vae = _meta(AutoencoderKLHunyuanVideo(**HUNYUAN_VAE), torch.float16)
-    return Pipeline(text_encoder=llama, tokenizer=tiny_tokenizer(), transformer=transformer, vae=vae,
-                    scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
-                    tokenizer_2=tiny_tokenizer())
-
-
-def full_shapes() -> list[Shape]:
-    cog = dict(height=480, width=720, guidance_scale=6.0, max_sequence_length=226)
-    return [
-        Shape("CogVideoX-5B 25f", cogvideox_5b, {**cog, "num_frames": 25}),
-        Shape("CogVideoX-5B 49f", cogvideox_5b, {**cog, "num_frames": 49}, note="49 frames: the pipeline default"),
-        Shape("Wan2.1-T2V-1.3B", lambda: wan(WAN_1_3B),
-              dict(height=480, width=832, num_frames=81, guidance_scale=5.0, max_sequence_length=512),
-              note="WanPipeline defaults: 480x832, 81 frames, 50 steps, guidance 5.0 (CFG as 2 calls), text 512"),
-        Shape("Wan2.1-T2V-14B", lambda: wan(WAN_14B),
-              dict(height=480, width=832, num_frames=81, guidance_scale=5.0, max_sequence_length=512),
-              note="same defaults (480P; the docs example also shows 720x1280)"),
-        Shape("HunyuanVideo", hunyuan_video,
-              dict(height=320, width=512, num_frames=61, guidance_scale=6.0, max_sequence_length=256),
-              note="the diffusers docs example size (320x512, 61 frames; the docs use 30 steps, we 50); "
-                   "guidance 6.0 is embedded (no CFG batch), text 256 + 95 template tokens"),
-    ]
+#: families whose stock pipeline cannot run on the meta device: Wan 2.2's two-expert loop reads each step's
+#: timestep on the host to pick its expert (its FLOPs per step are Wan's: one expert per step)
+NOT_ON_META = ("wan22",)
 
 
 def tiny_shapes() -> list[Shape]:
-    """The test suite's configs: tiny random pipelines on meta, a 6-step run with a scaled window (every kind
-    of step occurs, one of them twice), so that real calls of that length can be counted end to end."""
-    from vwarper_hooks.contract.adapter import proportional_layers
+    """The test suite's configs, one per family of the family list: tiny random pipelines on meta, a 6-step
+    run with a scaled window (every kind of step occurs, one of them twice), so that real calls of that
+    length can be counted end to end. Layers: each adapter's defaults at the meta depth."""
+    from vwarper_hooks.porting.families import TINY_FAMILIES
     from vwarper_hooks.testing import TINY_FRAMES, TINY_HEIGHT, TINY_TEXT_LEN, TINY_WIDTH, tiny_pipeline
 
     call = dict(height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=TINY_FRAMES, guidance_scale=6.0,
                 max_sequence_length=TINY_TEXT_LEN)
-    cog = proportional_layers(4)  # meta runs ~25 ms per layer call whatever the size: few layers, few seconds
-    return [
-        Shape("tiny CogVideoX", lambda: tiny_pipeline("cogvideox", num_layers=4), call, steps=6, warp_steps=(2, 4),
-              layers=dict(match_layer=cog.match_layer, warp_layers=tuple(cog.warp_layers))),
-        Shape("tiny Wan", lambda: tiny_pipeline("wan", num_layers=4), call, steps=6, warp_steps=(2, 4)),
-        Shape("tiny HunyuanVideo", lambda: tiny_pipeline("hunyuan_video", num_layers=1, num_single_layers=3), call,
-              steps=6, warp_steps=(2, 4)),
-    ]
+    return [Shape(f"tiny {family}", functools.partial(tiny_pipeline, family, **META_LAYERS.get(family, FOUR)), call,
+                  steps=6, warp_steps=(2, 4), family=family)
+            for family in TINY_FAMILIES if family not in NOT_ON_META]
 
 
 def stub_scheduler_step(model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> tuple:
@@ -222,10 +101,74 @@ def _mask_checks() -> list[tuple[Any, str]]:
     return found
 
 
+class _TextReorderOnMeta(TorchDispatchMode):
+    """Shape-only answers for the two value reads of HunyuanVideo 1.5's forward on meta (text-to-video): the
+    result of ``torch.all(image_embeds == 0)`` read as a bool is True (the vision tokens are zeros), and a
+    boolean mask selects every row while its negation selects none, so each valid/padding pair of the text
+    reordering keeps the total length the real masks give (the order differs; no FLOPs either way). Any
+    other value read on meta still fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._all: dict[int, torch.Tensor] = {}  # results of aten.all (held: their ids stay theirs)
+        self._negated: dict[int, torch.Tensor] = {}  # results of a boolean negation
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        aten = torch.ops.aten
+        if func is aten._local_scalar_dense.default and id(args[0]) in self._all:
+            return True
+        if func is aten.index.Tensor and _shape_only(args[0]) and len(args[1]) == 1:
+            x, mask = args[0], args[1][0]
+            if mask is not None and mask.dtype == torch.bool:
+                rows = 0 if id(mask) in self._negated else mask.numel()
+                return x.new_empty((rows, *x.shape[mask.dim():]))  # (rows, ...)
+        out = func(*args, **(kwargs or {}))
+        if func is aten.all.default:
+            self._all[id(out)] = out
+        elif func in (aten.bitwise_not.default, aten.logical_not.default) and out.dtype == torch.bool:
+            self._negated[id(out)] = out
+        return out
+
+
+def _shape_only(t: torch.Tensor) -> bool:
+    """A tensor without values: on meta, or fake (`cost_memory`'s FakeTensorMode)."""
+    return t.is_meta or isinstance(t, FakeTensor)
+
+
+def _reordering_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward`, inside `_TextReorderOnMeta` when its latents have no values (meta or fake)."""
+
+    @functools.wraps(forward)
+    def on_meta(self: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not _shape_only(hidden_states):
+            return forward(self, hidden_states, *args, **kwargs)
+        with _TextReorderOnMeta():
+            return forward(self, hidden_states, *args, **kwargs)
+
+    return on_meta
+
+
+@contextmanager
+def reorder_shim() -> Iterator[None]:
+    """For the block: HunyuanVideo 1.5's forward runs its text reordering in `_TextReorderOnMeta` when its
+    inputs have no values (the installed diffusers' class, if it has one)."""
+    model = getattr(importlib.import_module("diffusers"), "HunyuanVideo15Transformer3DModel", None)
+    if model is None:
+        yield
+        return
+    forward = vars(model)["forward"]
+    model.forward = _reordering_forward(forward)
+    try:
+        yield
+    finally:
+        model.forward = forward
+
+
 @contextmanager
 def meta_shims() -> Iterator[None]:
-    """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", and
-    layer norm has a fast meta kernel (no FLOPs either way)."""
+    """For the block: transformers' mask-skipping checks (they read mask values) say "keep the mask", layer
+    norm has a fast meta kernel, and HunyuanVideo 1.5's text reordering gets shape-only answers on meta
+    (`reorder_shim`; no FLOPs either way)."""
     checks = _mask_checks()
     saved = [(owner, n, vars(owner)[n]) for owner, n in checks]
     kernels = torch.library.Library("aten", "IMPL")
@@ -235,7 +178,8 @@ def meta_shims() -> Iterator[None]:
             kernels.impl("native_layer_norm", _meta_layer_norm, "Meta")
         for owner, n in checks:
             setattr(owner, n, staticmethod(_keep_mask) if isinstance(owner, type) else _keep_mask)
-        yield
+        with reorder_shim():
+            yield
     finally:
         kernels._destroy()  # torch's own meta kernel is back
         for owner, n, fn in saved:

@@ -50,7 +50,7 @@ def build(dry_run: bool) -> tuple[Any, dict[str, Any]]:
 
         call = dict(height=32, width=32, num_frames=9, guidance_scale=6.0, max_sequence_length=TINY_TEXT_LEN)
         return tiny_cogvideox_pipeline(), call
-    from cost_configs import COGVIDEOX_5B, COGVIDEOX_SCHEDULER, COGVIDEOX_VAE, T5_XXL
+    from cost_models import COGVIDEOX_5B, COGVIDEOX_SCHEDULER, COGVIDEOX_VAE, T5_XXL
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 

@@ -1,4 +1,5 @@
-"""HunyuanVideo and Wan run the whole V-Warper path on tiny random pipelines, with the identity guarantees."""
+"""Every family of the family list besides CogVideoX runs the whole V-Warper path on tiny random pipelines,
+with the identity guarantees."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def fpipe(request):
 def test_adapter_is_found_and_depth_is_flat(fpipe):
     adapter = vwarper.get_adapter(fpipe.transformer)
     assert adapter.name in FAMILIES
-    assert len(adapter.attention_layers(fpipe.transformer)) == 6  # hunyuan: 2 dual + 4 single; wan: 6 blocks
+    assert len(adapter.attention_layers(fpipe.transformer)) == 6  # hunyuan_video: 2 dual + 4 single; others: 6
 
 
 def test_inject_off_and_after_exit_is_bit_identical(fpipe, subject):
@@ -101,21 +102,27 @@ def test_rope_free_capture_matches_a_shifted_copy(fpipe):
     from vwarper_hooks.porting.probes import _Recorder
 
     case = case_from_pipeline(fpipe)
-    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    shifted = torch.roll(latents, shifts=2, dims=-1)  # 2 latent px = 1 token column (patch 2)
+    adapter, base = case.adapter, case.latents()
+    frames, _, columns = adapter.token_grid(case.transformer, base)
+    per_token = base.shape[-1] // columns  # latent pixels per token column
+    shape = (1, *base.shape[1:-2], base.shape[-2] * 2, base.shape[-1] * 2)  # a 4 x 4 token grid per frame
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    shifted = torch.roll(latents, shifts=per_token, dims=-1)  # one token column
+    one = {k: v[-1:] if torch.is_tensor(v) and v.ndim and v.shape[0] == base.shape[0] else v  # the conditional row
+           for k, v in case.inputs.items()}
     feats = []
     for x in (latents, shifted):
         rec = _Recorder({0})
-        uninstall = case.adapter.install(case.transformer, rec)
+        uninstall = adapter.install(case.transformer, rec)
         try:
-            case.forward(hidden_states=x, timestep=case.inputs["timestep"][:1])
+            case.forward(**adapter.with_latents(one, x))
         finally:
             uninstall()
         call = rec.calls[0]
         feats.append((call["q"][0, :, call["video"]], call["k"][0, :, call["video"]]))
     (qg, kg), (qr, kr) = feats[1], feats[0]
-    flow, _ = match_flows(qg, kg, qr, kr, frames=2)
-    grid = torch.arange(2 * 4 * 4).reshape(2, 4, 4)
+    flow, _ = match_flows(qg, kg, qr, kr, frames=frames)
+    grid = torch.arange(frames * 4 * 4).reshape(frames, 4, 4)
     expected = torch.roll(grid, shifts=1, dims=-1).reshape(-1)  # generation token p reads reference p - 1 column
     assert float((flow == expected).float().mean()) == 1.0
 

@@ -13,7 +13,7 @@ from vwarper_hooks.contract.adapter import Adapter, call_default
 from vwarper_hooks.contract.processors import RoutedProcessor
 from vwarper_hooks.testing import tiny_pipeline
 
-REQUIRED = {"matches", "attention_layers", "token_grid", "encode_video", "video_shape"}
+REQUIRED = {"matches", "attention_layers", "token_grid"}
 
 
 class _Stock:
@@ -51,18 +51,31 @@ class _Minimal(Adapter):
     def token_grid(self, transformer, latents):
         return (1, 1, 1)
 
-    def encode_video(self, pipe, video):
-        return video
 
-    def video_shape(self, pipe, latents):
-        return (1, 1, 1)
-
-
-def test_only_five_methods_are_required():
+def test_only_three_methods_are_required():
     assert Adapter.__abstractmethods__ == REQUIRED
-    for name, member in vars(Adapter).items():
-        if inspect.isfunction(member) and not name.startswith("_"):
-            assert "Default" in (member.__doc__ or "") or name in REQUIRED, f"{name}: docstring must say its default"
+    for owner in Adapter.__mro__[:-2]:  # Adapter and its mixins, not ABC / object
+        for name, member in vars(owner).items():
+            if inspect.isfunction(member) and not name.startswith("_"):
+                documented = "Default" in (member.__doc__ or "") or name in REQUIRED
+                assert documented, f"{name}: docstring must say its default"
+
+
+def test_channel_first_video_defaults_normalise_as_the_vae_config_says():
+    """The base's encode_video / video_shape: (B, C, F, H, W) latents, the VAE config's mean/std and scaling factor."""
+    wan, hunyuan = tiny_pipeline("wan"), tiny_pipeline("hunyuan_video")
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for pipe in (wan, hunyuan):
+        adapter = vwarper.get_adapter(pipe.transformer)
+        assert "encode_video" not in vars(type(adapter)) and "video_shape" not in vars(type(adapter))
+        latents = adapter.encode_video(pipe, video)
+        assert latents.shape == (1, 4, 2, 4, 4) and adapter.video_shape(pipe, latents) == (5, 32, 32)
+    wan.vae.register_to_config(latents_mean=[1.0] * 4, latents_std=[2.0] * 4)
+    raw = wan.vae.encode(video).latent_dist.mode()
+    assert torch.equal(vwarper.get_adapter(wan.transformer).encode_video(wan, video), (raw - 1.0) / 2.0)
+    raw = hunyuan.vae.encode(video).latent_dist.mode()
+    factor = hunyuan.vae.config.scaling_factor
+    assert torch.equal(vwarper.get_adapter(hunyuan.transformer).encode_video(hunyuan, video), raw * factor)
 
 
 def test_default_install_counts_problems_and_reads_kwargs():

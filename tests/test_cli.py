@@ -16,6 +16,7 @@ from PIL import Image
 import vwarper_hooks
 from vwarper_hooks.apps import visualize as vis
 from vwarper_hooks.apps.cli import EXIT_CODES, main
+from vwarper_hooks.porting.families import FAMILY_MODELS, TINY_FAMILIES
 
 COMMANDS = ("demo", "train", "generate", "eval", "analyze", "adapters", "inspect", "ui")
 SAMPLES = Path(vwarper_hooks.__file__).parent / "data" / "clock"
@@ -281,9 +282,10 @@ def test_train_checks_settings_and_output_before_loading_the_model(capsys, tmp_p
     assert "--checkpoint-dir" in capsys.readouterr().err
 
 
-def test_inspect_the_real_tiny_model(capsys):
-    assert main(["inspect", "--tiny", "cogvideox", "--json"]) == 0
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_inspect_the_real_tiny_model(capsys, family):
+    assert main(["inspect", "--tiny", family, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["adapter"], report["depth"]) == ("cogvideox", 42)
-    assert report["model_class"] == "CogVideoXTransformer3DModel"
-    assert "text tokens [0, 16) then video tokens" in report["token_layout"]
+    assert (report["adapter"], report["model_class"]) == (family, FAMILY_MODELS[family])
+    if family == "cogvideox":
+        assert report["depth"] == 42 and "text tokens [0, 16) then video tokens" in report["token_layout"]

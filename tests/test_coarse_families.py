@@ -1,5 +1,5 @@
-"""Stage 1 is family-free: HunyuanVideo and Wan train with the flow-matching objective, exactly like
-CogVideoX with its DDPM one, and what they train works inside `inject`."""
+"""Stage 1 is family-free: every family besides CogVideoX (all flow matching) trains with the flow-matching
+objective, exactly like CogVideoX with its DDPM one, and what they train works inside `inject`."""
 
 from __future__ import annotations
 

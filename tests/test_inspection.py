@@ -17,6 +17,9 @@ from vwarper_hooks.testing import tiny_wan_transformer
         ("cogvideox", "joint sequence, text tokens [0, 16) then video tokens [16, 24)", 42, 42),
         ("hunyuan_video", "joint sequence, video tokens [0, 8) then text tokens [8, 24)", 7, 6),
         ("wan", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
+        ("skyreels_v2", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
+        ("ltx_video", "video tokens [0, 8) only; text (16 tokens) via a separate cross-attention", 12, 6),
+        ("hunyuan_video15", "joint sequence, video tokens [0, 8) then text tokens [8, 32)", 7, 6),
     ],
 )
 def test_tiny_models_are_described(family, layout, attention, depth):
@@ -52,10 +55,11 @@ def test_local_directory_is_built_from_config_on_meta(tmp_path):
 
 
 def test_unclaimed_model_says_how_to_port(tmp_path):
-    from diffusers import LTXVideoTransformer3DModel
+    from diffusers import AllegroTransformer3DModel  # a family with no adapter (LTX-Video has one now)
 
-    LTXVideoTransformer3DModel(
-        num_layers=1, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, caption_channels=8
+    AllegroTransformer3DModel(
+        num_layers=1, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, caption_channels=8,
+        in_channels=4, out_channels=4, sample_height=8, sample_width=8, sample_frames=5,
     ).save_config(tmp_path)
     report = inspect_model(str(tmp_path))
     assert report.adapter is None and report.plugin is None

@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 import vwarper_hooks as vwarper
 from vwarper_hooks.contract.processors import RoutedProcessor
 from vwarper_hooks.porting.families import TINY_FAMILIES
-from vwarper_hooks.testing import tiny_pipeline
+from vwarper_hooks.testing import case_from_pipeline, tiny_pipeline
 
 
 class _Router:
@@ -88,3 +88,67 @@ def test_builtin_processors_name_the_rotary_argument(family):
             assert {"image_rotary_emb", "rotary_emb"} & set(params), type(attn.processor).__name__
     finally:
         undo()
+
+
+class _Everything:
+    """Routes every layer and computes the stock result through the call (`AttentionCall.default`)."""
+
+    def wants(self, layer: int) -> bool:
+        return True
+
+    def process(self, call):
+        return call.default()
+
+
+@pytest.fixture()
+def backend_restored():
+    """`set_attention_backend` also sets diffusers' process-wide active backend (>= 0.36): put it back."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry as registry
+
+    before = registry._active_backend
+    yield
+    registry._active_backend = before
+
+
+def test_cogvideox_routed_attention_follows_set_attention_backend(monkeypatch, backend_restored):
+    """Stock CogVideoX calls SDPA itself; ours goes through diffusers' dispatch with the backend the user set."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    import vwarper_hooks.contract.joint_attention as joint
+
+    pipe = tiny_pipeline("cogvideox", num_layers=2)
+    case = case_from_pipeline(pipe)
+    stock = case.forward()
+    seen, dispatch = [], joint._dispatch_attention_fn()
+
+    def spy(*args, backend=None, **kwargs):
+        seen.append(backend)
+        return dispatch(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(joint, "_dispatch_attention_fn", lambda: spy)
+    adapter = vwarper.get_adapter(pipe.transformer)
+    undo = adapter.install(pipe.transformer, _Everything())
+    try:
+        assert torch.equal(case.forward(), stock) and seen == [None, None]  # no backend set: the default, bit for bit
+        pipe.transformer.set_attention_backend("native")
+        assert torch.equal(case.forward(), stock) and seen[2:] == [AttentionBackendName.NATIVE] * 2
+        pipe.transformer.set_attention_backend("_native_math")
+        math = case.forward()
+        assert seen[4:] == [AttentionBackendName._NATIVE_MATH] * 2
+        assert torch.allclose(math, stock, atol=1e-5, rtol=1e-4)  # the math kernel: same attention, other rounding
+    finally:
+        undo()
+
+
+def test_a_backend_set_during_an_injection_stays_on_the_stock_processor(backend_restored):
+    pipe = tiny_pipeline("wan")
+    adapter = vwarper.get_adapter(pipe.transformer)
+    first = adapter.attention_layers(pipe.transformer)[0]
+    stock = first.processor
+    undo = adapter.install(pipe.transformer, _Router(False))
+    try:
+        pipe.transformer.set_attention_backend("_native_math")
+        assert first.processor is not stock and first.processor._attention_backend == "_native_math"
+    finally:
+        undo()
+    assert first.processor is stock and stock._attention_backend == "_native_math"

@@ -65,7 +65,7 @@ def validate(
     adapter = get_adapter(pipe.transformer)
     model = base_model(pipe.transformer)
     config, matcher, injector, problems = config_problems(adapter, model, subjects, config)
-    problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe)
+    problems += adapter.pipeline_problems(pipe) + unsupported_modes(pipe, adapter)
     for expert in experts(adapter, pipe):  # Wan 2.2: both experts carry our processors and hooks
         problems += adapter.problems(base_model(expert))
         if expert is not pipe.transformer:  # the first one's hooks: `unsupported_modes`
@@ -87,13 +87,15 @@ def subject_problems(pipe: Any, subject: Any, allow_config_mismatch: bool = Fals
     return subject_fit_problems(pipe, subject, allow_config_mismatch) if subject.has_coarse else []
 
 
-def unsupported_modes(pipe: Any) -> list[str]:
-    """Modes no family supports yet: image-conditioned inputs, step caches, context parallelism."""
+def unsupported_modes(pipe: Any, adapter: Any = None) -> list[str]:
+    """Modes no family supports yet: image-conditioned inputs (extra input channels, unless the adapter builds
+    them: `Adapter.conditioning_channels`), step caches, context parallelism."""
     problems = []
     transformer = base_model(pipe.transformer)
     config = transformer.config
     channels_in, channels_out = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-    if channels_in and channels_out and channels_in != channels_out:
+    if channels_in and channels_out and channels_in != channels_out and not getattr(adapter, "conditioning_channels",
+                                                                                    False):
         problems.append(
             f"Expected a text-to-video transformer (in_channels == out_channels), but got in_channels={channels_in}, "
             f"out_channels={channels_out}: an image-to-video model, whose extra conditioning channels the "

@@ -128,7 +128,7 @@ def _step(job: TrainingJob, trainee: _Trainee, latents: torch.Tensor, template: 
     text = adapter.encode_text(pipe, job.prompt, template)  # with grad: the token row learns
     kwargs = adapter.forward_kwargs(pipe, noisy.to(trainee.model_dtype), timestep.to(device), text)
     with accelerator.autocast():
-        pred = pipe.transformer(**kwargs)[0]
+        pred = adapter.model_output(pipe.transformer(**kwargs)[0], kwargs)  # in the latents' layout
     loss = F.mse_loss(pred.float(), target.float())
     accelerator.backward(loss)
     if config.max_grad_norm is not None:

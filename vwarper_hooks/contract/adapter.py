@@ -7,8 +7,9 @@ adapter's processor calls the stock processor unchanged, so outputs stay bit-ide
 (`vwarper_hooks.contract.processors.RoutedProcessor`).
 
 Every rule of a model family lives in its adapter: the core (inject, the session, the trainer,
-the analysis) asks the adapter and names no family. Five methods are required; everything else
-has a default, documented on the method, that fits diffusers' conventions.
+the analysis) asks the adapter and names no family. Three methods are required; everything else
+has a default, documented on the method, that fits diffusers' conventions (the methods facing the
+pipeline around the transformer, text, VAE and sizes, are in `adapter_pipeline.PipelineDefaults`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import PAPER_DEPTH, PAPER_MATCH_LAYER, PAPER_WARP_LAYERS
+from .adapter_pipeline import PipelineDefaults, call_default  # noqa: F401 - call_default: re-exported
 from .calls import AttentionCall, LayerRouter  # noqa: F401  (plugins import both from this module too)
 from .processors import RoutedProcessor, processor_problems, swap_processors
 
@@ -58,11 +60,12 @@ def proportional_layers(depth: int) -> LayerDefaults:
 ProcessorGroup = tuple[list[nn.Module], type[RoutedProcessor]]
 
 
-class Adapter(ABC):
+class Adapter(PipelineDefaults, ABC):
     """Tells the core where things are in one transformer family. Stateless; one per family.
 
-    Required: `matches`, `attention_layers`, `token_grid`, `encode_video`, `video_shape`, and a
-    `processor` class (or your own `install` and `is_installed`). The rest has defaults.
+    Required: `matches`, `attention_layers`, `token_grid`, and a `processor` class (or your own
+    `install` and `is_installed`). The rest has defaults; those of `encode_video` and `video_shape`
+    assume channel-first latents (B, C, F, H, W) (`PipelineDefaults`).
     """
 
     #: unique registry name, e.g. ``"cogvideox"``
@@ -78,6 +81,13 @@ class Adapter(ABC):
     #: True when the pipeline runs classifier-free guidance as one batch [uncond, cond] (CogVideoX);
     #: False when it makes separate transformer calls per branch (HunyuanVideo true CFG, Wan)
     cfg_in_one_batch: bool = True
+    #: True when the transformer takes input channels beside the latents (in_channels != out_channels) that
+    #: `with_latents` builds for the reference branch (HunyuanVideo 1.5's text-to-video model: zero conditioning
+    #: latents and mask); False: such a transformer is an image-to-video model, refused by `inject`
+    conditioning_channels: bool = False
+    #: forward kwargs besides ``encoder_hidden_states`` whose tokens join the text the attention layers see
+    #: (HunyuanVideo 1.5: the glyph and vision tokens); the conformance kit counts them into the text span
+    extra_text_kwargs: tuple[str, ...] = ()
     #: forward kwargs that carry one row per generation sample (besides the text): the reference
     #: branch keeps only its first rows (e.g. CogVideoX 1.5's ``ofs``, HunyuanVideo's ``guidance``)
     batched_kwargs: tuple[str, ...] = ()
@@ -186,6 +196,22 @@ class Adapter(ABC):
         """
         return kwargs["hidden_states"]
 
+    def with_latents(self, kwargs: dict[str, Any], latents: torch.Tensor) -> dict[str, Any]:
+        """Forward kwargs `kwargs` with other `latents` (in the layout `latents` returns): the inverse of `latents`.
+
+        Default: ``kwargs`` with ``hidden_states=latents``. Override where the forward input is not the latents
+        themselves (packed tokens; extra conditioning channels beside them).
+        """
+        return {**kwargs, "hidden_states": latents}
+
+    def model_output(self, output: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The transformer's prediction for a forward call with `kwargs`, in the layout of `latents(kwargs)`
+        (the core steps its own latents with it: the reference inversion, the training loss).
+
+        Default: ``output`` as the transformer returns it.
+        """
+        return output
+
     @abstractmethod
     def token_grid(self, transformer: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
         """(frames, height, width) of the video-token grid for latents in the transformer layout."""
@@ -199,132 +225,6 @@ class Adapter(ABC):
         Default: the same positions (the pipeline feeds every encoder output position to the transformer).
         """
         return positions
-
-    def reference_kwargs(
-        self, kwargs: dict[str, Any], latents: torch.Tensor, text: dict[str, torch.Tensor], timestep: torch.Tensor
-    ) -> dict[str, Any]:
-        """Forward kwargs for a reference-branch call derived from a generation call's kwargs.
-
-        :param latents: (k, ...) the reference latents: one sample per reference photo.
-        :param text: the text conditioning from `encode_text` (batch 1), merged over the generation's.
-        Default: the generation's kwargs with the reference latents, the timestep (in the generation
-        timestep's dtype) and the text, both expanded to the k samples, and each of `batched_kwargs`
-        cut to its first row and expanded the same way.
-        """
-        batch = latents.shape[0]
-
-        def expanded(value: Any) -> Any:
-            if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] == batch:
-                return value
-            return value[:1].expand(batch, *value.shape[1:])
-
-        # the pipeline casts its own text conditioning to the generation's dtypes: so do we (e.g. HunyuanVideo's
-        # pooled projections and mask come out of float16 encoders / as int64)
-        text = {k: v.to(kwargs[k].dtype) if torch.is_tensor(v) and torch.is_tensor(kwargs.get(k)) else v
-                for k, v in text.items()}
-        ref = {**kwargs, **{k: expanded(v) for k, v in text.items()}}
-        generation_t = kwargs.get("timestep")
-        if isinstance(generation_t, torch.Tensor):
-            timestep = timestep.to(generation_t.dtype)
-        ref.update(hidden_states=latents, timestep=expanded(timestep.reshape(-1)), return_dict=False)
-        for name in self.batched_kwargs:
-            if torch.is_tensor(ref.get(name)):
-                ref[name] = expanded(ref[name][:1])
-        return ref
-
-    def forward_kwargs(
-        self, pipe: Any, latents: torch.Tensor, timestep: torch.Tensor, text: dict[str, torch.Tensor]
-    ) -> dict[str, Any]:
-        """Kwargs of a standalone transformer call (training, analysis): no pipeline call around it.
-
-        :param latents: (B, ...) latents in the transformer layout.
-        :param timestep: (B,) model timesteps.
-        :param text: text conditioning of batch 1 from `encode_text`; tensors are expanded to B.
-        Default: ``hidden_states``, ``timestep``, the text and ``return_dict=False``. Add what the
-        pipeline would compute besides (CogVideoX: its 3D RoPE; HunyuanVideo: the guidance embedding).
-        """
-        batch = latents.shape[0]
-        text = {k: v.expand(batch, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in text.items()}
-        return {"hidden_states": latents, "timestep": timestep, **text, "return_dict": False}
-
-    # ------------------------------------------------------------------ the pipeline around it
-    def encode_text(self, pipe: Any, prompt: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Text conditioning of `prompt` as transformer forward kwargs (batch 1, no CFG).
-
-        :param kwargs: a generation forward call's kwargs (to match its text length, dtype, device);
-            outside a generation, `text_template` stands in for them.
-        Default: the pipeline's own ``encode_prompt`` as CogVideoX and Wan define it (T5 embeddings
-        padded to the generation's text length); override for other text encoders.
-        """
-        generation = kwargs["encoder_hidden_states"]
-        embeds, _ = pipe.encode_prompt(
-            prompt,
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=generation.shape[1],
-            device=generation.device,
-            dtype=generation.dtype,
-        )
-        return {"encoder_hidden_states": embeds}
-
-    def text_template(self, pipe: Any, device: torch.device) -> dict[str, torch.Tensor]:
-        """Stand-in for a generation call's text kwargs, for `encode_text` outside a generation.
-
-        `encode_text` reads only the length, dtype and device of ``encoder_hidden_states``.
-        Default: zeros (1, L, 1) in the transformer's dtype on `device`, L the ``max_sequence_length``
-        default of ``pipe.__call__`` (the text length of a stock call; 226 if it has none).
-        """
-        length = int(call_default(pipe, "max_sequence_length") or 226)
-        dtype = pipe.transformer.dtype
-        return {"encoder_hidden_states": torch.zeros(1, length, 1, dtype=dtype, device=device)}
-
-    @abstractmethod
-    def encode_video(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
-        """VAE-encode pixels (1, 3, frames, H, W) in [-1, 1] to latents in the transformer layout."""
-
-    @abstractmethod
-    def video_shape(self, pipe: Any, latents: torch.Tensor) -> tuple[int, int, int]:
-        """(num_frames, height, width) in pixels that produce latents of this shape."""
-
-    def encode_still(self, pipe: Any, video: torch.Tensor) -> torch.Tensor:
-        """Latents the model trains on for a still photo given as a one-frame video (1, 3, 1, H, W).
-
-        Default: `encode_video`. Override where the transformer needs more latent frames than one
-        (CogVideoX 1.5 repeats the first frame up to its temporal patch size).
-        """
-        return self.encode_video(pipe, video)
-
-    def default_size(self, pipe: Any) -> tuple[int, int]:
-        """(height, width) in pixels that a stock ``pipe(...)`` call generates at.
-
-        Default: the ``height`` / ``width`` defaults of ``pipe.__call__``.
-        """
-        height, width = call_default(pipe, "height"), call_default(pipe, "width")
-        if not isinstance(height, int) or not isinstance(width, int):
-            raise NotImplementedError(
-                f"Expected integer height/width defaults on {type(pipe).__name__}.__call__, but got "
-                f"{height!r}/{width!r}. Give the size explicitly, or override {type(self).__name__}.default_size."
-            )
-        return height, width
-
-    def size_multiple(self, pipe: Any) -> int:
-        """The pixel multiple that height and width must be (one video token's side in pixels).
-
-        Default: ``pipe.vae_scale_factor_spatial`` x the transformer config's spatial ``patch_size``
-        (an int, or the last of a (t, h, w) tuple).
-        """
-        patch = getattr(pipe.transformer.config, "patch_size", 1) or 1
-        patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
-        return int(pipe.vae_scale_factor_spatial) * int(patch)
-
-
-def call_default(pipe: Any, name: str) -> Any:
-    """The default of argument `name` of ``pipe.__call__`` (None when it has no such argument)."""
-    try:
-        parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
-    except (TypeError, ValueError):
-        return None
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def _adopt_old_signature(cls: type, method: str) -> None:

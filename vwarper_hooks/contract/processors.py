@@ -1,6 +1,7 @@
 """Helpers for adapters' attention processors: a `RoutedProcessor` base that asks the core's router
 before doing anything, all-or-nothing installation, a check of what they replace, and attention
-exactly as the stock diffusers processor computes it."""
+exactly as the stock diffusers processor computes it (the pieces live in `joint_attention`:
+`joint_qkv`, `stock_attend`, `merge_heads`, `rotate_span`; re-exported here)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .joint_attention import JointQKV, QKNorm, heads, joint_qkv, merge_heads, project, rotate_span, stock_attend
 
-def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None):
-    """SDPA on (batch, tokens, heads, head_dim) tensors, as diffusers' dispatcher takes them."""
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-    )
-    return out.transpose(1, 2)
-
-
-@functools.cache
-def _dispatch_attention_fn() -> Callable[..., torch.Tensor]:
-    """diffusers' attention backend dispatcher (>= 0.35), which stock processors use; plain SDPA before.
-    Imported on first use: importing vwarper_hooks does not load diffusers."""
-    try:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-    except ImportError:  # pragma: no cover - older diffusers
-        return _sdpa
-    return dispatch_attention_fn
+__all__ = [
+    "JointQKV", "QKNorm", "RoutedProcessor", "attend_with_lse", "heads", "joint_qkv", "lse_kernel", "merge_heads",
+    "processor_problems", "project", "rotate_span", "stock_attend", "swap_processors",
+]
 
 
 class RoutedProcessor:
@@ -56,6 +44,10 @@ class RoutedProcessor:
 
     #: whether the core wants this layer now; kept up to date by a router that has ``register``
     active = False
+    #: whether `routed` tells the router it enters its layer (``entering``, where the lockstep reference
+    #: branch runs or pauses): once per layer, by the routed attention; False for a second attention of the
+    #: same layer that only shows the core its text scores (a text cross-attention)
+    enters_layer = True
 
     def __init__(self, original: Any, layer: int, router: Any) -> None:
         #: the processor this one replaced (restored on uninstall, called for unwanted layers)
@@ -93,6 +85,27 @@ class RoutedProcessor:
         """
         return self.active if self.managed else self.asks()
 
+    @property
+    def _attention_backend(self) -> Any:
+        """diffusers' attention backend for this layer (``transformer.set_attention_backend`` sets it on every
+        processor that has the attribute): kept on the original processor where it has one, so the setting
+        outlives the injection; else on ours (CogVideoX's stock processor calls SDPA itself and has none)."""
+        if hasattr(self.original, "_attention_backend"):
+            return self.original._attention_backend
+        return self.__dict__.get("_own_attention_backend")
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend: Any) -> None:
+        if hasattr(self.original, "_attention_backend"):
+            self.original._attention_backend = backend
+        else:
+            self.__dict__["_own_attention_backend"] = backend
+
+    def attend(self, attention_mask: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+        """``attend(q, k, v)`` for an `AttentionCall`: diffusers' attention dispatch with this layer's
+        backend and `attention_mask` (`joint_attention.stock_attend`)."""
+        return stock_attend(self, attention_mask)
+
     def routed(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
         """The stock processor's arithmetic with ``self.router`` in the middle (subclasses write it)."""
         raise NotImplementedError(f"{type(self).__name__} must define routed(attn, ...)")
@@ -111,7 +124,7 @@ def _entering_first(routed: Callable[..., Any]) -> Callable[..., Any]:
     (the core's lockstep reference branch runs or pauses there; see `vwarper_hooks.fine.lockstep`)."""
 
     def enter_then_route(self: RoutedProcessor, attn: Any, *args: Any, **kwargs: Any) -> Any:
-        entering = getattr(self.router, "entering", None)
+        entering = getattr(self.router, "entering", None) if self.enters_layer else None
         if entering is not None:
             entering(self.layer)
         return routed(self, attn, *args, **kwargs)
@@ -137,25 +150,6 @@ def _dispatch_named_like(routed: Callable[..., Any], owner: str) -> Callable[...
     __call__.__qualname__ = f"{owner}.__call__"
     __call__.__doc__ = f"Route through `{owner}.routed` when wanted, else the original processor."
     return __call__
-
-
-def stock_attend(original: Any, attention_mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
-    """``attend(q, k, v)`` on (batch, heads, tokens, head_dim) tensors as a stock diffusers processor
-    computes it: its attention backend, the model's mask, no dropout."""
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = _dispatch_attention_fn()(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=getattr(original, "_attention_backend", None),
-        )
-        return out.transpose(1, 2)
-
-    return attend
 
 
 def swap_processors(modules: list[nn.Module], make: Callable[[int, Any], Any]) -> Callable[[], None]:

@@ -133,7 +133,8 @@ class ReferenceBranch:
 
             def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t: the host scheduler's (no read)
                 ref = adapter.reference_kwargs(kwargs, x, text, t.to(latents.device).expand(x.shape[0]))
-                return expert_for(adapter, pipe, float(t))(**ref)[0]  # the expert the pipeline runs at t
+                expert = expert_for(adapter, pipe, float(t))  # the expert the pipeline runs at t (Wan 2.2)
+                return adapter.model_output(expert(**ref)[0], ref)  # in the latents' layout
 
             scheduler = self.clock.host_scheduler()
             steps = len(scheduler.timesteps) - first

@@ -79,9 +79,9 @@ class ConformanceCase:
     def latents(self) -> torch.Tensor:
         return self.adapter.latents(self.inputs)
 
-    def latent_key(self) -> str:
-        latents = self.latents()
-        return next(k for k, v in self.inputs.items() if v is latents)
+    def with_latents(self, latents: torch.Tensor) -> dict[str, Any]:
+        """The forward kwargs that change with the latents (`Adapter.with_latents`), as `forward` overrides."""
+        return {k: v for k, v in self.adapter.with_latents(self.inputs, latents).items() if v is not self.inputs.get(k)}
 
 
 @dataclass
@@ -188,7 +188,7 @@ def check_capture(case: ConformanceCase) -> CheckResult:
 def check_position_free(case: ConformanceCase) -> CheckResult:
     """Identical token content at different positions gives identical captured Q/K at the first layer."""
     latents = case.latents()
-    rec = _record(case, {0}, **{case.latent_key(): torch.full_like(latents, 0.5)})
+    rec = _record(case, {0}, **case.with_latents(torch.full_like(latents, 0.5)))
     if 0 not in rec.calls:
         return CheckResult("position_free", False, "Expected a routed call at layer 0, but got none.")
     call = rec.calls[0]
@@ -270,7 +270,8 @@ def check_text_span(case: ConformanceCase) -> CheckResult:
     video, text = call["video"], call["text"]
     if video.stop - video.start != n_video:
         problems.append(f"video span {video} holds {video.stop - video.start} tokens, the grid {grid} has {n_video}")
-    text_len = case.inputs[case.text_key].shape[1] if case.text_key else 0
+    texts = (case.text_key, *getattr(case.adapter, "extra_text_kwargs", ())) if case.text_key else ()
+    text_len = sum(case.inputs[k].shape[1] for k in texts if k in case.inputs)
     seen_text = (
         text.stop - text.start if text.stop > text.start else rec.text.get(0, (None, torch.empty(0, 0, 0)))[1].shape[2]
     )
