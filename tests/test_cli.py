@@ -16,7 +16,7 @@ from PIL import Image
 import vwarper_hooks
 from vwarper_hooks.apps import visualize as vis
 from vwarper_hooks.apps.cli import EXIT_CODES, main
-from vwarper_hooks.porting.families import FAMILY_MODELS, TINY_FAMILIES
+from vwarper_hooks.porting.families import ADAPTER_OF, FAMILY_MODELS, TINY_FAMILIES
 
 COMMANDS = ("demo", "train", "generate", "eval", "analyze", "adapters", "inspect", "ui")
 SAMPLES = Path(vwarper_hooks.__file__).parent / "data" / "clock"
@@ -286,6 +286,6 @@ def test_train_checks_settings_and_output_before_loading_the_model(capsys, tmp_p
 def test_inspect_the_real_tiny_model(capsys, family):
     assert main(["inspect", "--tiny", family, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["adapter"], report["model_class"]) == (family, FAMILY_MODELS[family])
+    assert (report["adapter"], report["model_class"]) == (ADAPTER_OF.get(family, family), FAMILY_MODELS[family])
     if family == "cogvideox":
         assert report["depth"] == 42 and "text tokens [0, 16) then video tokens" in report["token_layout"]

@@ -44,11 +44,11 @@ def test_prepare_runs_one_denoising_step_and_leaves_the_pipe_as_it_was(pipe, clo
     assert vwarper.reference_cache(subject).misses == 1 and len(vwarper.reference_cache(subject)) == 1
 
 
-def test_prepare_refuses_a_callback_and_leaves_nothing_behind(pipe, clock_image):
+def test_a_refused_prepare_leaves_nothing_behind(pipe, clock_image):
     subject = _fresh(clock_image)
     hooks = len(pipe.transformer._forward_pre_hooks)
-    with pytest.raises(vwarper.ConfigError, match="callback_on_step_end"):
-        vwarper.prepare(pipe, subject, config=CONFIG, callback_on_step_end=lambda *a: {}, **SHAPE)
+    with pytest.raises(vwarper.ConfigError, match="match_layer"):
+        vwarper.prepare(pipe, subject, config=CONFIG.updated(match_layer=99), **SHAPE)
     assert len(pipe.transformer._forward_pre_hooks) == hooks and not is_active(pipe)
     assert vwarper.reference_cache(subject).misses == 0
 

@@ -3,10 +3,11 @@ branch, so that the first generation of that shape costs what a warm one costs.
 
 It runs the pipeline under `inject` for one denoising step: at that step's first transformer call the
 reference branch inverts each subject's photos (and, with ``WarpConfig(cache_reference_features=True)``,
-runs every step's reference features); the step itself runs stock, and the pipeline's own interrupt flag
-(set from ``callback_on_step_end``) skips the rest. The results land in each subject's cache
-(`vwarper.reference_cache(subject)`: in memory, and on disk for ``Subject.load(..., cache_inversions=True)``).
-The one extra denoising step costs 1/num_inference_steps of a generation.
+runs every step's reference features); the step itself runs stock, and the pipeline's own interrupt
+flag (``pipe._interrupt``, checked by diffusers' pipelines before each step) skips the rest. The results
+land in each subject's cache (`vwarper.reference_cache(subject)`: in memory, and on disk for
+``Subject.load(..., cache_inversions=True)``). The one extra denoising step costs 1/num_inference_steps
+of a generation.
 """
 
 from __future__ import annotations

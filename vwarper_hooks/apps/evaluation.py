@@ -8,9 +8,8 @@ Definitions (cosine similarity ``cos(a, b) = a.b / (|a| |b|)``, averaged over ev
 
 CLIP embeddings are the projected image / text embeddings; DINO uses the CLS token of the last
 layer. For CLIP-T the subject token is removed from the prompt ("a <my-dog> dog" -> "a dog"):
-CLIP has never seen it. Scores are per video, then averaged per subject and over all videos.
-
-Folder layout (what `vwarper_hooks.benchmark_runner` writes)::
+CLIP has never seen it. Scores are per video, then averaged per subject and over all videos. Folder
+layout (what `vwarper_hooks.apps.benchmark` writes)::
 
     RUN/references/<subject>/*.jpg|png      reference photos of each subject
     RUN/videos/<subject>/<name>.mp4|gif     generated videos
@@ -20,7 +19,6 @@ Folder layout (what `vwarper_hooks.benchmark_runner` writes)::
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,22 +29,18 @@ import torch
 from PIL import Image
 
 from ..errors import VwarperError
-from ..images import load_images
+from ..images import IMAGE_SUFFIXES, load_images
 from .visualize import read_video
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 METRICS = ("clip_i", "dino_i", "clip_t")
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean cosine similarity over every pair of rows of a ``(N, D)`` and b ``(M, D)``."""
-    a = torch.nn.functional.normalize(a.double(), dim=-1)
-    b = torch.nn.functional.normalize(b.double(), dim=-1)
+    a, b = (torch.nn.functional.normalize(x.double(), dim=-1) for x in (a, b))  # (N, D), (M, D)
     return float((a @ b.T).mean())
 
 
@@ -201,6 +195,10 @@ def reference_images(folder: Path) -> list[Image.Image]:
     return load_images(files)
 
 
+def _model_name(model: Any) -> str:  # the checkpoint's id, else the class
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+
+
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -217,7 +215,7 @@ def evaluate(
     ref_root = Path(references) if references else Path(run) / "references"
     clip = clip or ClipEmbedder()
     dino = dino or DinoEmbedder()
-    report = EvalReport(models={"clip": _name(clip.model), "dino": _name(dino.model)})
+    report = EvalReport(models={"clip": _model_name(clip.model), "dino": _model_name(dino.model)})
     ref_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, entry in enumerate(entries):
         if entry.subject not in ref_cache:
@@ -239,10 +237,6 @@ def evaluate(
         report.subjects[subject] = {m: _mean([r[m] for r in rows]) for m in METRICS}
     report.overall = {m: _mean([r[m] for r in report.videos]) for m in METRICS}
     return report
-
-
-def _name(model: Any) -> str:
-    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
 
 def _tiny_clip_tokenizer(vocab: dict[str, int]) -> Any:

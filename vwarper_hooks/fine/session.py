@@ -40,10 +40,7 @@ from .tokens import SubjectTokens
 logger = logging.getLogger(__name__)
 
 
-def _interrupt_after_first_step(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-    """`callback_on_step_end` of `Session.prepare_call`: the pipeline skips every later step (stock flag)."""
-    pipe._interrupt = True
-    return {}
+_UNSET = object()
 
 
 def bind_kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
@@ -163,15 +160,17 @@ class Session:
         """Run ``pipe(**call_kwargs)`` for its first denoising step only: at that step's first transformer
         call the reference branch's inversion (and, with ``cache_reference_features``, every step's
         features) is computed and cached; the step itself runs stock, and the pipeline's own interrupt
-        flag, set from ``callback_on_step_end``, skips the rest of the loop."""
-        if "callback_on_step_end" in call_kwargs:
-            raise ConfigError(["Expected no callback_on_step_end for prepare (it ends the call after one step), "
-                               "but got one. Leave it out."])
-        self._preparing = True
+        flag (``pipe._interrupt``, which diffusers' pipelines check before each step and reset at each
+        call) skips the rest. A pipeline without that flag runs its remaining steps stock."""
+        self._preparing, before = True, self.pipe.__dict__.get("_interrupt", _UNSET)
         try:
-            self.pipe(**call_kwargs, callback_on_step_end=_interrupt_after_first_step)
-        finally:
+            self.pipe(**call_kwargs)
+        finally:  # the flag as it was (a pipeline that does not reset it is not left interrupted)
             self._preparing = False
+            if before is _UNSET:
+                self.pipe.__dict__.pop("_interrupt", None)
+            else:
+                self.pipe._interrupt = before
 
     # ----------------------------------------------------------------- model hooks
     def before_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
@@ -190,7 +189,8 @@ class Session:
         pass_index = self._pass + 1 if where == self._last else 0
         self._last, self._pass = where, pass_index
         if self._preparing:
-            return  # the reference branch is ready: this step runs stock, then the pipeline is interrupted
+            self.pipe._interrupt = True  # the reference branch is ready: this step runs stock, no later one
+            return
         if pass_index == 0:
             self._prepare_step(step, kwargs)
         plan = self.router.run.plan

@@ -1,32 +1,20 @@
 """Adapter conformance kit: the checks every adapter must pass, for any tiny model you point it at.
 
-Usage (function)::
+Usage: ``check_adapter(case_from_pipeline(tiny_pipe)).raise_if_failed()`` (or build a
+``ConformanceCase(adapter, transformer, forward_kwargs)``), or the pytest mixin: subclass
+`AdapterConformance` as ``Test...`` and return your case from ``conformance_case``. Checks:
 
-    case = case_from_pipeline(tiny_pipe)            # or ConformanceCase(adapter, transformer, forward_kwargs)
-    check_adapter(case).raise_if_failed()
-
-Usage (pytest mixin)::
-
-    class TestMyAdapter(AdapterConformance):
-        def conformance_case(self):
-            return ConformanceCase(MyAdapter(), make_tiny_model(), make_forward_kwargs())
-
-Checks (each returns a `CheckResult`):
-
-- ``capture``: the Q/K/V the adapter hands the core equal an independent recomputation, taken by
-  forward hooks on the stock model's ``norm_q``/``norm_k`` (else ``to_q``/``to_k``), ``to_v`` and,
-  for separately projected text, ``norm_added_k``/``add_k_proj``/``add_v_proj``; at the first and
-  the last layer. Models with a separate text attention (``adapter.text_attention_layers``) also
-  get their observed text keys compared.
-- ``position_free``: with a constant latent every video token has the same content, so at the first
-  layer RoPE-free Q/K must be identical across tokens (post-RoPE ones are not: that is checked too,
-  so the check is known to be informative).
-- ``identity``: processors installed but not routing (and routing every layer through
-  ``AttentionCall.default``) give bit-identical outputs; after uninstall the original processors are back.
-- ``cleanup``: an exception raised inside a routed layer propagates, and uninstalling afterwards
-  restores processors and hooks; the output is bit-identical to stock again.
-- ``text_span``: video span = the token grid, text span = the text length (joint sequence) or the
-  text attention's keys (separate); changing the text leaves first-layer video Q/K/V unchanged.
+- ``capture``: the Q/K/V handed to the core equal a recomputation by forward hooks on the stock model's
+  ``norm_q``/``norm_k`` (else ``to_q``/``to_k``), ``to_v`` and, for separately projected text,
+  ``norm_added_k``/``add_k_proj``/``add_v_proj``, at the first and last layer; with a separate text
+  attention (``adapter.text_attention_layers``) the observed text keys too.
+- ``position_free``: with a constant latent, first-layer RoPE-free Q/K are identical across tokens
+  (post-RoPE ones are not: checked too, so the check is informative).
+- ``identity``: processors installed but not routing (or routing through ``AttentionCall.default``) give
+  bit-identical outputs; after uninstall the original processors are back.
+- ``cleanup``: an exception inside a routed layer propagates; uninstalling restores processors and hooks.
+- ``text_span``: video span = the token grid, text span = the text length (joint) or the text attention's
+  keys (separate); changing the text leaves first-layer video Q/K/V unchanged.
 """
 
 from __future__ import annotations
@@ -37,51 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..contract.adapter import Adapter
 from ..errors import ConformanceError
-from ..plugins import get_adapter
-from .probes import (
-    ATOL,
-    RTOL,
-    _bhnd,
-    _Boom,
-    _compare,
-    _first,
-    _hook_outputs,
-    _PassThrough,
-    _Recorder,
-    _state,
-)
-from .tiny_models import tiny_call_kwargs
+from .cases import ConformanceCase, case_from_pipeline, forward_inputs
+from .probes import ATOL, RTOL, _bhnd, _Boom, _compare, _first, _hook_outputs, _PassThrough, _Recorder, _state
 
-
-@dataclass
-class ConformanceCase:
-    """What the kit runs on: an adapter, a tiny transformer it claims, and one forward call's kwargs."""
-
-    adapter: Adapter
-    transformer: nn.Module
-    inputs: dict[str, Any]
-    #: forward kwarg holding the text tokens (None: the model takes no text)
-    text_key: str | None = "encoder_hidden_states"
-    #: layers whose capture is compared (default: first and last)
-    layers: tuple[int, ...] | None = None
-
-    def forward(self, **overrides: Any) -> torch.Tensor:
-        kwargs = dict(self.inputs)
-        kwargs.update(overrides)
-        kwargs["return_dict"] = False
-        with torch.no_grad():
-            return self.transformer(**kwargs)[0]
-
-    def latents(self) -> torch.Tensor:
-        return self.adapter.latents(self.inputs)
-
-    def with_latents(self, latents: torch.Tensor) -> dict[str, Any]:
-        """The forward kwargs that change with the latents (`Adapter.with_latents`), as `forward` overrides."""
-        return {k: v for k, v in self.adapter.with_latents(self.inputs, latents).items() if v is not self.inputs.get(k)}
+__all__ = ["CHECKS", "AdapterConformance", "ConformanceCase", "ConformanceError", "ConformanceReport",
+           "case_from_pipeline", "check_adapter", "forward_inputs"]
 
 
 @dataclass
@@ -316,35 +266,6 @@ def check_adapter(case: ConformanceCase, checks: tuple[str, ...] | None = None) 
         except Exception as exc:  # a crash is a failure of that check, reported with the others
             report.results.append(CheckResult(name, False, f"crashed: {type(exc).__name__}: {exc}"))
     return report
-
-
-class _Captured(Exception):
-    pass
-
-
-def forward_inputs(pipe: Any, **call_kwargs: Any) -> dict[str, Any]:
-    """The transformer kwargs of the first denoising call of ``pipe(**call_kwargs)`` (the call stops there)."""
-    got: dict[str, Any] = {}
-
-    def grab(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        got.update({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
-        raise _Captured
-
-    handle = pipe.transformer.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        pipe(**tiny_call_kwargs(**call_kwargs))
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    got.pop("return_dict", None)
-    return got
-
-
-def case_from_pipeline(pipe: Any, adapter: Adapter | None = None, **call_kwargs: Any) -> ConformanceCase:
-    """A `ConformanceCase` for a (tiny) pipeline's transformer, with the inputs of its first denoising call."""
-    adapter = adapter or get_adapter(pipe.transformer)
-    return ConformanceCase(adapter, pipe.transformer, forward_inputs(pipe, **call_kwargs))
 
 
 class AdapterConformance:
