@@ -16,6 +16,9 @@ Wan 2.2 A14B (two experts, ``transformer`` above the timestep boundary, ``transf
 are routed, and the reference branch and its inversion run the expert the pipeline runs at each timestep
 (`expert_boundary`, `vwarper_hooks.contract.experts`). Not covered: per-token timesteps
 (``expand_timesteps``, TI2V-5B), which the reference branch does not support (refused).
+Context parallelism (diffusers' ``enable_parallelism``, Ulysses or ring): the self-attention hands the core
+every token of this rank's heads (`RoutedProcessor.process`) and gathers its rotary tables by token; the
+cross-attention keeps its local tokens, whose scores the core gathers (`vwarper_hooks.contract.sharding`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         qkv = joint_qkv(attn, hidden_states, qk_norm="across_heads")  # (B, H, N, D), video only
+        shards = self.shards  # context parallelism: this rank's tokens here, every token in the core
         if rotary_emb is not None:
+            if shards is not None:
+                rotary_emb = tuple(shards.gather_tokens(f, dim=1) for f in rotary_emb)  # (1, N, 1, D)
             cos, sin = (f.transpose(1, 2) for f in rotary_emb)  # (1, N, 1, D) -> (1, 1, N, D)
 
         def rope(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +78,7 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
         rotate_ = rotate_span(None if rotary_emb is None else rope, qkv.video)
         call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
                              self.attend(attention_mask))
-        out = merge_heads(self.router.process(call)).to(qkv.query.dtype)  # (B, N, H*D)
+        out = merge_heads(self.process(call)).to(qkv.query.dtype)  # (B, N, H*D)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -119,6 +125,7 @@ class WanAdapter(Adapter):
     batched_kwargs = ("encoder_hidden_states_image",)
     cfg_in_one_batch = False
     text_attention_outside = True
+    context_parallel = True  # video-only self-attention; diffusers has Wan's `_cp_plan`
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "WanTransformer3DModel"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -129,3 +130,42 @@ def test_the_readme_command_shards_the_jobs_on_cpu_without_a_device_flag(spec, t
 
     counts = sorted(re.findall(r"process (\d+): generated (\d+), skipped (\d+)", done.stdout))
     assert counts == [("0", "2", "0"), ("1", "2", "0")], done.stdout
+
+
+def test_data_parallel_times_context_parallel_makes_each_video_once(spec, tmp_path):
+    """4 torchrun processes, --context-parallel 2: two groups of two ranks share the 4 jobs, each group's
+    first rank writes; the videos are the ones a single process makes."""
+    pytest.importorskip("diffusers", minversion="0.36")
+    wan = ["--model", "tiny:wan", *TINY[2:], "--no-eval"]
+    runner = str(Path(__file__).resolve().parent / "context_parallel_runner.py")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", runner,
+              "--context-parallel", "2", "--spec", str(spec), "--out", str(tmp_path / "cp"), *wan]
+    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    for process in range(4):  # each group makes its 2 of the 4 jobs, on both of its ranks
+        assert f"process {process}: generated 2, skipped 0" in done.stdout
+    one = [sys.executable, "-m", "vwarper_hooks.apps.benchmark", "--spec", str(spec), "--out", str(tmp_path / "one"),
+           *wan]
+    alone = subprocess.run(one, capture_output=True, text=True, timeout=180, env=_env())
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    from vwarper_hooks.apps.evaluation import VIDEO_SUFFIXES
+    from vwarper_hooks.apps.visualize import read_video
+
+    def video(root: Path, job) -> np.ndarray:
+        folder = root / "videos" / job.subject
+        return read_video(next(p for p in folder.glob(f"{job.name}.*") if p.suffix in VIDEO_SUFFIXES))
+
+    for job in load_jobs(spec):
+        assert is_done(tmp_path / "cp", job)
+        split, single = video(tmp_path / "cp", job), video(tmp_path / "one", job)
+        assert split.shape == single.shape
+        assert np.abs(split.astype(int) - single.astype(int)).max() <= 2  # the same frames, encoded the same way
+
+
+def test_context_parallel_needs_a_process_count_it_divides():
+    from vwarper_hooks.apps.parallel import Layout
+
+    assert Layout.of(8, 5, 2) == Layout(groups=4, group=2, ranks=2, member=1)
+    assert Layout.of(3, 2, 1).share(list(range(7))) == [2, 5]
+    with pytest.raises(VwarperError, match="divisible by --context-parallel 2"):
+        Layout.of(3, 0, 2)

@@ -12,6 +12,7 @@ from typing import Any
 from .config import WarpConfig
 from .contract.adapter import Adapter, base_model
 from .contract.experts import experts
+from .contract.sharding import TokenShards, sharding_problems
 from .errors import ConfigError, InjectionActiveError, SubjectError, VwarperError
 from .fine.config_check import config_problems
 from .model_hooks import hook_problems
@@ -69,7 +70,8 @@ def validate(
     for expert in experts(adapter, pipe):  # Wan 2.2: both experts carry our processors and hooks
         problems += adapter.problems(base_model(expert))
         if expert is not pipe.transformer:  # the first one's hooks: `unsupported_modes`
-            problems += hook_problems(base_model(expert))
+            problems += hook_problems(base_model(expert), adapter.context_parallel)
+        problems += parallel_problems(adapter, base_model(expert))
     for subject in subjects:
         problems += subject_problems(pipe, subject, allow_config_mismatch)
     if problems:
@@ -101,5 +103,14 @@ def unsupported_modes(pipe: Any, adapter: Any = None) -> list[str]:
             f"out_channels={channels_out}: an image-to-video model, whose extra conditioning channels the "
             "reference branch does not build yet. Use the text-to-video checkpoint."
         )
-    problems += hook_problems(transformer)  # step caches anywhere in the model, context parallelism
+    # step caches anywhere in the model, context parallelism
+    problems += hook_problems(transformer, getattr(adapter, "context_parallel", False))
     return problems
+
+
+def parallel_problems(adapter: Any, model: Any) -> list[str]:
+    """Under context parallelism: heads the ranks can share out whole (`contract.sharding`)."""
+    shards = TokenShards.of_model(model) if adapter.context_parallel else None
+    if shards is None:
+        return []
+    return sharding_problems(shards, heads=adapter.attention_layers(model)[0].heads)

@@ -5,7 +5,8 @@
   generation's cache (or the other way round). Refused, whether enabled with ``enable_cache`` or with
   an ``apply_*`` function, and again at each run's start (a cache enabled inside the ``with`` block).
 - **Context parallelism** (``enable_parallelism`` with a ``ContextParallelConfig``): each rank sees a
-  part of the tokens. Refused until V-Warper runs under it.
+  part of the tokens. Runs for the families whose adapter says so (`Adapter.context_parallel`: Wan; see
+  `vwarper_hooks.contract.sharding`); refused for the others.
 - **Per-module memory hooks** (group offloading, layerwise casting, accelerate's CPU offload hooks):
   they act at each block's forward start and end. They work with V-Warper, but the lockstep reference
   branch pauses inside a block while the generation runs that block, so the block's end hook would
@@ -57,8 +58,9 @@ def context_parallel(model: nn.Module) -> bool:
     return any(n.startswith(("cp_input", "cp_output")) for n in hook_names(model))
 
 
-def hook_problems(model: nn.Module) -> list[str]:
-    """Clear refusals for what V-Warper cannot run under (caches, context parallelism)."""
+def hook_problems(model: nn.Module, parallel: bool = False) -> list[str]:
+    """Clear refusals for what V-Warper cannot run under (caches; context parallelism unless `parallel`, the
+    adapter's `context_parallel`)."""
     problems = []
     caches = cache_hooks(model)
     if caches:
@@ -68,13 +70,14 @@ def hook_problems(model: nn.Module) -> list[str]:
             "or build the transformer again if it was added with an apply_* function), and do not enable one "
             "inside the inject() block."
         )
-    if context_parallel(model):
+    if context_parallel(model) and not parallel:
         problems.append(
-            "Expected a transformer on one device, but it runs under diffusers' context parallelism "
-            "(ContextParallelConfig): each rank holds only part of the video tokens, which V-Warper's matching "
-            "and warping do not gather yet. Supported: one process per video (data parallel, e.g. "
-            "`accelerate launch -m vwarper_hooks.benchmark_runner`), with group offloading or CPU offload to fit "
-            "a small GPU."
+            f"Expected a transformer on one device, but this {type(model).__name__} runs under diffusers' context "
+            "parallelism (ContextParallelConfig), which V-Warper supports for Wan only: its attention is "
+            "video-only, so a routed layer can gather every token of some heads. This family joins text and "
+            "video in one attention (or has no context-parallel plan in diffusers). Run one process per video "
+            "(data parallel: `vwarper benchmark` under torchrun or accelerate), with group offloading or CPU "
+            "offload to fit a small GPU."
         )
     return problems
 

@@ -1,10 +1,16 @@
 """The paper's benchmark protocol: subjects x prompts, 25 frames, 50 steps, then CLIP/DINO metrics.
 
-Jobs are sharded across processes with accelerate and the run is resumable (a job whose video
-and prompt file exist is skipped)::
+Jobs are sharded across processes with accelerate or torchrun and the run is resumable (a job whose
+video and prompt file exist is skipped)::
 
     accelerate launch --num_processes 8 -m vwarper_hooks.benchmark_runner \\
         --spec benchmark.json --model THUDM/CogVideoX-5b --out runs/vwarper
+
+With ``--context-parallel N`` (Wan), each video is split over N ranks (Ulysses; `apps.parallel`) and
+the W processes make W/N videos at a time; e.g. 8 GPUs, 4 videos at once, 2 GPUs each::
+
+    torchrun --nproc_per_node 8 -m vwarper_hooks.benchmark_runner --context-parallel 2 \\
+        --spec benchmark.json --model Wan-AI/Wan2.1-T2V-14B-Diffusers --out runs/wan14b
 
 ``benchmark.json`` names the trained subject directories (``vwarper train``) and the prompts,
 either per subject or as templates with ``{token}`` and ``{class_word}``::
@@ -37,6 +43,7 @@ from ..subject.subject import Subject
 from .evaluation import DEFAULT_CLIP, DEFAULT_DINO, VIDEO_SUFFIXES, ClipEmbedder, DinoEmbedder, evaluate
 from .generate import check_warp_window, generate_video
 from .loading import load_pipeline
+from .parallel import Layout, enable_context_parallel
 from .visualize import write_video
 
 logger = logging.getLogger(__name__)
@@ -130,22 +137,28 @@ def run_jobs(args: argparse.Namespace) -> tuple[int, int]:
     # `--multi_gpu` processes are CPU processes (gloo), so they shard the jobs as the README's command says.
     cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
+    layout = Layout.of(state.num_processes, state.process_index, args.context_parallel)
     out = Path(args.out)
     jobs = load_jobs(args.spec)
-    mine = jobs[state.process_index :: state.num_processes]
+    mine = layout.share(jobs)
     todo = [job for job in mine if not is_done(out, job)]
     skipped = len(mine) - len(todo)
-    logger.info("process %d/%d: %d jobs, %d already done", state.process_index, state.num_processes, len(mine), skipped)
+    logger.info("process %d/%d (video group %d/%d): %d jobs, %d already done", state.process_index,
+                state.num_processes, layout.group, layout.groups, len(mine), skipped)
     if todo:
         pipe = load_pipeline(args.model, dtype=args.dtype, device=str(state.device))
+        enable_context_parallel(pipe, layout)
         subjects: dict[str, Any] = {}
         for job in todo:
             if job.subject not in subjects:
                 subjects[job.subject] = Subject.load(job.subject_dir)
-                write_references(out, job.subject, subjects[job.subject])
+                if layout.writes:
+                    write_references(out, job.subject, subjects[job.subject])
             video, *_ = generate_video(pipe, subjects[job.subject], job.prompt, frames=args.frames,
                                       steps=args.steps, guidance=args.guidance, seed=args.seed + job.index,
                                       height=args.height, width=args.width, config=warp)
+            if not layout.writes:
+                continue  # the group's first rank writes the video every rank of the group made
             folder = out / "videos" / job.subject
             written = write_video(video, folder / f".{job.name}.tmp", fps=args.fps)
             os.replace(written, folder / f"{job.name}{written.suffix}")
@@ -172,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="'cpu' to force CPU; default: accelerate's device")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                   help="ranks per video (Ulysses degree; Wan): groups of N processes each make one video")
     p.add_argument("--no-warp", action="store_true", help="ablation: coarse stage only")
     p.add_argument("--no-mask", action="store_true", help="ablation: warping without masks")
     p.add_argument("--no-eval", action="store_true", help="skip the metrics after generation")

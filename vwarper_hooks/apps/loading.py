@@ -15,17 +15,19 @@ from .exits import CliError
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TINY_MODELS = ("tiny", "tiny:cogvideox")
+TINY_MODELS = ("tiny", "tiny:cogvideox", "tiny:wan")
 LEARNED_MODELS = ("learned",)  # the world model shipped with the package (vwarper_hooks/data/world)
 
 
-def tiny_demo_pipeline(seed: int = 0) -> Any:
+def tiny_demo_pipeline(seed: int = 0, model: str = "tiny") -> Any:
     """The tiny random CogVideoX pipeline with tied Q/K (so that matching means something): the
-    model behind ``--model tiny`` and the demo. Imported here, not at the top: the kit imports
-    diffusers, and `vwarper --help` should answer without it."""
-    from ..porting.tiny_models import tiny_cogvideox_pipeline
+    model behind ``--model tiny`` and the demo; ``model="tiny:wan"``: the tiny Wan (it runs under context
+    parallelism). Imported here, not at the top: the kit imports diffusers, and `vwarper --help` should
+    answer without it."""
+    from ..porting.tiny_models import tiny_cogvideox_pipeline, tiny_wan_pipeline
 
-    return tiny_cogvideox_pipeline(seed=seed, tie_qk=True)
+    build = tiny_wan_pipeline if model == "tiny:wan" else tiny_cogvideox_pipeline
+    return build(seed=seed, tie_qk=True)
 
 
 def learned_demo_pipeline() -> Any:
@@ -43,7 +45,7 @@ def probe_units(model: str) -> tuple[VideoUnits, tuple[int, int] | None] | None:
     the configs cannot be read (the checks then run after loading, before any generation).
     """
     if model in TINY_MODELS or model in LEARNED_MODELS:
-        pipe = tiny_demo_pipeline() if model in TINY_MODELS else learned_demo_pipeline()
+        pipe = tiny_demo_pipeline(model=model) if model in TINY_MODELS else learned_demo_pipeline()
         units = video_units(pipe)
         config = dict(pipe.transformer.config)
     else:
@@ -119,7 +121,7 @@ def load_pipeline(
     if model in TINY_MODELS:
         logger.info("using the tiny random test model (random weights, tied Q/K), on one CPU thread")
         torch.set_num_threads(1)  # the CLI process ends after the command; more threads only spin on it
-        pipe = tiny_demo_pipeline()
+        pipe = tiny_demo_pipeline(model=model)
     elif model in LEARNED_MODELS:
         logger.info("using the learned world model shipped with the package, on one CPU thread")
         torch.set_num_threads(1)

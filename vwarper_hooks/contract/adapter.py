@@ -91,6 +91,10 @@ class Adapter(PipelineDefaults, ABC):
     #: forward kwargs that carry one row per generation sample (besides the text): the reference
     #: branch keeps only its first rows (e.g. CogVideoX 1.5's ``ofs``, HunyuanVideo's ``guidance``)
     batched_kwargs: tuple[str, ...] = ()
+    #: True when the adapter's processors run under diffusers' context parallelism (``enable_parallelism``
+    #: with a ``ContextParallelConfig``): its routed attention is video-only, it hands calls to the core
+    #: through `RoutedProcessor.process`, and it gathers its rotary tables by token (`contract.sharding`)
+    context_parallel: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

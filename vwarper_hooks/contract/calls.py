@@ -18,6 +18,8 @@ class AttentionCall:
     (after QK-norm, before rotary); call `rotate_` before attending. `text_valid` (batch, text
     tokens) bool marks real text keys where the model masks padding out of its attention
     (HunyuanVideo); None: every text key is attended to (CogVideoX, which has no text mask).
+    `shards` (a `sharding.TokenShards`) is set under context parallelism: the tensors then hold every
+    token of this rank's heads only (H/P of them); None: every head.
     """
 
     layer: int
@@ -30,6 +32,7 @@ class AttentionCall:
     rope: Callable[[torch.Tensor], torch.Tensor]
     attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     text_valid: torch.Tensor | None = None
+    shards: Any = None
 
     def default(self) -> torch.Tensor:
         """The stock computation: rotate in place, then attend."""

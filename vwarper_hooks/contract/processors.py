@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .joint_attention import JointQKV, QKNorm, heads, joint_qkv, merge_heads, project, rotate_span, stock_attend
+from .sharding import TokenShards
 
 __all__ = [
     "JointQKV", "QKNorm", "RoutedProcessor", "attend_with_lse", "heads", "joint_qkv", "lse_kernel", "merge_heads",
@@ -100,6 +101,34 @@ class RoutedProcessor:
             self.original._attention_backend = backend
         else:
             self.__dict__["_own_attention_backend"] = backend
+
+    @property
+    def _parallel_config(self) -> Any:
+        """diffusers' parallel config (``enable_parallelism`` sets it on every processor that has the
+        attribute): kept on the original processor where it has one, like `_attention_backend`."""
+        if hasattr(self.original, "_parallel_config"):
+            return self.original._parallel_config
+        return self.__dict__.get("_own_parallel_config")
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: Any) -> None:
+        if hasattr(self.original, "_parallel_config"):
+            self.original._parallel_config = config
+        else:
+            self.__dict__["_own_parallel_config"] = config
+
+    @property
+    def shards(self) -> TokenShards | None:
+        """This layer's context-parallel split of the tokens (None: one rank holds them all)."""
+        return TokenShards.of_config(self._parallel_config)
+
+    def process(self, call: Any) -> torch.Tensor:
+        """``self.router.process(call)``, also under context parallelism: there the core gets every token of
+        this rank's heads (`TokenShards.head_call`), and its output comes back on this rank's tokens."""
+        shards = self.shards
+        if shards is None:
+            return self.router.process(call)
+        return shards.to_tokens(self.router.process(shards.head_call(call)))
 
     def attend(self, attention_mask: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
         """``attend(q, k, v)`` for an `AttentionCall`: diffusers' attention dispatch with this layer's

@@ -94,6 +94,11 @@ def _text_columns(text: slice, subject: slice) -> slice:
     return slice(text.start + subject.start, text.start + subject.stop)
 
 
+def _matching(call: AttentionCall) -> AttentionCall:
+    """The call as the matcher reads it: every head's Q/K (gathered under context parallelism)."""
+    return call if call.shards is None else call.shards.matching_view(call)
+
+
 def _lse_mask(call: AttentionCall, rows: int | None = None) -> torch.Tensor | None:
     """The model's key mask for `attend_with_lse` (None where every key counts)."""
     if call.text_valid is None:
@@ -212,7 +217,7 @@ class Router(LayerRouter):
         run, step, layer = self.run, self.route.step, call.layer
         cond = call.query.shape[0] - 1  # CFG batches are [uncond, cond]; separate passes: cond first
         if self.route.pass_index == 0 and layer == run.plan.match_layer and step in run.plan.match_steps:
-            run.gen_match = run.matcher.features(call, cond)
+            run.gen_match = run.matcher.features(_matching(call), cond)
         text_scores = call.text.stop > call.text.start and self.wants_text(layer)
         joint = text_scores and run.config.fg_softmax == "joint"
         if text_scores and not joint:
@@ -247,7 +252,8 @@ class Router(LayerRouter):
         run, step, layer = self.run, self.route.step, call.layer
         subject = run.subjects[self.route.subject]
         if layer == run.plan.match_layer and step in run.plan.match_steps:
-            subject.ref_match = [run.matcher.features(call, i) for i in range(call.query.shape[0])]
+            view = _matching(call)
+            subject.ref_match = [run.matcher.features(view, i) for i in range(call.query.shape[0])]
         call.rotate_(call.query, call.key)
         if step in run.plan.warp_steps and layer in run.plan.warp_layers:
             key = call.key[:, :, call.video] if run.injector.needs_reference_keys else None

@@ -19,6 +19,7 @@ the two readings coincide there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -28,9 +29,11 @@ _FG_CHUNK = 4096
 class ForegroundAccumulator:
     """Running mean of video->subject-token attention over layers and steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.total: torch.Tensor | None = None
         self.count = 0
+        #: under context parallelism: (N/P,) this rank's token scores -> (N,) every token's (`TokenShards`)
+        self.gather = gather
 
     def reset(self) -> None:
         self.total, self.count = None, 0
@@ -88,6 +91,8 @@ class ForegroundAccumulator:
         if self.total is None:
             return None
         mean = self.total / self.count
+        if self.gather is not None:
+            mean = self.gather(mean)  # (N,) from every rank's tokens
         lo, hi = mean.min(), mean.max()
         return (mean - lo) / (hi - lo).clamp_min(1e-12)
 

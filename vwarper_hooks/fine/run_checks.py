@@ -10,7 +10,9 @@ import torch
 
 from ..config import WarpConfig
 from ..contract.adapter import Adapter
-from ..errors import SubjectTokenError, VwarperError
+from ..contract.sharding import TokenShards, sharding_problems
+from ..errors import ConfigError, SubjectTokenError, VwarperError
+from ..model_hooks import hook_problems
 
 
 def batched_cfg(pipe: Any, adapter: Adapter) -> bool:
@@ -21,9 +23,17 @@ def batched_cfg(pipe: Any, adapter: Adapter) -> bool:
     return guidance is None or float(guidance) > 1.0
 
 
-def check_run(pipe: Any, adapter: Adapter, config: WarpConfig, branches: list[Any], batch: int) -> None:
-    """Refuse a run V-Warper cannot follow: several videos per call, or (with masks) a subject whose
-    token the prompt lacks. `branches` are the session's `SubjectBranch` objects."""
+def check_run(pipe: Any, adapter: Adapter, config: WarpConfig, branches: list[Any], latents: torch.Tensor,
+              shards: TokenShards | None = None) -> None:
+    """Refuse a run V-Warper cannot follow: several videos per call, (with masks) a subject whose token the
+    prompt lacks, or video tokens the context-parallel ranks cannot share out evenly. `branches` are the
+    session's `SubjectBranch` objects; `latents` the generation's."""
+    batch = latents.shape[0]
+    if shards is not None:
+        grid = adapter.token_grid(pipe.transformer, latents)
+        problems = sharding_problems(shards, tokens=grid[0] * grid[1] * grid[2])
+        if problems:
+            raise ConfigError(problems)
     if batch not in (1, 2) or (batch == 2 and not batched_cfg(pipe, adapter)):
         raise VwarperError(
             f"Expected one video per call (batch 1, or 2 with CFG), but got a batch of {batch}. "
@@ -39,6 +49,14 @@ def check_run(pipe: Any, adapter: Adapter, config: WarpConfig, branches: list[An
                 f"the prompt, e.g. 'a {subject.token} {subject.class_word} on the beach', or use "
                 "WarpConfig(mask=False)."
             )
+
+
+def check_models(models: list[Any], adapter: Adapter) -> None:
+    """Refuse step caches on the transformer(s), and context parallelism where the adapter does not run
+    under it (checked at each run: a cache can be enabled inside the ``with`` block)."""
+    problems = [p for m in models for p in hook_problems(m, adapter.context_parallel)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def warn_if_not_finite(output: Any) -> None:

@@ -23,23 +23,23 @@ from ..contract.adapter import Adapter, base_model
 from ..contract.experts import experts
 from ..contract.parts import Injector, Matcher
 from ..contract.plan import StepPlan
+from ..contract.sharding import TokenShards
 from ..errors import ConfigError, VwarperError
 from ..files import weights_digest
-from ..model_hooks import hook_problems, memory_hooks
+from ..model_hooks import memory_hooks
 from .capture import Branch, Route, Router, RunState, SubjectRun
 from .config_check import config_problems
 from .diagnostics import DiagnosticsLog, StepDiagnostics
+from .foreground import ForegroundAccumulator
 from .lockstep import Lockstep
 from .lockstep_gate import enter_layer, runs_in_lockstep
 from .reference import ReferenceBranch
-from .run_checks import check_run, warn_if_not_finite
+from .run_checks import check_models, check_run, warn_if_not_finite
 from .steps import StepClock
 from .token_map import map_tokens, side_by_side
 from .tokens import SubjectTokens
 
 logger = logging.getLogger(__name__)
-
-
 _UNSET = object()
 
 
@@ -210,9 +210,7 @@ class Session:
     def _start_run(self, kwargs: dict) -> None:
         config = self.config
         models = [base_model(m) for m in experts(self.adapter, self.pipe)]
-        problems = [p for m in models for p in hook_problems(m)]  # again at each run: a cache may be new
-        if problems:
-            raise ConfigError(problems)
+        check_models(models, self.adapter)  # again at each run: a cache may be new
         self._memory_hooks = [h for m in models for h in memory_hooks(m)]
         if self._memory_hooks and config.reference_lockstep:
             self._warn_once(
@@ -227,14 +225,15 @@ class Session:
             found = branch.tokens.in_prompt()
             # HunyuanVideo crops its prompt template off the encoder output: the adapter shifts positions
             branch.positions = None if found is None else self.adapter.text_positions(found[0], found[1], kwargs)
-        subjects = [SubjectRun(branch.positions) for branch in self.branches]
+        shards = TokenShards.of_model(models[0]) if self.adapter.context_parallel else None
+        gather = None if shards is None else shards.gather_tokens  # foreground scores of every rank's tokens
+        subjects = [SubjectRun(branch.positions, ForegroundAccumulator(gather)) for branch in self.branches]
         self.router.run = RunState(config, plan, self.matcher, self.injector, subjects)
         self._diagnostics.clear()
-        self._pass = 0
-        self.reference_scores = None
+        self._pass, self.reference_scores = 0, None
         if plan.warp_steps:
             latents = self.adapter.latents(kwargs)
-            check_run(self.pipe, self.adapter, self.config, self.branches, latents.shape[0])
+            check_run(self.pipe, self.adapter, self.config, self.branches, latents, shards)
             for branch in self.branches:
                 branch.reference.prepare(kwargs, latents)
             self.reference_image = self.branches[0].reference.image

@@ -1,0 +1,142 @@
+"""V-Warper under diffusers' context parallelism: a tiny Wan on 2 CPU processes (torchrun, gloo, Ulysses
+degree 2) gives the one-process video, flows and masks; the bytes it moves are those `cost_comm.py` counts;
+families that cannot run under it are refused clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import vwarper_hooks as vwarper
+from vwarper_hooks.contract.plan import StepPlan
+from vwarper_hooks.contract.sharding import TokenShards, sharding_problems
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "benchmarks"))
+sys.path.insert(0, str(HERE))
+
+import context_parallel_worker as worker  # noqa: E402
+from cost_comm import Geometry, run_bytes  # noqa: E402
+
+diffusers = pytest.importorskip("diffusers")
+needs_cp = pytest.mark.skipif(
+    not hasattr(diffusers, "ContextParallelConfig") or not torch.distributed.is_available()
+    or not torch.distributed.is_gloo_available(),
+    reason="diffusers before 0.36 has no ContextParallelConfig (or torch has no gloo backend)",
+)
+RANKS = 2
+TIMEOUT = 600
+
+
+def _launch(out: Path, ranks: int) -> None:
+    script = str(HERE / "context_parallel_worker.py")
+    if ranks == 1:
+        command = [sys.executable, script, str(out)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                   script, str(out), "--ulysses", str(ranks)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("context_parallel")
+    _launch(root / "one", 1)
+    _launch(root / "cp", RANKS)
+    yield {"one": root / "one", "cp": root / "cp"}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _tensors(folder: Path, rank: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / f"rank{rank}.safetensors")
+
+
+@needs_cp
+def test_the_video_under_ulysses_equals_the_one_process_video(runs):
+    one = _tensors(runs["one"], 0)
+    assert (one["cold"] - one["stock"]).abs().max() > 1e-3  # V-Warper changed this video
+    for rank in range(RANKS):
+        ranked = _tensors(runs["cp"], rank)
+        for name in ("stock", "cold", "warm"):
+            torch.testing.assert_close(ranked[name], one[name], rtol=1e-5, atol=1e-5, msg=f"{name}, rank {rank}")
+
+
+@needs_cp
+def test_flows_and_masks_under_ulysses_equal_the_one_process_ones(runs):
+    one = _tensors(runs["one"], 0)
+    steps = sorted({int(k.split(".")[1]) for k in one if k.startswith("flow.")})
+    assert steps == list(range(*worker.CONFIG["warp_steps"])) + [worker.CONFIG["warp_steps"][1]]
+    assert sum(one[f"mask.{s}"].sum() for s in steps) > 0  # some tokens were warped
+    for rank in range(RANKS):
+        ranked = _tensors(runs["cp"], rank)
+        assert ranked.keys() == one.keys()
+        for step in steps:
+            for name in ("flow", "fg_mask", "cc_mask", "mask"):
+                assert torch.equal(ranked[f"{name}.{step}"], one[f"{name}.{step}"]), (name, step, rank)
+            torch.testing.assert_close(ranked[f"fg_score.{step}"], one[f"fg_score.{step}"], rtol=0, atol=1e-3)
+
+
+@needs_cp
+def test_the_bytes_moved_are_those_the_cost_model_counts(runs):
+    tiny = Geometry("tiny Wan", tokens=32, heads=worker.HEADS, head_dim=worker.HEAD_DIM, depth=worker.LAYERS,
+                    act_bytes=4)
+    plan = StepPlan.build(vwarper.WarpConfig(**worker.CONFIG), worker.STEPS, worker.LAYERS)
+    for rank in range(RANKS):
+        moved = json.loads((runs["cp"] / f"rank{rank}.json").read_text())
+        assert Counter(moved["stock"]) == run_bytes(tiny, None, worker.STEPS, RANKS)
+        assert Counter(moved["warm"]) == run_bytes(tiny, plan, worker.STEPS, RANKS)
+        assert Counter(moved["cold"]) == run_bytes(tiny, plan, worker.STEPS, RANKS, cold=True)
+    assert json.loads((runs["one"] / "rank0.json").read_text())["cold"] == {}  # one process: nothing moves
+
+
+class _Mesh:
+    """What `TokenShards.of_config` reads of diffusers' flattened mesh, for a refusal test (no collective)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def get_group(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return self._size
+
+    def get_local_rank(self) -> int:
+        return 0
+
+
+def _fake_parallel(model, ranks: int) -> None:
+    from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
+
+    cp = ContextParallelConfig(ulysses_degree=ranks)
+    cp._flattened_mesh = _Mesh(ranks)
+    model._parallel_config = ParallelConfig(context_parallel_config=cp)
+
+
+@needs_cp
+def test_heads_the_ranks_cannot_share_out_are_refused(subject):
+    pipe = worker.pipeline(1)  # 4 heads
+    _fake_parallel(pipe.transformer, 3)
+    with pytest.raises(vwarper.ConfigError, match="heads divisible by the 3 context-parallel ranks"):
+        with vwarper.inject(pipe, subject):
+            pass
+    assert not vwarper.get_adapter(pipe.transformer).is_installed(pipe.transformer)
+
+
+def test_the_divisibility_rules_name_what_to_change():
+    shards = TokenShards(group=None, size=4, rank=0)
+    assert sharding_problems(None, heads=3, tokens=5) == []
+    assert sharding_problems(shards, heads=8, tokens=32) == []
+    heads, tokens = sharding_problems(shards, heads=6, tokens=30)
+    assert "6" in heads and "divides" in heads
+    assert "30" in tokens and "num_frames" in tokens
