@@ -3,6 +3,14 @@
 Token layout: one joint sequence per layer, text first (``encoder_hidden_states.size(1)``
 tokens, 226 in the released models), then video tokens ordered (frame, row, column).
 Flat layer index i is ``transformer.transformer_blocks[i].attn1``.
+
+Context parallelism: diffusers has no plan for CogVideoX (its stock processor calls SDPA itself, so it never
+sees a parallel config; diffusers issue #12603). `enable_context_parallel` gives it one
+(`cogvideox_cp_plan`: the video tokens split at the first block, gathered after ``proj_out``; text and the
+rotary tables stay whole on every rank) and puts `CogVideoXParallelAttnProcessor` on every layer: the stock
+arithmetic through diffusers' attention dispatch, with Ulysses around it (`vwarper_hooks.contract.sharding`:
+the video to every token of H/P heads, the text's own H/P heads, the text output of every head gathered back),
+so the pipeline is right with and without `inject`. Under `inject` our processor does the same on every layer.
 """
 
 from __future__ import annotations
@@ -19,7 +27,18 @@ from torch import nn
 from vwarper_hooks.config import PAPER_WARP_LAYERS
 from vwarper_hooks.contract import hookimpl
 from vwarper_hooks.contract.adapter import Adapter, AttentionCall, LayerDefaults, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor, joint_qkv, merge_heads, rotate_span
+from vwarper_hooks.contract.calls import LayerRouter
+from vwarper_hooks.contract.processors import (
+    RoutedProcessor,
+    joint_qkv,
+    merge_heads,
+    processor_problems,
+    rotate_span,
+    swap_processors,
+)
+from vwarper_hooks.model_hooks import context_parallel
+
+STOCK_PROCESSOR = "CogVideoXAttnProcessor2_0"
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +48,11 @@ class VwarperCogVideoXProcessor(RoutedProcessor):
 
     When the router does not want the layer, the original processor runs untouched (`RoutedProcessor`).
     The routed attention goes through diffusers' attention dispatch, so it follows
-    ``transformer.set_attention_backend(...)`` (the stock processor calls SDPA itself).
+    ``transformer.set_attention_backend(...)`` (the stock processor calls SDPA itself). Under context
+    parallelism it computes every layer (`stock_runs_parallel`), the unwanted ones as stock.
     """
+
+    stock_runs_parallel = False
 
     def routed(
         self,
@@ -54,10 +76,47 @@ class VwarperCogVideoXProcessor(RoutedProcessor):
         rotate_ = rotate_span(None if image_rotary_emb is None else rope, qkv.video, keys=not attn.is_cross_attention)
         call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
                              self.attend(attention_mask))
-        out = merge_heads(self.router.process(call))  # (B, text + video, H*D)
+        out = merge_heads(self.process(call))  # (B, text + video, H*D)
         out = attn.to_out[1](attn.to_out[0](out))
         text_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
         return video_out, text_out
+
+
+class CogVideoXParallelAttnProcessor(RoutedProcessor):
+    """CogVideoX's stock attention, right under context parallelism too (`enable_context_parallel` installs it
+    for good): one rank runs the stock processor; several run `VwarperCogVideoXProcessor.routed`'s arithmetic
+    through diffusers' dispatch, with Ulysses around it. Never routed (its router is the no-op base)."""
+
+    stock_runs_parallel = False
+    routed = VwarperCogVideoXProcessor.routed
+
+
+def cogvideox_cp_plan() -> dict[str, Any]:
+    """The context-parallel plan `enable_context_parallel` gives diffusers: the video tokens split at the first
+    block's input, gathered after ``proj_out``; text and rotary tables stay whole on every rank."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+def enable_context_parallel(transformer: nn.Module, config: Any) -> None:
+    """``transformer.enable_parallelism(config=config)`` for CogVideoX, which has no plan in diffusers: the
+    plan `cogvideox_cp_plan` and, on every attention, `CogVideoXParallelAttnProcessor` (all or nothing).
+
+    Example (each rank, after ``torch.distributed.init_process_group``)::
+
+        enable_context_parallel(pipe.transformer, ContextParallelConfig(ulysses_degree=2))
+    """
+    layers = [block.attn1 for block in transformer.transformer_blocks]
+    undo = swap_processors(layers, lambda i, original: CogVideoXParallelAttnProcessor(original, i, LayerRouter()))
+    try:
+        transformer.enable_parallelism(config=config, cp_plan=cogvideox_cp_plan())
+    except BaseException:
+        undo()
+        raise
 
 
 class CogVideoXAdapter(Adapter):
@@ -65,8 +124,9 @@ class CogVideoXAdapter(Adapter):
 
     name = "cogvideox"
     processor = VwarperCogVideoXProcessor
-    stock_processor = "CogVideoXAttnProcessor2_0"
+    stock_processor = STOCK_PROCESSOR
     batched_kwargs = ("ofs",)
+    context_parallel = True  # through `enable_context_parallel` (refused on the stock processor)
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "CogVideoXTransformer3DModel"
@@ -80,7 +140,17 @@ class CogVideoXAdapter(Adapter):
         return None if depth > PAPER_WARP_LAYERS[1] else proportional_layers(depth)
 
     def problems(self, transformer: nn.Module) -> list[str]:
-        problems = super().problems(transformer)
+        layers = self.attention_layers(transformer)
+        problems = processor_problems(layers, STOCK_PROCESSOR, (VwarperCogVideoXProcessor,
+                                                                CogVideoXParallelAttnProcessor))
+        if not problems and context_parallel(transformer) and any(
+                type(layer.processor).__name__ == STOCK_PROCESSOR for layer in layers):
+            problems.append(
+                "Expected CogVideoX under context parallelism through vwarper_adapters.cogvideox."
+                "enable_context_parallel(transformer, config), but its layers run the stock processor, which calls "
+                "SDPA itself and attends to this rank's tokens only (diffusers has no CogVideoX plan, issue #12603). "
+                "Load the transformer again and enable it with that function."
+            )
         if not transformer.config.use_rotary_positional_embeddings:
             logger.info("CogVideoX without RoPE (2B): raw and RoPE-free Q/K coincide")
         return problems

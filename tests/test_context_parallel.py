@@ -1,6 +1,6 @@
-"""V-Warper under diffusers' context parallelism: a tiny Wan on 2 CPU processes (torchrun, gloo, Ulysses
-degree 2) gives the one-process video, flows and masks; the bytes it moves are those `cost_comm.py` counts;
-families that cannot run under it are refused clearly."""
+"""V-Warper under diffusers' context parallelism: a tiny Wan (diffusers' plan) and a tiny CogVideoX (ours) on 2
+CPU processes (torchrun, gloo, Ulysses degree 2) give the one-process video, flows and masks; the bytes they
+move are those `cost_comm.py` counts; what cannot run under it is refused clearly."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 import vwarper_hooks as vwarper
 from vwarper_hooks.contract.plan import StepPlan
 from vwarper_hooks.contract.sharding import TokenShards, sharding_problems
+from vwarper_hooks.porting.tiny import TINY_TEXT_LEN
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
@@ -35,23 +36,33 @@ RANKS = 2
 TIMEOUT = 600
 
 
-def _launch(out: Path, ranks: int) -> None:
-    script = str(HERE / "context_parallel_worker.py")
+def _launch(out: Path, ranks: int, family: str) -> None:
+    script = [str(HERE / "context_parallel_worker.py"), str(out), "--family", family]
     if ranks == 1:
-        command = [sys.executable, script, str(out)]
+        command = [sys.executable, *script]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                   script, str(out), "--ulysses", str(ranks)]
+                   *script, "--ulysses", str(ranks)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("context_parallel")
-    _launch(root / "one", 1)
-    _launch(root / "cp", RANKS)
-    yield {"one": root / "one", "cp": root / "cp"}
+#: each family's tiny model as `cost_comm.Geometry` (float32): Wan runs diffusers' own plan, CogVideoX ours
+GEOMETRY = {
+    "wan": Geometry("tiny Wan", tokens=32, heads=worker.HEADS, head_dim=worker.HEAD_DIM["wan"], depth=worker.LAYERS,
+                    act_bytes=4),
+    "cogvideox": Geometry("tiny CogVideoX", tokens=32, heads=worker.HEADS, head_dim=worker.HEAD_DIM["cogvideox"],
+                          depth=worker.LAYERS, calls_per_step=1, batch=2, act_bytes=4, text_tokens=TINY_TEXT_LEN,
+                          stock_parallel=False, rope_split=False),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(GEOMETRY))
+def runs(request, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp(f"context_parallel_{request.param}")
+    _launch(root / "one", 1, request.param)
+    _launch(root / "cp", RANKS, request.param)
+    yield {"one": root / "one", "cp": root / "cp", "family": request.param}
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -69,6 +80,7 @@ def test_the_video_under_ulysses_equals_the_one_process_video(runs):
         ranked = _tensors(runs["cp"], rank)
         for name in ("stock", "cold", "warm"):
             torch.testing.assert_close(ranked[name], one[name], rtol=1e-5, atol=1e-5, msg=f"{name}, rank {rank}")
+        assert torch.equal(ranked["after"], ranked["stock"])  # stock again after the block, still split
 
 
 @needs_cp
@@ -88,8 +100,7 @@ def test_flows_and_masks_under_ulysses_equal_the_one_process_ones(runs):
 
 @needs_cp
 def test_the_bytes_moved_are_those_the_cost_model_counts(runs):
-    tiny = Geometry("tiny Wan", tokens=32, heads=worker.HEADS, head_dim=worker.HEAD_DIM, depth=worker.LAYERS,
-                    act_bytes=4)
+    tiny = GEOMETRY[runs["family"]]
     plan = StepPlan.build(vwarper.WarpConfig(**worker.CONFIG), worker.STEPS, worker.LAYERS)
     for rank in range(RANKS):
         moved = json.loads((runs["cp"] / f"rank{rank}.json").read_text())
@@ -124,8 +135,19 @@ def _fake_parallel(model, ranks: int) -> None:
 
 
 @needs_cp
+def test_a_family_without_it_is_refused_naming_the_ones_with_it(subject):
+    from vwarper_hooks.porting.tiny_models import tiny_pipeline
+
+    pipe = tiny_pipeline("hunyuan_video")
+    _fake_parallel(pipe.transformer, 2)
+    with pytest.raises(vwarper.ConfigError, match="supports for Wan and CogVideoX only"):
+        with vwarper.inject(pipe, subject):
+            pass
+
+
+@needs_cp
 def test_heads_the_ranks_cannot_share_out_are_refused(subject):
-    pipe = worker.pipeline(1)  # 4 heads
+    pipe = worker.pipeline(1, "wan")  # 4 heads
     _fake_parallel(pipe.transformer, 3)
     with pytest.raises(vwarper.ConfigError, match="heads divisible by the 3 context-parallel ranks"):
         with vwarper.inject(pipe, subject):

@@ -5,8 +5,9 @@
   generation's cache (or the other way round). Refused, whether enabled with ``enable_cache`` or with
   an ``apply_*`` function, and again at each run's start (a cache enabled inside the ``with`` block).
 - **Context parallelism** (``enable_parallelism`` with a ``ContextParallelConfig``): each rank sees a
-  part of the tokens. Runs for the families whose adapter says so (`Adapter.context_parallel`: Wan; see
-  `vwarper_hooks.contract.sharding`); refused for the others.
+  part of the tokens. Runs for the families whose adapter says so (`Adapter.context_parallel`: Wan, and
+  CogVideoX through its adapter's `enable_context_parallel`; see `vwarper_hooks.contract.sharding`); refused
+  for the others.
 - **Per-module memory hooks** (group offloading, layerwise casting, accelerate's CPU offload hooks):
   they act at each block's forward start and end. They work with V-Warper, but the lockstep reference
   branch pauses inside a block while the generation runs that block, so the block's end hook would
@@ -73,11 +74,10 @@ def hook_problems(model: nn.Module, parallel: bool = False) -> list[str]:
     if context_parallel(model) and not parallel:
         problems.append(
             f"Expected a transformer on one device, but this {type(model).__name__} runs under diffusers' context "
-            "parallelism (ContextParallelConfig), which V-Warper supports for Wan only: its attention is "
-            "video-only, so a routed layer can gather every token of some heads. This family joins text and "
-            "video in one attention (or has no context-parallel plan in diffusers). Run one process per video "
-            "(data parallel: `vwarper benchmark` under torchrun or accelerate), with group offloading or CPU "
-            "offload to fit a small GPU."
+            "parallelism (ContextParallelConfig), which V-Warper supports for Wan and CogVideoX only (their "
+            "adapters turn a layer's tokens into heads around the method; this family's adapter does not yet). "
+            "Run one process per video (data parallel: the benchmark runner under torchrun or accelerate), with "
+            "group offloading or CPU offload to fit a small GPU."
         )
     return problems
 

@@ -49,6 +49,11 @@ class RoutedProcessor:
     #: branch runs or pauses): once per layer, by the routed attention; False for a second attention of the
     #: same layer that only shows the core its text scores (a text cross-attention)
     enters_layer = True
+    #: whether the stock processor runs right under diffusers' context parallelism (it attends through
+    #: diffusers' dispatch with the parallel config: Wan); False: under it, this processor computes every
+    #: layer itself, the unwanted ones without the router (CogVideoX's stock processor calls SDPA itself and
+    #: would attend to this rank's tokens only)
+    stock_runs_parallel = True
 
     def __init__(self, original: Any, layer: int, router: Any) -> None:
         #: the processor this one replaced (restored on uninstall, called for unwanted layers)
@@ -69,6 +74,7 @@ class RoutedProcessor:
         if "__call__" not in cls.__dict__:
             cls.__call__ = _dispatch_named_like(cls.routed, cls.__qualname__)
         cls._routed_eagerly = _eager(_entering_first(cls.routed))
+        cls._stock_eagerly = _eager(cls.routed)  # `process` then attends as stock (`stock_runs_parallel`)
 
     def asks(self) -> bool:
         """The router's answer for this layer now (evaluated by the router when its route changes).
@@ -123,12 +129,14 @@ class RoutedProcessor:
         return TokenShards.of_config(self._parallel_config)
 
     def process(self, call: Any) -> torch.Tensor:
-        """``self.router.process(call)``, also under context parallelism: there the core gets every token of
-        this rank's heads (`TokenShards.head_call`), and its output comes back on this rank's tokens."""
+        """``self.router.process(call)`` (``call.default()`` for a layer the router does not want: a stock
+        layer `routed` computes under context parallelism). Under context parallelism the core gets every
+        token of this rank's heads (`TokenShards.head_call`), and its output comes back on this rank's tokens."""
+        core = self.router.process if (self.active if self.managed else self.asks()) else _stock
         shards = self.shards
         if shards is None:
-            return self.router.process(call)
-        return shards.to_tokens(self.router.process(shards.head_call(call)))
+            return core(call)
+        return shards.token_output(call, core(shards.head_call(call)))
 
     def attend(self, attention_mask: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
         """``attend(q, k, v)`` for an `AttentionCall`: diffusers' attention dispatch with this layer's
@@ -142,10 +150,19 @@ class RoutedProcessor:
     def _routed_eagerly(self, attn: Any, *args: Any, **kwargs: Any) -> Any:  # replaced per subclass
         return self.routed(attn, *args, **kwargs)
 
+    def _stock_eagerly(self, attn: Any, *args: Any, **kwargs: Any) -> Any:  # replaced per subclass
+        return self.routed(attn, *args, **kwargs)
+
     def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.wanted(*args, **kwargs):
             return self._routed_eagerly(attn, *args, **kwargs)
+        if not self.stock_runs_parallel and self.shards is not None:
+            return self._stock_eagerly(attn, *args, **kwargs)
         return self.original(attn, *args, **kwargs)
+
+
+def _stock(call: Any) -> torch.Tensor:
+    return call.default()
 
 
 def _entering_first(routed: Callable[..., Any]) -> Callable[..., Any]:

@@ -13,18 +13,23 @@ gathered here:
 
 - the matcher's features: each rank gathers the Q/K of every head at the match layer (`gather_heads`),
   and every rank computes the same flows;
-- the foreground score: the text attention keeps its local tokens, and the per-token scores (one float
-  per token) are gathered before they are normalised (`gather_tokens`);
-- the rotary tables, which diffusers splits by token (`gather_tokens`).
+- the foreground score: where text has its own cross-attention (Wan), that attention keeps its local
+  tokens, and the per-token scores (one float per token) are gathered before they are normalised
+  (`gather_tokens`); where text joins the attention (CogVideoX), each rank scores every token with its own
+  heads, and the ranks' means are averaged (`mean_over_ranks`);
+- the rotary tables, where diffusers splits them by token (Wan; `gather_tokens`);
+- in a joint attention, the text output of every head (text stays whole on every rank; `token_output`).
 
 The all-to-all of a routed layer replaces the one its stock attention would have made, so the warp
 layers move the same bytes as stock ones; the extra volume is the match features and the score floats
 (see ``benchmarks/cost_comm.py``). Requires heads and video tokens divisible by the number of ranks.
+Text tokens are never split (diffusers' Wan plan leaves them whole; so does CogVideoX's, `adapters/cogvideox.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,28 +98,71 @@ class TokenShards:
         """This rank's tokens along `dim` -> every token, in order, on every rank."""
         return self._all_gather(x, dim=dim % x.ndim)
 
+    def mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over the ranks of `x` (each rank's mean over its own heads -> the mean over every head)."""
+        total = x.clone()
+        torch.distributed.all_reduce(total, group=self.group)
+        return total / self.size
+
     # ----------------------------------------------------------------- a routed call
+    def _heads(self, heads: int) -> slice:
+        """This rank's heads after `to_heads`."""
+        share = heads // self.size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
     def head_call(self, call: AttentionCall) -> AttentionCall:
-        """`call` with every token of this rank's heads (`to_heads`); its ``rope`` must already rotate
-        every token (the adapter gathers the rotary tables), and ``rotate_`` becomes ``rope`` on the queries
-        and keys of every token. Video-only calls: text stays whole on every rank in a joint layout, which
-        this split does not describe."""
-        if call.text.stop != call.text.start:
-            raise NotImplementedError(
-                "Expected a video-only routed attention under context parallelism, but this one also holds text "
-                "tokens (a joint text-video attention); only adapters with `context_parallel = True` run under it."
-            )
-        query, key, value = (self.to_heads(x) for x in (call.query, call.key, call.value))
-        n = query.shape[2]
-        video = slice(0, n)  # every token is video, and rotates (queries and keys) with the gathered tables
-        return dataclasses.replace(call, query=query, key=key, value=value, video=video, text=slice(n, n),
+        """`call` with every token of this rank's heads: the video through `to_heads`; text tokens (a joint
+        text-video attention, CogVideoX), which every rank holds whole, keep their place and this rank's heads.
+        Its ``rope`` must rotate every video token (the adapter gathers split rotary tables, or diffusers
+        leaves them whole), and ``rotate_`` becomes ``rope`` on the queries and keys of the video tokens."""
+        text, video = call.text, call.video
+        texts = text.stop - text.start
+        text_first = texts > 0 and text.start < video.start
+        mine = self._heads(call.query.shape[1])
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # (B, H, T + N/P, D) -> (B, H/P, T + N, D)
+            whole = self.to_heads(x[:, :, video])
+            if not texts:
+                return whole
+            parts = [x[:, mine, text], whole]
+            return torch.cat(parts if text_first else parts[::-1], dim=2)
+
+        query, key, value = (heads(x) for x in (call.query, call.key, call.value))
+        n = query.shape[2] - texts
+        video = slice(texts, texts + n) if text_first else slice(0, n)
+        text = slice(0, texts) if text_first else slice(n, n + texts)
+        return dataclasses.replace(call, query=query, key=key, value=value, video=video, text=text,
                                    rotate_=rotate_span(call.rope, video), shards=self)
+
+    def token_output(self, call: AttentionCall, out: torch.Tensor) -> torch.Tensor:
+        """The core's output (B, H/P, T + N, D) for `call` (as `head_call` got it) back in `call`'s layout
+        (B, H, T + N/P, D): the video to this rank's tokens (`to_tokens`), the text of every head gathered
+        (every rank carries the whole text stream on to the next layer)."""
+        text, video = call.text, call.video
+        texts = text.stop - text.start
+        if not texts:
+            return self.to_tokens(out)
+        text_first = text.start < video.start
+        split = [texts, out.shape[2] - texts] if text_first else [out.shape[2] - texts, texts]
+        first, second = out.split(split, dim=2)
+        words, frames = (first, second) if text_first else (second, first)
+        words, frames = self._all_gather(words, dim=1), self.to_tokens(frames)  # every head of the text
+        return torch.cat([words, frames] if text_first else [frames, words], dim=2)
 
     def matching_view(self, call: AttentionCall) -> AttentionCall:
         """What a matcher reads of a head-split call: the Q/K of every head (gathered, every sample of the
         batch); the value stays this rank's heads."""
         query, key = (self.gather_heads(x) for x in (call.query, call.key))
         return dataclasses.replace(call, query=query, key=key, shards=None)
+
+
+def score_gather(shards: TokenShards | None, text_outside: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How the foreground scores of the ranks combine: gathered by token where a separate text attention keeps
+    this rank's tokens (Wan, `text_outside`), averaged where each rank scored every token with its own heads
+    (a joint attention); None on one rank."""
+    if shards is None:
+        return None
+    return shards.gather_tokens if text_outside else shards.mean_over_ranks
 
 
 def sharding_problems(shards: TokenShards | None, heads: int | None = None, tokens: int | None = None) -> list[str]:

@@ -32,7 +32,8 @@ class ForegroundAccumulator:
     def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.total: torch.Tensor | None = None
         self.count = 0
-        #: under context parallelism: (N/P,) this rank's token scores -> (N,) every token's (`TokenShards`)
+        #: under context parallelism: this rank's scores -> every rank's (`TokenShards`): (N/P,) -> (N,) where the
+        #: text attention holds this rank's tokens, (N,) mean over this rank's heads -> over every head
         self.gather = gather
 
     def reset(self) -> None:

@@ -23,7 +23,7 @@ from ..contract.adapter import Adapter, base_model
 from ..contract.experts import experts
 from ..contract.parts import Injector, Matcher
 from ..contract.plan import StepPlan
-from ..contract.sharding import TokenShards
+from ..contract.sharding import TokenShards, score_gather
 from ..errors import ConfigError, VwarperError
 from ..files import weights_digest
 from ..model_hooks import memory_hooks
@@ -226,7 +226,7 @@ class Session:
             # HunyuanVideo crops its prompt template off the encoder output: the adapter shifts positions
             branch.positions = None if found is None else self.adapter.text_positions(found[0], found[1], kwargs)
         shards = TokenShards.of_model(models[0]) if self.adapter.context_parallel else None
-        gather = None if shards is None else shards.gather_tokens  # foreground scores of every rank's tokens
+        gather = score_gather(shards, self.adapter.text_attention_outside)  # context parallelism: every rank's
         subjects = [SubjectRun(branch.positions, ForegroundAccumulator(gather)) for branch in self.branches]
         self.router.run = RunState(config, plan, self.matcher, self.injector, subjects)
         self._diagnostics.clear()
