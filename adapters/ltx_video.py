@@ -29,7 +29,14 @@ from torch import nn
 
 from vwarper_hooks.contract import hookimpl
 from vwarper_hooks.contract.adapter import Adapter, AttentionCall, LayerDefaults, call_default, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor, heads, joint_qkv, merge_heads, rotate_span
+from vwarper_hooks.contract.processors import (
+    RoutedProcessor,
+    TextObserverProcessor,
+    heads,
+    joint_qkv,
+    merge_heads,
+    rotate_span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +92,8 @@ class VwarperLTXSelfAttnProcessor(RoutedProcessor):
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class VwarperLTXCrossAttnProcessor(RoutedProcessor):
+class VwarperLTXCrossAttnProcessor(TextObserverProcessor):
     """Stock LTX-Video text cross-attention (``attn2``); shows the core video queries and text keys."""
-
-    enters_layer = False  # the self-attention of the same layer marks it (CFG in one batch: lockstep)
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A cross-attention call of a layer whose video->text scores the core needs (`asks`)."""
-        return encoder_hidden_states is not None and super().wanted()
-
-    def asks(self) -> bool:
-        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
-        return self.router.wants_text(self.layer)
 
     def routed(
         self,

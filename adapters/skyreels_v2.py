@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from diffusers.models.transformers import transformer_skyreels_v2
 from torch import nn
-from vwarper_adapters.wan import TEXT_CONTEXT, WanAdapter, rotate_pairs
+from vwarper_adapters.wan import VwarperWanCrossAttnProcessor, WanAdapter, rotate_pairs
 
 from vwarper_hooks.contract import hookimpl
 from vwarper_hooks.contract.adapter import Adapter, AttentionCall
-from vwarper_hooks.contract.processors import RoutedProcessor, heads, joint_qkv, merge_heads, rotate_span
+from vwarper_hooks.contract.processors import RoutedProcessor, joint_qkv, merge_heads, rotate_span
 
 logger = logging.getLogger(__name__)
 
@@ -76,37 +76,8 @@ class VwarperSkyReelsV2SelfAttnProcessor(RoutedProcessor):
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class VwarperSkyReelsV2CrossAttnProcessor(RoutedProcessor):
-    """Stock SkyReels-V2 text cross-attention (``attn2``); shows the core video queries and text keys."""
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A text cross-attention call of a layer whose video->text scores the core needs (`asks`)."""
-        return encoder_hidden_states is not None and super().wanted()
-
-    def asks(self) -> bool:
-        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
-        return self.router.wants_text(self.layer)
-
-    def routed(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: Any = None,
-    ) -> torch.Tensor:
-        text = encoder_hidden_states
-        if attn.add_k_proj is not None:  # I2V (refused by inject): image tokens first, then the text
-            text = text[:, text.shape[1] - TEXT_CONTEXT :]
-        q = heads(attn, hidden_states, "to_q", "norm_q", "across_heads").transpose(1, 2)  # (B, H, N, D)
-        k = heads(attn, text, "to_k", "norm_k", "across_heads").transpose(1, 2)  # (B, H, T, D)
-        self.router.observe_text_attention(self.layer, q, k)
-        if attn.add_k_proj is not None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        v = heads(attn, text, "to_v", None, "across_heads").transpose(1, 2)
-        out = merge_heads(self.attend(attention_mask)(q, k, v)).type_as(q)  # (B, N, H*D), computed once
-        return attn.to_out[1](attn.to_out[0](out))
+class VwarperSkyReelsV2CrossAttnProcessor(VwarperWanCrossAttnProcessor):
+    """Stock SkyReels-V2 text cross-attention (``attn2``): Wan's, whose arithmetic it shares."""
 
 
 class SkyReelsV2Adapter(WanAdapter):
@@ -118,6 +89,7 @@ class SkyReelsV2Adapter(WanAdapter):
     name = "skyreels_v2"
     processor = VwarperSkyReelsV2SelfAttnProcessor
     stock_processor = STOCK_PROCESSOR
+    context_parallel = False  # diffusers has no plan for it; its processors are not written for one
 
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "SkyReelsV2Transformer3DModel"

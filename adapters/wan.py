@@ -31,7 +31,14 @@ import torch
 from torch import nn
 
 from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
-from vwarper_hooks.contract.processors import RoutedProcessor, heads, joint_qkv, merge_heads, rotate_span
+from vwarper_hooks.contract.processors import (
+    RoutedProcessor,
+    TextObserverProcessor,
+    heads,
+    joint_qkv,
+    merge_heads,
+    rotate_span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +89,9 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
         return attn.to_out[1](attn.to_out[0](out))
 
 
-class VwarperWanCrossAttnProcessor(RoutedProcessor):
-    """Stock Wan cross-attention (``attn2``); shows the core video queries and text keys when asked."""
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A cross-attention call of a layer whose video->text scores the core needs (`asks`)."""
-        return encoder_hidden_states is not None and super().wanted()
-
-    def asks(self) -> bool:
-        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
-        return self.router.wants_text(self.layer)
+class VwarperWanCrossAttnProcessor(TextObserverProcessor):
+    """Stock Wan cross-attention (``attn2``); shows the core video queries and text keys when asked. Under
+    context parallelism it keeps this rank's video tokens (the core gathers their scores)."""
 
     def routed(
         self,

@@ -17,9 +17,29 @@ from .joint_attention import JointQKV, QKNorm, heads, joint_qkv, merge_heads, pr
 from .sharding import TokenShards
 
 __all__ = [
-    "JointQKV", "QKNorm", "RoutedProcessor", "attend_with_lse", "heads", "joint_qkv", "lse_kernel", "merge_heads",
+    "JointQKV", "QKNorm", "RoutedProcessor", "TextObserverProcessor",
+    "attend_with_lse", "heads", "joint_qkv", "lse_kernel", "merge_heads",
     "processor_problems", "project", "rotate_span", "stock_attend", "swap_processors",
 ]
+
+
+def _kept_on_original(name: str) -> property:
+    """An attribute diffusers sets on every processor that has it, kept on the original processor where it has
+    one, so the setting outlives the injection; else on ours (CogVideoX's stock processor has neither)."""
+    own = f"_own{name}"
+
+    def get(self: RoutedProcessor) -> Any:
+        if hasattr(self.original, name):
+            return getattr(self.original, name)
+        return self.__dict__.get(own)
+
+    def put(self: RoutedProcessor, value: Any) -> None:
+        if hasattr(self.original, name):
+            setattr(self.original, name, value)
+        else:
+            self.__dict__[own] = value
+
+    return property(get, put)
 
 
 class RoutedProcessor:
@@ -92,36 +112,10 @@ class RoutedProcessor:
         """
         return self.active if self.managed else self.asks()
 
-    @property
-    def _attention_backend(self) -> Any:
-        """diffusers' attention backend for this layer (``transformer.set_attention_backend`` sets it on every
-        processor that has the attribute): kept on the original processor where it has one, so the setting
-        outlives the injection; else on ours (CogVideoX's stock processor calls SDPA itself and has none)."""
-        if hasattr(self.original, "_attention_backend"):
-            return self.original._attention_backend
-        return self.__dict__.get("_own_attention_backend")
-
-    @_attention_backend.setter
-    def _attention_backend(self, backend: Any) -> None:
-        if hasattr(self.original, "_attention_backend"):
-            self.original._attention_backend = backend
-        else:
-            self.__dict__["_own_attention_backend"] = backend
-
-    @property
-    def _parallel_config(self) -> Any:
-        """diffusers' parallel config (``enable_parallelism`` sets it on every processor that has the
-        attribute): kept on the original processor where it has one, like `_attention_backend`."""
-        if hasattr(self.original, "_parallel_config"):
-            return self.original._parallel_config
-        return self.__dict__.get("_own_parallel_config")
-
-    @_parallel_config.setter
-    def _parallel_config(self, config: Any) -> None:
-        if hasattr(self.original, "_parallel_config"):
-            self.original._parallel_config = config
-        else:
-            self.__dict__["_own_parallel_config"] = config
+    #: diffusers' attention backend (``transformer.set_attention_backend`` sets it on every processor that has
+    #: the attribute) and parallel config (``enable_parallelism`` likewise): see `_kept_on_original`
+    _attention_backend = _kept_on_original("_attention_backend")
+    _parallel_config = _kept_on_original("_parallel_config")
 
     @property
     def shards(self) -> TokenShards | None:
@@ -284,3 +278,21 @@ def attend_with_lse(
             for i in range(0, n, 1024)
         ], dim=2)
         return out, lse
+
+
+class TextObserverProcessor(RoutedProcessor):
+    """Base of a text cross-attention's processor (Wan, SkyReels-V2, LTX-Video: video queries, text keys): it
+    shows the core its video queries and text keys (`LayerRouter.observe_text_attention`) where the foreground
+    score reads the layer (``router.wants_text(layer)``), then attends as stock. A subclass writes `routed`."""
+
+    #: the self-attention of the same layer tells the router it enters the layer; this one never does
+    enters_layer = False
+
+    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+               *args: Any, **kwargs: Any) -> bool:
+        """A cross-attention call (text keys) of a layer whose video->text scores the core needs (`asks`)."""
+        return encoder_hidden_states is not None and super().wanted()
+
+    def asks(self) -> bool:
+        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
+        return self.router.wants_text(self.layer)

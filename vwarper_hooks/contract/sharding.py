@@ -23,6 +23,9 @@ gathered here:
 The all-to-all of a routed layer replaces the one its stock attention would have made, so the warp
 layers move the same bytes as stock ones; the extra volume is the match features and the score floats
 (see ``benchmarks/cost_comm.py``). Requires heads and video tokens divisible by the number of ranks.
+The match features are the gather that does not shrink with the ranks (2 x N x H x D per branch and match
+step); a cheaper alternative, not built: each rank sums its own heads' softmax probabilities block by block
+and the ranks all-reduce those blocks (per-frame matching keeps them N x N / F), so no rank holds every head.
 Text tokens are never split (diffusers' Wan plan leaves them whole; so does CogVideoX's, `adapters/cogvideox.py`).
 """
 

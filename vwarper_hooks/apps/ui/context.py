@@ -12,7 +12,8 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from .jobs import Cancelled, Job, ModelRunner, Progress
 from .library import SubjectLibrary
 from .profiles import PageDefaults
+from .work import page_message
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,26 @@ def follow(runner: ModelRunner, job: Job, progress: Callable[..., Any] | None = 
         if not ended and not job.done:
             logger.info("the page stopped waiting for the %s job %d: cancelling it", job.kind, job.id)
             job.cancel()
+
+
+def run_job(runner: ModelRunner, job: Job, progress: Callable[..., Any] | None, verb: str, skip: list[Any],
+            fail: Callable[[str], BaseException]) -> Generator[tuple, None, Any]:
+    """A page handler's updates while `job` runs ("**Training:** step 3/150 ..." with ``verb`` "Training", the
+    other outputs left as they are: `skip`), then the job's result as the generator's return value. A cancelled
+    job ends with its message and returns None; a failed one ends with its message, then raises ``fail(message)``
+    (gradio's ``gr.Error``: this module does not import gradio)."""
+    with closing(follow(runner, job, progress)) as states:
+        for state in states:
+            yield f"**{verb}:** {esc(state.text)}", *skip
+    try:
+        return job.outcome()
+    except Cancelled as exc:
+        yield f"**Cancelled:** {esc(exc)}", *skip
+        return None
+    except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
+        message = page_message(exc)
+        yield f"**Error:** {esc(message)}", *skip
+        raise fail(message) from None
 
 
 def cancel_message(runner: ModelRunner, session: str, kind: str, recent: float = 10.0) -> str:

@@ -3,15 +3,13 @@ V-Warper's mask and flow panels, downloads, progress and cancel."""
 
 from __future__ import annotations
 
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from . import work
-from .context import MODEL_GROUP, AppContext, cancel_message, code, esc, follow, session_of
-from .jobs import Cancelled
+from .context import MODEL_GROUP, AppContext, cancel_message, code, run_job, session_of
 from .subjects_tab import choices
 
 #: panels shown in the page, in order, with their captions
@@ -114,18 +112,10 @@ def connect(ctx: AppContext, tab: GenerateTab) -> None:
             references=references or 0)
         job = ctx.runner.submit(session_of(request), "generation", lambda job, pipe: work.generate(
             job, pipe, ctx.library, ctx.defaults, asked, ctx.outputs))
-        with closing(follow(ctx.runner, job, progress)) as states:
-            for state in states:  # the progress bar (over the videos) and the status say the run and its step
-                yield f"**Generating:** {esc(state.text)}", *skip
-        try:
-            result = job.outcome()
-        except Cancelled as exc:
-            yield f"**Cancelled:** {esc(exc)}", *skip
+        # the progress bar (over the videos) and the status say the run and its step
+        result = yield from run_job(ctx.runner, job, progress, "Generating", skip, gr.Error)
+        if result is None:
             return
-        except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
-            message = work.page_message(exc)
-            yield f"**Error:** {esc(message)}", *skip
-            raise gr.Error(message) from None
         gallery = [(str(result.panels[k]), caption) for k, caption in PANELS if k in result.panels]
         note = "" if result.panels else " No warp step ran, so there are no panels (raise Steps)."
         yield (f"**Done** in {result.seconds:.0f} s: {code(result.folder)}.{note}", str(result.videos["coarse only"]),

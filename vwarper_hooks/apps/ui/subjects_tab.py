@@ -3,7 +3,6 @@ and delete the saved ones. Photo and token problems show the library's own messa
 
 from __future__ import annotations
 
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +10,7 @@ import gradio as gr
 
 from ...errors import VwarperError
 from . import work
-from .context import MODEL_GROUP, AppContext, cancel_message, code, esc, follow, session_of
-from .jobs import Cancelled
+from .context import MODEL_GROUP, AppContext, cancel_message, code, esc, run_job, session_of
 from .library import SubjectLibrary
 
 TABLE_HEADERS = ["name", "token", "class word", "photos", "training steps", "final loss"]
@@ -132,18 +130,10 @@ def connect(ctx: AppContext, tab: SubjectsTab, generate_subjects: Any) -> None:
                                   steps=steps, rank=rank, lora_lr=lora_lr, token_lr=token_lr, overwrite=bool(overwrite))
         job = ctx.runner.submit(session_of(request), "training",
                                 lambda job, pipe: work.train(job, pipe, ctx.library, ctx.defaults, asked))
-        with closing(follow(ctx.runner, job, progress)) as states:
-            for state in states:  # the progress bar (over the photos) and the status say the step and the loss
-                yield f"**Training:** {esc(state.text)}", *skip
-        try:
-            result = job.outcome()
-        except Cancelled as exc:
-            yield f"**Cancelled:** {esc(exc)}", *skip
+        # the progress bar (over the photos) and the status say the step and the loss
+        result = yield from run_job(ctx.runner, job, progress, "Training", skip, gr.Error)
+        if result is None:
             return
-        except Exception as exc:  # noqa: BLE001 - every failure is told in the page, ours in our words
-            message = work.page_message(exc)
-            yield f"**Error:** {esc(message)}", *skip
-            raise gr.Error(message) from None
         losses = result.losses
         yield (f"**Saved** {code(result.token)} to {code(result.path)} in {result.seconds:.0f} s: {len(losses)} "
                f"steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}. Use it in the Generate tab.",
