@@ -131,6 +131,10 @@ class CogVideoXAdapter(Adapter):
     def matches(self, transformer: nn.Module) -> bool:
         return type(transformer).__name__ == "CogVideoXTransformer3DModel"
 
+    def enable_context_parallel(self, transformer: nn.Module, config: Any) -> None:
+        """Our plan and processor (diffusers has neither for CogVideoX): the module's `enable_context_parallel`."""
+        enable_context_parallel(transformer, config)
+
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         return [block.attn1 for block in transformer.transformer_blocks]
 

@@ -76,7 +76,7 @@ def count_bytes(moved: Counter) -> None:
 
 def pipeline(ulysses: int, family: str = "wan") -> object:
     """The tiny pipeline of `family` with a 4-head transformer, under Ulysses context parallelism when
-    `ulysses` > 1 (Wan: diffusers' own plan; CogVideoX: `enable_context_parallel` of its adapter)."""
+    `ulysses` > 1 (`vwarper.enable_context_parallel`: Wan, diffusers' own plan; CogVideoX, its adapter's)."""
     from vwarper_hooks.porting import tiny_models
 
     builder = getattr(tiny_models, f"tiny_{family}_transformer")
@@ -89,13 +89,9 @@ def pipeline(ulysses: int, family: str = "wan") -> object:
         # on a machine without an accelerator (ZeroDivisionError): the test harness says one device.
         if torch.accelerator.device_count() == 0:
             torch.accelerator.device_count = lambda: 1
-        config = ContextParallelConfig(ulysses_degree=ulysses)
-        if family == "cogvideox":
-            from vwarper_adapters.cogvideox import enable_context_parallel
+        import vwarper_hooks as vwarper
 
-            enable_context_parallel(pipe.transformer, config)
-        else:
-            pipe.transformer.enable_parallelism(config=config)
+        vwarper.enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=ulysses))
     return pipe
 
 

@@ -146,6 +146,23 @@ def test_a_family_without_it_is_refused_naming_the_ones_with_it(subject):
 
 
 @needs_cp
+def test_enabling_it_for_a_family_without_it_is_refused_and_changes_nothing():
+    from diffusers import ContextParallelConfig
+
+    from vwarper_hooks.porting.tiny_models import tiny_pipeline
+
+    pipe = tiny_pipeline("hunyuan_video")
+    before = {name: type(p) for name, p in pipe.transformer.attn_processors.items()}
+    with pytest.raises(vwarper.ConfigError, match="does not yet"):
+        vwarper.enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=2))
+    assert {name: type(p) for name, p in pipe.transformer.attn_processors.items()} == before
+    assert getattr(pipe.transformer, "_parallel_config", None) is None
+    wan = worker.pipeline(1, "wan")  # 4 heads over 3 ranks: refused before diffusers needs a process group
+    with pytest.raises(vwarper.ConfigError, match="heads divisible by the 3"):
+        vwarper.enable_context_parallel(wan, ContextParallelConfig(ulysses_degree=3))
+
+
+@needs_cp
 def test_heads_the_ranks_cannot_share_out_are_refused(subject):
     pipe = worker.pipeline(1, "wan")  # 4 heads
     _fake_parallel(pipe.transformer, 3)

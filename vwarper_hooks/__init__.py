@@ -20,6 +20,7 @@ from .errors import (
 from .fine.reference_cache import reference_cache
 from .fine.session import Session, StepDiagnostics
 from .inject import inject
+from .parallel import enable_context_parallel
 from .plugins import get_adapter, list_adapters
 from .prepare import prepare
 from .subject.subject import Subject
@@ -44,6 +45,7 @@ __all__ = [
     "VwarperError",
     "WarpConfig",
     "Session",
+    "enable_context_parallel",
     "StepDiagnostics",
     "Subject",
     "get_adapter",

@@ -64,4 +64,6 @@ def enable_context_parallel(pipe: Any, layout: Layout) -> None:
 
     device_type = torch._C._get_accelerator().type
     mesh = init_device_mesh(device_type, (layout.groups, 1, layout.ranks), mesh_dim_names=("dp", "ring", "ulysses"))
-    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=layout.ranks, mesh=mesh))
+    from ..parallel import enable_context_parallel as split_video
+
+    split_video(pipe, ContextParallelConfig(ulysses_degree=layout.ranks, mesh=mesh))

@@ -109,6 +109,13 @@ class Adapter(PipelineDefaults, ABC):
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         """The attention modules in flat-index order (index = the layer number users name)."""
 
+    def enable_context_parallel(self, transformer: nn.Module, config: Any) -> None:
+        """Split each video's tokens over the ranks of `config` (a diffusers ``ContextParallelConfig``), as this
+        family runs under V-Warper. Default: diffusers' own ``enable_parallelism`` with the model's plan (Wan);
+        an adapter whose model has no plan in diffusers brings its own (CogVideoX). Only called where
+        `context_parallel` is True."""
+        transformer.enable_parallelism(config=config)
+
     def default_layers(self, depth: int) -> LayerDefaults | None:
         """Match / warp layers used when the user's `WarpConfig` does not set them.
 
