@@ -8,7 +8,7 @@ reference token. So a routed layer does what Ulysses attention does inside its k
 whole core instead: one all-to-all turns (B, H, N/P, D) into (B, H/P, N, D), every token of H/P heads;
 the core attends, matches and warps on that, and a second all-to-all brings its output back. Per head,
 V-Warper is local (the warp reads the reference values of the same head, which the reference branch, run
-on the same ranks with the same split, holds in the same place). Three things are not per head, and are
+on the same ranks with the same split, holds in the same place). Four things are not per head, and are
 gathered here:
 
 - the matcher's features: each rank gathers the Q/K of every head at the match layer (`gather_heads`),
@@ -21,8 +21,8 @@ gathered here:
 - in a joint attention, the text output of every head (text stays whole on every rank; `token_output`).
 
 The all-to-all of a routed layer replaces the one its stock attention would have made, so the warp
-layers move the same bytes as stock ones; the extra volume is the match features and the score floats
-(see ``benchmarks/cost_comm.py``). Requires heads and video tokens divisible by the number of ranks.
+layers move the same bytes as stock ones; the extra volume is the reference branch's own forwards and the
+gathers above (see ``benchmarks/cost_comm.py``). Requires heads and video tokens divisible by the number of ranks.
 The match features are the gather that does not shrink with the ranks (2 x N x H x D per branch and match
 step); a cheaper alternative, not built: each rank sums its own heads' softmax probabilities block by block
 and the ranks all-reduce those blocks (per-frame matching keeps them N x N / F), so no rank holds every head.
