@@ -28,15 +28,9 @@ import torch
 from torch import nn
 
 from vwarper_hooks.contract import hookimpl
-from vwarper_hooks.contract.adapter import Adapter, AttentionCall, LayerDefaults, call_default, proportional_layers
-from vwarper_hooks.contract.processors import (
-    RoutedProcessor,
-    TextObserverProcessor,
-    heads,
-    joint_qkv,
-    merge_heads,
-    rotate_span,
-)
+from vwarper_hooks.contract.adapter import Adapter, LayerDefaults, call_default, proportional_layers
+from vwarper_hooks.contract.processors import heads, merge_heads
+from vwarper_hooks.contract.separate_text import TextObserverProcessor, VideoSelfAttentionProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +62,8 @@ def _rope(image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None, n_heads: i
     return rope
 
 
-class VwarperLTXSelfAttnProcessor(RoutedProcessor):
+class VwarperLTXSelfAttnProcessor(VideoSelfAttentionProcessor):
     """Stock LTX-Video self-attention (``attn1``) with the core's router in the middle."""
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A self-attention call (no text keys) of a layer the core wants."""
-        return encoder_hidden_states is None and super().wanted()
 
     def routed(
         self,
@@ -84,12 +73,7 @@ class VwarperLTXSelfAttnProcessor(RoutedProcessor):
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        qkv = joint_qkv(attn, hidden_states, qk_norm="across_heads")  # (B, H, N, D), video only
-        rope = _rope(image_rotary_emb, attn.heads)
-        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video,
-                             rotate_span(rope, qkv.video), rope or (lambda x: x), self.attend(attention_mask))
-        out = merge_heads(self.router.process(call)).to(qkv.query.dtype)  # (B, N, H*D)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.attend_video(attn, hidden_states, _rope(image_rotary_emb, attn.heads), attention_mask)
 
 
 class VwarperLTXCrossAttnProcessor(TextObserverProcessor):

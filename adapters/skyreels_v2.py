@@ -27,8 +27,8 @@ from torch import nn
 from vwarper_adapters.wan import VwarperWanCrossAttnProcessor, WanAdapter, rotate_pairs
 
 from vwarper_hooks.contract import hookimpl
-from vwarper_hooks.contract.adapter import Adapter, AttentionCall
-from vwarper_hooks.contract.processors import RoutedProcessor, joint_qkv, merge_heads, rotate_span
+from vwarper_hooks.contract.adapter import Adapter
+from vwarper_hooks.contract.separate_text import VideoSelfAttentionProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,8 @@ def _rope(rotary_emb: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     return lambda x: rotate_pairs(x, cos, sin)
 
 
-class VwarperSkyReelsV2SelfAttnProcessor(RoutedProcessor):
+class VwarperSkyReelsV2SelfAttnProcessor(VideoSelfAttentionProcessor):
     """Stock SkyReels-V2 self-attention (``attn1``) with the core's router in the middle."""
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A self-attention call (no text keys) of a layer the core wants."""
-        return encoder_hidden_states is None and super().wanted()
 
     def routed(
         self,
@@ -68,12 +63,7 @@ class VwarperSkyReelsV2SelfAttnProcessor(RoutedProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: Any = None,
     ) -> torch.Tensor:
-        qkv = joint_qkv(attn, hidden_states, qk_norm="across_heads")  # (B, H, N, D), video only
-        rope = _rope(rotary_emb)
-        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video,
-                             rotate_span(rope, qkv.video), rope or (lambda x: x), self.attend(attention_mask))
-        out = merge_heads(self.router.process(call)).type_as(qkv.query)  # (B, N, H*D)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.attend_video(attn, hidden_states, _rope(rotary_emb), attention_mask)
 
 
 class VwarperSkyReelsV2CrossAttnProcessor(VwarperWanCrossAttnProcessor):

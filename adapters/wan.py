@@ -30,15 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vwarper_hooks.contract import Adapter, AttentionCall, LayerDefaults, hookimpl, proportional_layers
-from vwarper_hooks.contract.processors import (
-    RoutedProcessor,
-    TextObserverProcessor,
-    heads,
-    joint_qkv,
-    merge_heads,
-    rotate_span,
-)
+from vwarper_hooks.contract import Adapter, LayerDefaults, hookimpl, proportional_layers
+from vwarper_hooks.contract.processors import heads, merge_heads
+from vwarper_hooks.contract.separate_text import TextObserverProcessor, VideoSelfAttentionProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +50,8 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out
 
 
-class VwarperWanSelfAttnProcessor(RoutedProcessor):
+class VwarperWanSelfAttnProcessor(VideoSelfAttentionProcessor):
     """Stock Wan self-attention (``attn1``) with the core's router in the middle."""
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A self-attention call (no text keys) of a layer the core wants."""
-        return encoder_hidden_states is None and super().wanted()
 
     def routed(
         self,
@@ -72,21 +61,17 @@ class VwarperWanSelfAttnProcessor(RoutedProcessor):
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        qkv = joint_qkv(attn, hidden_states, qk_norm="across_heads")  # (B, H, N, D), video only
-        shards = self.shards  # context parallelism: this rank's tokens here, every token in the core
+        rope = None
         if rotary_emb is not None:
+            shards = self.shards  # context parallelism: this rank's tokens here, every token in the core
             if shards is not None:
                 rotary_emb = tuple(shards.gather_tokens(f, dim=1) for f in rotary_emb)  # (1, N, 1, D)
             cos, sin = (f.transpose(1, 2) for f in rotary_emb)  # (1, N, 1, D) -> (1, 1, N, D)
 
-        def rope(x: torch.Tensor) -> torch.Tensor:
-            return x if rotary_emb is None else rotate_pairs(x, cos, sin)
+            def rope(x: torch.Tensor) -> torch.Tensor:
+                return rotate_pairs(x, cos, sin)
 
-        rotate_ = rotate_span(None if rotary_emb is None else rope, qkv.video)
-        call = AttentionCall(self.layer, qkv.query, qkv.key, qkv.value, qkv.text, qkv.video, rotate_, rope,
-                             self.attend(attention_mask))
-        out = merge_heads(self.process(call)).to(qkv.query.dtype)  # (B, N, H*D)
-        return attn.to_out[1](attn.to_out[0](out))
+        return self.attend_video(attn, hidden_states, rope, attention_mask)
 
 
 class VwarperWanCrossAttnProcessor(TextObserverProcessor):

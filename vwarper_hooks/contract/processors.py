@@ -17,7 +17,7 @@ from .joint_attention import JointQKV, QKNorm, heads, joint_qkv, merge_heads, pr
 from .sharding import TokenShards
 
 __all__ = [
-    "JointQKV", "QKNorm", "RoutedProcessor", "TextObserverProcessor",
+    "JointQKV", "QKNorm", "RoutedProcessor",
     "attend_with_lse", "heads", "joint_qkv", "lse_kernel", "merge_heads",
     "processor_problems", "project", "rotate_span", "stock_attend", "swap_processors",
 ]
@@ -278,21 +278,3 @@ def attend_with_lse(
             for i in range(0, n, 1024)
         ], dim=2)
         return out, lse
-
-
-class TextObserverProcessor(RoutedProcessor):
-    """Base of a text cross-attention's processor (Wan, SkyReels-V2, LTX-Video: video queries, text keys): it
-    shows the core its video queries and text keys (`LayerRouter.observe_text_attention`) where the foreground
-    score reads the layer (``router.wants_text(layer)``), then attends as stock. A subclass writes `routed`."""
-
-    #: the self-attention of the same layer tells the router it enters the layer; this one never does
-    enters_layer = False
-
-    def wanted(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-               *args: Any, **kwargs: Any) -> bool:
-        """A cross-attention call (text keys) of a layer whose video->text scores the core needs (`asks`)."""
-        return encoder_hidden_states is not None and super().wanted()
-
-    def asks(self) -> bool:
-        """This attention only shows the core its video->text scores: ``router.wants_text(layer)``."""
-        return self.router.wants_text(self.layer)
