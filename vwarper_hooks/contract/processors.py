@@ -126,7 +126,7 @@ class RoutedProcessor:
         """``self.router.process(call)`` (``call.default()`` for a layer the router does not want: a stock
         layer `routed` computes under context parallelism). Under context parallelism the core gets every
         token of this rank's heads (`TokenShards.head_call`), and its output comes back on this rank's tokens."""
-        core = self.router.process if (self.active if self.managed else self.asks()) else _stock
+        core = self.router.process if RoutedProcessor.wanted(self) else _stock
         shards = self.shards
         if shards is None:
             return core(call)
